@@ -1,0 +1,76 @@
+"""The one narrow interface every routing learner implements.
+
+A learner knows nothing of Ray, HTTP or SQL. It maps a context vector and the
+list of live arms to a :class:`Decision`, learns from batches of
+:class:`RewardEvent`, and round-trips its whole state through bytes.
+
+Rewards are vectors over :data:`REWARD_COMPONENTS`. The objective (see
+``feedback.objective``) turns them into a scalar through a linear form, whose
+coefficients reach the learner as ``weights`` (one float per component), so a
+learner that keeps one model per component can apply new weights on the very
+next decision without relearning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+REWARD_COMPONENTS: tuple[str, ...] = ("quality", "energy_j", "latency_ms", "cost_usd")
+N_COMPONENTS = len(REWARD_COMPONENTS)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a learner chose, and with which probability, among the live arms."""
+
+    arm: str
+    propensities: dict[str, float]  # over the live arms; sums to 1
+    scores: dict[str, float]  # the learner's per-arm score (UCB, sample, -cost ...)
+    version: int  # policy version that made the decision
+    learner: str  # learner kind
+
+    @property
+    def propensity(self) -> float:
+        return self.propensities[self.arm]
+
+
+@dataclass(frozen=True)
+class RewardEvent:
+    """One logged decision with its observed reward vector."""
+
+    context: np.ndarray  # shape (d,)
+    arm: str
+    reward: np.ndarray  # shape (N_COMPONENTS,), ordered as REWARD_COMPONENTS
+    propensity: float = 1.0
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Learner(Protocol):
+    kind: str
+    dim: int
+    version: int
+
+    def select(self, x: np.ndarray, arms: Sequence[str], rng: np.random.Generator) -> Decision:
+        """Choose one of ``arms`` for context ``x``. Unknown arms start optimistic."""
+        ...
+
+    def update(self, batch: Sequence[RewardEvent]) -> None:
+        """Learn from a batch of events; bumps ``version``."""
+        ...
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        """Replace the objective's linear coefficients (one per reward component)."""
+        ...
+
+    def state_bytes(self) -> bytes:
+        """Serialize the whole state; ``from_bytes`` must reproduce next decisions exactly."""
+        ...
+
+    def arm_summary(self) -> dict[str, dict[str, float]]:
+        """Per arm: pulls, mean of each reward component, uncertainty."""
+        ...
