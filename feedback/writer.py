@@ -1,0 +1,214 @@
+"""The batched, asynchronous decision/outcome log.
+
+The request path calls :meth:`DecisionLogWriter.log_decision` and
+:meth:`~DecisionLogWriter.log_outcome`, which only append to a bounded
+in-memory FIFO; a background thread flushes it to Postgres in batches, one
+transaction per batch (COPY + ``ON CONFLICT DO NOTHING``), so a batch lands
+whole or not at all, and a retried batch never duplicates a row.
+
+Durability contract:
+
+* a record accepted by ``log_*`` is written unless the process dies first;
+  what a crash can lose is bounded by ``max_buffer`` records (default
+  50,000, about 1-2 s of traffic at full speed) and is visible as the
+  ``buffered`` gauge;
+* when the buffer is full, ``log_*`` raises :class:`WriterFull` (counted in
+  ``rejected``): the caller sheds the request instead of losing it silently;
+* transient database errors (connection lost, server restarting) are retried
+  with exponential backoff, forever, while the buffer holds;
+* a batch that fails on its data (constraint or type error) is split in
+  halves until the offending records stand alone; those are dropped and
+  counted in ``invalid``, the rest is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from feedback import repository as repo
+from feedback.errors import WriterFull
+from feedback.records import DecisionRecord, OutcomeRecord
+
+log = logging.getLogger(__name__)
+
+Record = DecisionRecord | OutcomeRecord
+
+
+@dataclass
+class WriterStats:
+    accepted: int = 0
+    written_decisions: int = 0
+    written_outcomes: int = 0
+    rejected: int = 0  # refused because the buffer was full
+    invalid: int = 0  # dropped after isolation: the database refused them alone
+    retries: int = 0
+    flushes: int = 0
+    buffered: int = 0
+    last_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class DecisionLogWriter:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_buffer: int = 50_000,
+        max_batch: int = 5_000,
+        flush_interval_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_buffer < max_batch:
+            raise ValueError("max_buffer must be at least max_batch")
+        self._engine = engine
+        self._max_buffer = max_buffer
+        self._max_batch = max_batch
+        self._flush_interval = flush_interval_s
+        self._max_backoff = max_backoff_s
+        self._sleep = sleep
+        self._queue: deque[Record] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._inflight = 0
+        self._thread: threading.Thread | None = None
+        self.stats = WriterStats()
+
+    # -- request path -------------------------------------------------
+
+    def log_decision(self, record: DecisionRecord) -> None:
+        self._append(record)
+
+    def log_outcome(self, record: OutcomeRecord) -> None:
+        self._append(record)
+
+    def _append(self, record: Record) -> None:
+        with self._cond:
+            if self._closed:
+                raise WriterFull("decision log writer is closed")
+            if len(self._queue) >= self._max_buffer:
+                self.stats.rejected += 1
+                raise WriterFull(f"decision log buffer full ({self._max_buffer} records)")
+            self._queue.append(record)
+            self.stats.accepted += 1
+            self.stats.buffered = len(self._queue) + self._inflight
+            if len(self._queue) >= self._max_batch:
+                self._cond.notify()
+
+    # -- lifecycle ----------------------------------------------------
+
+    def start(self) -> DecisionLogWriter:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="decision-log-writer", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Block until everything accepted so far is written (or timeout)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._cond.notify()
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._queue and self._inflight == 0:
+                    return True
+                if self._thread is None:
+                    break
+            time.sleep(0.01)
+        if self._thread is None:
+            self.flush_once_sync()
+            return not self._queue
+        return False
+
+    def close(self, timeout_s: float = 30.0) -> bool:
+        done = self.flush(timeout_s)
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+        return done
+
+    # -- background flushing -----------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    if self._closed:
+                        return
+                    self._cond.wait(self._flush_interval)
+                if not self._queue:
+                    continue
+            self.flush_once_sync()
+
+    def flush_once_sync(self) -> int:
+        """Write one batch from the head of the queue; returns records taken."""
+        with self._cond:
+            n = min(len(self._queue), self._max_batch)
+            batch = [self._queue[i] for i in range(n)]
+            self._inflight = n
+        if not batch:
+            return 0
+        self._write_with_retry(batch)
+        with self._cond:
+            for _ in range(n):
+                self._queue.popleft()
+            self._inflight = 0
+            self.stats.buffered = len(self._queue)
+            self.stats.flushes += 1
+        return n
+
+    def _write_with_retry(self, batch: list[Record]) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                self._write(batch)
+                return
+            except (IntegrityError, DBAPIError) as exc:
+                if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                    self.stats.retries += 1
+                    self.stats.last_error = str(exc.orig or exc)[:500]
+                    log.warning(
+                        "decision log write failed, retrying in %.2fs: %s", backoff, exc.orig
+                    )
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, self._max_backoff)
+                    continue
+                self._isolate(batch, exc)
+                return
+
+    def _isolate(self, batch: list[Record], exc: Exception) -> None:
+        """A batch the database refuses on its data: write what it accepts."""
+        if len(batch) == 1:
+            self.stats.invalid += 1
+            self.stats.last_error = str(getattr(exc, "orig", exc))[:500]
+            log.error(
+                "dropping invalid log record %r: %s", batch[0].request_id, self.stats.last_error
+            )
+            return
+        mid = len(batch) // 2
+        for half in (batch[:mid], batch[mid:]):
+            self._write_with_retry(half)
+
+    def _write(self, batch: list[Record]) -> None:
+        decisions = [r for r in batch if isinstance(r, DecisionRecord)]
+        outcomes = [r for r in batch if isinstance(r, OutcomeRecord)]
+        with self._engine.begin() as conn:
+            nd = repo.write_decisions(conn, decisions)
+            no = repo.write_outcomes(conn, outcomes)
+        self.stats.written_decisions += nd
+        self.stats.written_outcomes += no

@@ -1,0 +1,52 @@
+"""Small builders for records used across data-layer tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from feedback.records import ArmRecord, DecisionRecord, OutcomeRecord
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+ARMS = [
+    ArmRecord(id="small", model="small", backend="replay"),
+    ArmRecord(id="large", model="large", backend="replay"),
+    ArmRecord(id="base:sql", model="base", adapter="sql", backend="replay"),
+]
+
+
+def decision(
+    arm: str = "small",
+    at: datetime = T0,
+    dim: int = 8,
+    seed: int = 0,
+    request_id: uuid.UUID | None = None,
+) -> DecisionRecord:
+    rng = np.random.default_rng(seed)
+    return DecisionRecord(
+        request_id=request_id or uuid.uuid4(),
+        created_at=at,
+        route="auto",
+        arm_id=arm,
+        context=rng.normal(size=dim).astype(np.float32),
+        propensity=0.5,
+        policy_version=1,
+        learner="linucb",
+    )
+
+
+def outcome(d: DecisionRecord, status: str = "ok", after_s: float = 0.5) -> OutcomeRecord:
+    return OutcomeRecord(
+        request_id=d.request_id,
+        created_at=d.created_at + timedelta(seconds=after_s),
+        status=status,
+        latency_ms=500.0,
+        ttft_ms=80.0,
+        prompt_tokens=12,
+        completion_tokens=40,
+        energy_j=3.5,
+        cost_usd=0.002,
+        error=None if status == "ok" else "upstream 500",
+    )
