@@ -1,0 +1,46 @@
+"""Small helpers shared by the learners' choice rules."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import ndtr
+
+
+def argmax_ties(scores: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """Index of a maximum (ties broken by ``rng``) and the propensities of that rule."""
+    best = np.flatnonzero(scores == scores.max())
+    props = np.zeros(len(scores))
+    props[best] = 1.0 / len(best)
+    i = int(best[0]) if len(best) == 1 else int(rng.choice(best))
+    return i, props
+
+
+def uniform_over(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """A uniformly random index where ``mask`` holds, and the uniform propensities."""
+    cand = np.flatnonzero(mask)
+    props = np.zeros(len(mask))
+    props[cand] = 1.0 / len(cand)
+    return int(rng.choice(cand)), props
+
+
+_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(48)
+_WEIGHTS = _WEIGHTS / np.sqrt(2.0 * np.pi)
+
+
+def gaussian_argmax_probs(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """P(arm k has the largest draw) for independent ``N(mean_k, sd_k^2)``.
+
+    ``P_k = E_z[prod_{j != k} Phi((mean_k + sd_k z - mean_j) / sd_j)]``, by
+    48-node Gauss-Hermite quadrature; arms with ``sd == 0`` are handled exactly
+    as point masses (up to a tiny floor). The result is normalised to sum to 1.
+    """
+    sd = np.maximum(sd, 1e-12)
+    vals = mean[:, None] + sd[:, None] * _NODES[None, :]  # (K, n)
+    z = (vals[:, :, None] - mean[None, None, :]) / sd[None, None, :]  # (K, n, K)
+    cdf = ndtr(z)
+    k = len(mean)
+    cdf[np.arange(k), :, np.arange(k)] = 1.0
+    probs = np.prod(cdf, axis=2) @ _WEIGHTS
+    probs = np.clip(probs, 0.0, None)
+    total = probs.sum()
+    return probs / total if total > 0 else np.full(k, 1.0 / k)

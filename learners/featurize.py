@@ -1,0 +1,178 @@
+"""Deterministic context vectors from OpenAI chat completion requests.
+
+The layout of a vector of dimension ``dim`` is fixed and documented, so that
+learners (GreenServ's task-only baseline) can read named slices of it:
+
+========================  ====================================================
+slice                     content
+========================  ====================================================
+``[0]``                   intercept (1.0)
+``TASK_SLICE``            one-hot task or domain: ``request["task"]`` or
+                          ``metadata.task`` if present, else a keyword guess
+``STATS_SLICE``           prompt statistics: log length, word count, turn
+                          count, choice options, code and digit signals
+``META_SLICE``            signed hashes of request metadata (route, tenant)
+``[TEXT_START:dim]``      signed hashed words and bigrams of the last user
+                          turn (its last paragraph by default), L2-normalised
+========================  ====================================================
+
+Hashing uses :func:`zlib.crc32`, never Python's salted ``hash()``, so a
+request maps to the same vector in every process.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+N_TASK_SLOTS = 8
+N_STATS = 7
+N_META = 4
+TASK_SLICE = slice(1, 1 + N_TASK_SLOTS)
+STATS_SLICE = slice(TASK_SLICE.stop, TASK_SLICE.stop + N_STATS)
+META_SLICE = slice(STATS_SLICE.stop, STATS_SLICE.stop + N_META)
+TEXT_START = META_SLICE.stop
+MIN_DIM = TEXT_START + 8
+
+_WORD = re.compile(r"[a-z0-9_]+")
+_CHOICE = re.compile(r"(?m)^\s*[A-H][).:]\s")
+_CODE = re.compile(r"```|\bdef |\bfunction\b|\bpython\b|\bcode\b|\bclass |;\s*$", re.M)
+_MATH = re.compile(r"\d+\s*[-+*/^=]\s*\d+|\bsolve\b|\bequation\b|\bcalculate\b")
+
+# keyword guess when the request names no task; index into the task slots
+_GUESSES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("code", _CODE),
+    ("math", _MATH),
+    ("multiple_choice", _CHOICE),
+)
+
+
+class Featurizer(BaseModel):
+    """Maps an OpenAI chat completion body to a vector of ``dim`` floats.
+
+    ``tasks`` lists known task names, each given its own task slot in order;
+    other task names share the remaining slots by hash.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["hashed"] = "hashed"
+    dim: int = Field(default=64, ge=MIN_DIM, le=1 << 20)
+    tasks: tuple[str, ...] = Field(default=(), max_length=N_TASK_SLOTS)
+    bigrams: bool = True
+    segment: Literal["last_paragraph", "full"] = "last_paragraph"
+    text_scale: float = Field(default=1.0, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> Featurizer:
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("tasks must be unique")
+        return self
+
+    @property
+    def n_text(self) -> int:
+        return self.dim - TEXT_START
+
+    # -- public ---------------------------------------------------------
+
+    def featurize(self, request: Mapping[str, Any]) -> np.ndarray:
+        x = np.zeros(self.dim, dtype=np.float64)
+        x[0] = 1.0
+        messages = request.get("messages") or []
+        text = _last_user_text(messages)
+        meta = request.get("metadata") or {}
+        task = request.get("task") or meta.get("task") or _guess_task(text)
+        x[TASK_SLICE.start + self._task_slot(str(task))] = 1.0
+        self._stats(x, text, messages)
+        for key in ("route", "tenant"):
+            value = request.get(key) or meta.get(key)
+            if value:
+                idx, sign = self._hash(f"{key}={value}", N_META)
+                x[META_SLICE.start + idx] += sign
+        self._text(x, text)
+        return x
+
+    def featurize_many(self, requests: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return (
+            np.stack([self.featurize(r) for r in requests]) if requests else np.zeros((0, self.dim))
+        )
+
+    # -- internals ------------------------------------------------------
+
+    def _hash(self, token: str, n: int) -> tuple[int, float]:
+        h = zlib.crc32(token.encode(), self.seed)
+        return (h >> 1) % n, 1.0 if h & 1 else -1.0
+
+    def _task_slot(self, task: str) -> int:
+        if task in self.tasks:
+            return self.tasks.index(task)
+        free = N_TASK_SLOTS - len(self.tasks)
+        if free == 0:
+            return self._hash(task, N_TASK_SLOTS)[0]
+        return len(self.tasks) + self._hash(task, free)[0]
+
+    def _stats(self, x: np.ndarray, text: str, messages: Sequence[Mapping[str, Any]]) -> None:
+        s = STATS_SLICE.start
+        n_words = text.count(" ") + 1 if text else 0
+        x[s] = math.log1p(len(text)) / 10.0
+        x[s + 1] = math.log1p(n_words) / 8.0
+        x[s + 2] = math.log1p(len(messages)) / 3.0
+        x[s + 3] = min(len(_CHOICE.findall(text)), 10) / 10.0
+        x[s + 4] = 1.0 if _CODE.search(text) else 0.0
+        x[s + 5] = min(sum(c.isdigit() for c in text[-2000:]) / 50.0, 1.0)
+        x[s + 6] = 1.0 if text.rstrip().endswith("?") else 0.0
+
+    def _text(self, x: np.ndarray, text: str) -> None:
+        if self.segment == "last_paragraph":
+            parts = [p for p in text.split("\n\n") if p.strip()]
+            text = parts[-1] if parts else ""
+        words = _WORD.findall(text.lower())
+        if not words:
+            return
+        tokens = (
+            words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+            if self.bigrams
+            else words
+        )
+        block = np.zeros(self.n_text)
+        n = self.n_text
+        seed = self.seed
+        for tok in tokens:
+            h = zlib.crc32(tok.encode(), seed)
+            block[(h >> 1) % n] += 1.0 if h & 1 else -1.0
+        norm = float(np.sqrt(block @ block))
+        if norm > 0:
+            x[TEXT_START:] = block * (self.text_scale / norm)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "\n".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, Mapping) and p.get("type") == "text"
+        )
+    return ""
+
+
+def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return _content_text(m.get("content"))
+    return ""
+
+
+def _guess_task(text: str) -> str:
+    for name, pattern in _GUESSES:
+        if pattern.search(text):
+            return name
+    return "chat"
