@@ -1,0 +1,219 @@
+"""The cache controller: epochs on a passed-in clock, plans applied through an executor.
+
+Call :meth:`CacheController.observe` with the contexts of routed requests (demand),
+:meth:`CacheController.record_access` with where each was served, and
+:meth:`CacheController.tick` whenever convenient (each batch, a timer): it closes
+every epoch whose end the clock has passed, asks the policy for the next plan,
+applies it (evictions first, then prefetches), and appends exactly one
+:class:`EpochRecord` per epoch to :attr:`history` and to the optional sink (the
+residency table). An epoch whose end had already passed when the controller got to
+it is recorded as failed ("missed"); a plan that raised or that a replica did not
+end up holding is recorded as failed with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from cache_manager.demand import DemandTracker
+from cache_manager.epochs import EpochSchedule
+from cache_manager.executor import CapacityError, ResidencyExecutor
+from cache_manager.paging import PagingCostModel
+from cache_manager.plan import EpochRecord, PlanStatus, ReplicaOutcome, ResidencyPlan
+from cache_manager.policies.base import PlanInputs, ResidencyPolicy
+from cache_manager.scorer import ArmScorer
+
+Clock = Callable[[], float]
+
+
+class EpochSink(Protocol):
+    def record(self, record: EpochRecord) -> None: ...
+
+
+def apply_plan(plan: ResidencyPlan, executor: ResidencyExecutor) -> tuple[ReplicaOutcome, ...]:
+    """Evict what a replica should drop, then prefetch what it lacks; never over capacity."""
+    outcomes = []
+    known = set(executor.replicas())
+    for replica, planned in plan.residency.items():
+        if replica not in known:
+            outcomes.append(ReplicaOutcome(replica, planned, (), (), (), 0.0, "unknown replica"))
+            continue
+        prefetched: list[str] = []
+        evicted: list[str] = []
+        load_s = 0.0
+        error: str | None = None
+        try:
+            if len(set(planned)) > executor.capacity(replica):
+                raise CapacityError(
+                    f"plan holds {len(set(planned))} adapters, capacity {executor.capacity(replica)}"
+                )
+            for adapter in executor.resident(replica):
+                if adapter not in planned:
+                    executor.evict(replica, adapter)
+                    evicted.append(adapter)
+            have = set(executor.resident(replica))
+            for adapter in planned:
+                if adapter not in have:
+                    load_s += executor.prefetch(replica, adapter)
+                    prefetched.append(adapter)
+                    have.add(adapter)
+        except Exception as exc:  # a replica failing must not stop the others
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            resident = tuple(executor.resident(replica))
+        except Exception as exc:
+            resident = ()
+            error = error or f"{type(exc).__name__}: {exc}"
+        outcomes.append(
+            ReplicaOutcome(
+                replica, tuple(planned), resident, tuple(prefetched), tuple(evicted), load_s, error
+            )
+        )
+    return tuple(outcomes)
+
+
+class CacheController:
+    def __init__(
+        self,
+        policy: ResidencyPolicy,
+        executor: ResidencyExecutor,
+        schedule: EpochSchedule | None,
+        clock: Clock,
+        demand: DemandTracker,
+        scorer: ArmScorer,
+        arms: Sequence[str],
+        paging: PagingCostModel,
+        rng: np.random.Generator,
+        sink: EpochSink | None = None,
+    ) -> None:
+        self.policy, self.executor, self.schedule = policy, executor, schedule
+        self.clock, self.demand, self.scorer = clock, demand, scorer
+        self.arms = tuple(arms)
+        self.penalty = paging.penalties(self.arms)
+        self.rng = rng
+        self.sink = sink
+        self.history: list[EpochRecord] = []
+        self.epoch = -1
+        self.epoch_start = clock()
+        self.epoch_end = self.epoch_start  # the first tick opens epoch 0
+        self.requests = 0
+        self._requests_at_epoch = 0
+
+    # --- request path ---------------------------------------------------------
+    def observe(self, contexts: np.ndarray) -> None:
+        contexts = np.atleast_2d(contexts)
+        self.requests += len(contexts)
+        self.demand.observe(contexts, self.clock())
+
+    def record_access(self, replica: str, adapter: str, hit: bool) -> None:
+        self.policy.on_access(replica, adapter, self.clock(), hit)
+
+    def residency(self) -> dict[str, tuple[str, ...]]:
+        return {r: tuple(self.executor.resident(r)) for r in self.executor.replicas()}
+
+    def capacity(self) -> dict[str, int]:
+        return {r: self.executor.capacity(r) for r in self.executor.replicas()}
+
+    # --- epochs ---------------------------------------------------------------
+    def _record(self, record: EpochRecord) -> None:
+        self.history.append(record)
+        if self.sink is not None:
+            self.sink.record(record)
+
+    def tick(self) -> list[EpochRecord]:
+        """Close every epoch the clock has passed; plan and apply the current one."""
+        if self.schedule is None:
+            return []
+        now = self.clock()
+        new: list[EpochRecord] = []
+        while now >= self.epoch_end:
+            elapsed = max(self.epoch_end - self.epoch_start, 1e-9)
+            rate = (self.requests - self._requests_at_epoch) / elapsed if self.epoch >= 0 else 0.0
+            self.epoch += 1
+            self.epoch_start = self.epoch_end
+            self.epoch_end = self.epoch_start + self.schedule.length(self.epoch)
+            self._requests_at_epoch = self.requests
+            if now >= self.epoch_end:
+                record = EpochRecord(
+                    self.epoch,
+                    self.epoch_start,
+                    self.epoch_end,
+                    PlanStatus.FAILED,
+                    None,
+                    reason="missed: the epoch ended before the controller ran",
+                )
+            else:
+                record_or_none = self._plan_and_apply(rate)
+                if record_or_none is None:
+                    continue
+                record = record_or_none
+            self._record(record)
+            new.append(record)
+        return new
+
+    def _plan_and_apply(self, rate: float) -> EpochRecord | None:
+        length = self.epoch_end - self.epoch_start
+        centroids, share = self.demand.demand()
+        try:
+            residency = self.residency()
+            inputs = PlanInputs(
+                epoch=self.epoch,
+                start=self.epoch_start,
+                length_s=length,
+                expected_requests=rate * length,
+                total_requests=self.requests,
+                arms=self.arms,
+                scorer=self.scorer,
+                centroids=centroids,
+                share=share,
+                live_share=lambda: self.demand.demand()[1],
+                penalty=self.penalty,
+                residency=residency,
+                capacity=self.capacity(),
+            )
+            plan = self.policy.plan(inputs, self.rng)
+        except Exception as exc:
+            return EpochRecord(
+                self.epoch,
+                self.epoch_start,
+                self.epoch_end,
+                PlanStatus.FAILED,
+                None,
+                reason=f"planning failed: {type(exc).__name__}: {exc}",
+            )
+        if plan is None:
+            return None
+        outcomes = apply_plan(plan, self.executor)
+        failed = [o for o in outcomes if not o.ok]
+        status = PlanStatus.FAILED if failed else PlanStatus.APPLIED
+        reason = "; ".join(
+            f"{o.replica}: {o.error or 'resident set differs from plan'}" for o in failed
+        )
+        return EpochRecord(
+            self.epoch, self.epoch_start, self.epoch_end, status, plan, outcomes, reason or None
+        )
+
+    # --- demand paging (what a replica does on a miss) ---------------------------
+    def page_in(self, replica: str, adapter: str) -> float | None:
+        """Bring ``adapter`` to ``replica`` for a request; returns the load seconds.
+
+        A full replica evicts the policy's victim first. ``None`` means the policy
+        declined to admit it (victim ``None``): the replica serves the request with
+        a transient load that it pays for and does not keep.
+        """
+        resident = tuple(self.executor.resident(replica))
+        if len(resident) >= self.executor.capacity(replica):
+            victim = self.policy.victim(replica, adapter, resident, self.clock())
+            if victim is None:
+                return None
+            self.executor.evict(replica, victim)
+        return self.executor.prefetch(replica, adapter)
+
+    def choose_replica(
+        self, adapter: str, mapping: Mapping[str, tuple[str, ...]] | None = None
+    ) -> str:
+        residency = mapping if mapping is not None else self.residency()
+        return self.policy.miss_replica(adapter, residency, self.capacity(), self.rng)

@@ -1,0 +1,1 @@
+"""Residency policies: POLAR, POLAR+, and the LRU/LFU/static/oracle baselines."""

@@ -1,0 +1,1 @@
+"""Adapter-trace simulator: scenarios, one seeded run per policy, and the report."""
