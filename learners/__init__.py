@@ -36,11 +36,17 @@ _LAZY = {
 }
 
 __all__ = [
+    "LEARNERS",
     "REWARD_COMPONENTS",
     "Decision",
+    "Featurizer",
     "Learner",
+    "LearnerConfig",
     "RewardEvent",
-    *_LAZY,
+    "as_weights",
+    "load_learner",
+    "make_learner",
+    "parse_config",
 ]
 
 

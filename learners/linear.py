@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+from scipy.linalg.blas import dger
 
 from learners.base import N_COMPONENTS, REWARD_COMPONENTS, Decision, RewardEvent
 from learners.state import pack, unpack
@@ -106,12 +107,18 @@ class RidgeArms:
                 self._rank_one(k, old_x, old_r, -1.0)
 
     def _rank_one(self, k: int, x: np.ndarray, r: np.ndarray, sign: float) -> None:
+        """Sherman-Morrison: add (sign +1) or remove (-1) one observation, in place.
+
+        BLAS ``dger`` writes the rank-one updates into the stacked arrays
+        (a C-ordered matrix's transpose is Fortran-ordered, and every update
+        here is symmetric or transposed to match), avoiding temporaries.
+        """
         Ainv = self.A_inv[k]
         Ax = Ainv @ x
         denom = 1.0 + sign * float(x @ Ax)
-        Ainv -= (sign / denom) * np.outer(Ax, Ax)
-        self.A[k] += sign * np.outer(x, x)
-        self.b[k] += sign * (r[:, None] * x[None, :])
+        dger(-sign / denom, Ax, Ax, a=Ainv.T, overwrite_a=True)
+        dger(sign, x, x, a=self.A[k].T, overwrite_a=True)
+        dger(sign, x, r, a=self.b[k].T, overwrite_a=True)
 
     def thetas(self, w: np.ndarray, k: int | None = None) -> np.ndarray:
         """``A_k^{-1} (w . b_k)`` for one arm, or all arms (K, d)."""
@@ -214,11 +221,16 @@ class LinearLearner:
         """Per arm: (mean reward estimate, uncertainty width ``sqrt(x^T A^-1 x)``).
 
         Vectorised over ``arms``; unknown arms are added (mean 0, prior width).
+        The mean uses the current objective weights; POLAR-style callers turn
+        these into scores as ``mean + alpha * width - penalty``.
         """
-        z = self._context(x)
-        idx = self._indices(arms)
+        return self._estimates(self._context(x), self._indices(arms))
+
+    def _estimates(self, z: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        K, d = self._theta.shape
         mean = (self._theta @ z)[idx]
-        quad = (self.store.A_inv @ z) @ z  # all arms: avoids copying (K, d, d)
+        # one gemv over all arms' stacked inverses: no (K, d, d) copy
+        quad = (self.store.A_inv.reshape(K * d, d) @ z).reshape(K, d) @ z
         width = np.sqrt(np.maximum(quad[idx], 0.0))
         return mean, width
 
@@ -233,10 +245,11 @@ class LinearLearner:
     ) -> Decision:
         if not arms:
             raise ValueError("no live arms")
-        mean, width = self.estimates(x, arms)
+        idx = self._indices(arms)
+        mean, width = self._estimates(self._context(x), idx)
         if penalties:
             mean = mean - np.array([penalties.get(a, 0.0) for a in arms])
-        untried = self.store.pulls[self._indices(arms)] < self.config.min_pulls
+        untried = self.store.pulls[idx] < self.config.min_pulls
         i, props, scores = self._choose(mean, width, untried, rng)
         return Decision(
             arm=arms[i],
@@ -255,8 +268,8 @@ class LinearLearner:
         for ev in batch:
             self.add_arm(ev.arm)
             k = self.store.index[ev.arm]
-            r = np.asarray(ev.reward, dtype=np.float64)
-            self.store.update(k, self._context(ev.context), r)
+            r = np.ascontiguousarray(ev.reward, dtype=np.float64)
+            self.store.update(k, np.ascontiguousarray(self._context(ev.context)), r)
             self._theta[k] = self.store.thetas(self.weights, k)
         if batch:
             self.version += 1

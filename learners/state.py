@@ -38,5 +38,7 @@ def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def peek_kind(data: bytes) -> str:
     """The learner kind stored in ``data``, without loading the arrays."""
+    if data[:4] != MAGIC or len(data) < 9:
+        raise ValueError("not a banditctl learner state")
     n = int.from_bytes(data[5:9], "big")
     return str(json.loads(data[9 : 9 + n])["kind"])

@@ -7,6 +7,10 @@ so each arm gets its own weights. Exploration is VW's: SquareCB by default,
 or epsilon-greedy, bagging, cover, softmax, RegCB or explore-first by config.
 The propensity is VW's pmf for the sampled arm.
 
+State round-trips exactly for squarecb, epsilon, softmax and RegCB; bagging and
+cover draw from VW's internal random state, which its model bytes do not hold,
+so after a reload their decisions are equivalent in law but not identical.
+
 VW learns a scalar cost, so the reward vector is scalarized with the weights
 in force at update time; new weights apply to what is learned afterwards.
 """
@@ -29,7 +33,13 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
 def vw_args(cfg: VWConfig) -> list[str]:
-    args = ["--cb_explore_adf", "--quiet", "-l", str(cfg.learning_rate)]
+    args = [
+        "--cb_explore_adf",
+        "--quiet",
+        "--preserve_performance_counters",
+        "-l",
+        str(cfg.learning_rate),
+    ]
     for q in cfg.interactions:
         args += ["-q", q]
     exp = cfg.exploration

@@ -50,6 +50,8 @@ class ReplayResult:
     traces: dict[str, list[RunTrace]]
     references: dict[str, dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    model_quality: np.ndarray | None = None  # (K,) mean quality of each single model
+    model_cost: np.ndarray | None = None
 
 
 def mean_ci(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
@@ -174,7 +176,17 @@ def run_replay(
                 traces[tr.name].append(tr)
                 if progress:
                     progress(len(ds))
-    return ReplayResult(ds.models, w, len(ds), list(seeds), traces, refs, list(ds.notes))
+    return ReplayResult(
+        ds.models,
+        w,
+        len(ds),
+        list(seeds),
+        traces,
+        refs,
+        list(ds.notes),
+        ds.quality.mean(axis=0),
+        ds.cost_usd.mean(axis=0),
+    )
 
 
 def summarize(result: ReplayResult) -> dict[str, Any]:

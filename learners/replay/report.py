@@ -1,0 +1,84 @@
+"""Text table and PNG figure for a replay result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from learners.replay.simulator import ReplayResult
+
+
+def _ci(v: dict[str, Any], key: str, ci: str, fmt: str) -> str:
+    lo, hi = v[ci]
+    return f"{v[key]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    refs = summary["references"]
+    top = refs["best_quality_model"]["arm"]
+    lines = [
+        f"{len(summary['seeds'])} seeds x {summary['n']} prompts; 95% intervals over seeds",
+        f"{'learner':<16} {'mean reward':>26} {'quality':>24} {'cost USD':>30} "
+        f"{'%q ' + top[:10]:>14} {'%cost':>7} {'regret vs best fixed':>28} {'regret vs oracle':>28}",
+    ]
+    for name, v in summary["learners"].items():
+        lines.append(
+            f"{name:<16} {_ci(v, 'mean_reward', 'reward_ci95', '.4f'):>26} {_ci(v, 'mean_quality', 'quality_ci95', '.3f'):>24} "
+            f"{_ci(v, 'mean_cost', 'cost_ci95', '.6f'):>30} {v['pct_best_model_quality']:>13.1f}% "
+            f"{v['pct_best_model_cost']:>6.1f}% {_ci(v, 'regret_vs_best_fixed', 'regret_vs_best_fixed_ci95', '.1f'):>28} "
+            f"{_ci(v, 'regret_vs_oracle', 'regret_vs_oracle_ci95', '.1f'):>28}"
+        )
+    lines.append("references (hindsight, whole stream):")
+    for name, r in refs.items():
+        what = r.get("arm") or ", ".join(f"{k}->{m}" for k, m in r.get("arms", {}).items())
+        lines.append(
+            f"  {name:<20} reward {r['mean_reward']:.4f}  quality {r['mean_quality']:.3f}  "
+            f"cost {r['mean_cost']:.6f}  {what}"
+        )
+    for note in summary.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def plot(result: ReplayResult, summary: dict[str, Any], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 5.5))
+    steps = np.arange(1, result.n + 1)
+    for name, runs in result.traces.items():
+        for ax, attr in ((ax1, "regret_fixed"), (ax2, "regret_oracle")):
+            curves = np.array([np.cumsum(getattr(r, attr)) for r in runs])
+            m = curves.mean(axis=0)
+            ax.plot(steps, m, label=name)
+            if len(runs) > 1:
+                h = 1.96 * curves.std(axis=0, ddof=1) / np.sqrt(len(runs))
+                ax.fill_between(steps, m - h, m + h, alpha=0.2)
+    ax1.set(title="cumulative regret vs best fixed model", xlabel="prompts", ylabel="regret")
+    ax2.set(title="cumulative regret vs per-prompt oracle", xlabel="prompts", ylabel="regret")
+    ax1.axhline(0, color="grey", lw=0.5)
+    ax1.legend(fontsize=8)
+    for name, v in summary["learners"].items():
+        ax3.scatter(v["mean_cost"], v["mean_quality"], marker="o", s=50)
+        ax3.annotate(name, (v["mean_cost"], v["mean_quality"]), fontsize=8)
+    refs = summary["references"]
+    for name in ("oracle", "per_task_best"):
+        r = refs[name]
+        ax3.scatter(r["mean_cost"], r["mean_quality"], marker="*", s=120, color="black")
+        ax3.annotate(name, (r["mean_cost"], r["mean_quality"]), fontsize=8)
+    ds_q, ds_c = result.model_quality, result.model_cost
+    if ds_q is not None and ds_c is not None:
+        ax3.scatter(ds_c, ds_q, marker="x", color="grey", label="single models")
+        for m, q, c in zip(result.models, ds_q, ds_c, strict=True):
+            ax3.annotate(m.split("/")[-1], (c, q), fontsize=6, color="grey")
+    ax3.set_xscale("log")
+    ax3.set(
+        title="quality / cost frontier", xlabel="mean cost per prompt (USD)", ylabel="mean quality"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
