@@ -151,7 +151,7 @@ def _finish(
     chars = np.array([_prompt_chars(r) for r in requests], dtype=float)
     resp = np.asarray(response_chars, dtype=float) if response_chars is not None else None
     lat_p, en_p = profile_latency_energy(models, chars, resp)
-    profiled = []
+    profiled: list[str] = []
     if latency is None:
         lat, profiled = lat_p, [*profiled, "latency_ms"]
     else:

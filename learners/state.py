@@ -20,7 +20,7 @@ FORMAT = 1
 def pack(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
     head = json.dumps(header, sort_keys=True).encode()
     buf = io.BytesIO()
-    np.savez(buf, **(arrays or {}))
+    np.savez(buf, **(arrays or {}))  # type: ignore[arg-type]
     return MAGIC + bytes([FORMAT]) + len(head).to_bytes(4, "big") + head + buf.getvalue()
 
 

@@ -100,8 +100,9 @@ class VWLearner(_MeanLearner):
 
     def pmf(self, x: np.ndarray, arms: Sequence[str]) -> np.ndarray:
         probs = np.zeros(len(arms))
-        for idx, p in self._ws.predict_one(self._examples(x, arms, None)):
-            probs[idx] = p
+        pred: Any = self._ws.predict_one(self._examples(x, arms, None))  # [(index, prob)]
+        for idx, p in pred:
+            probs[int(idx)] = float(p)
         total = probs.sum()
         return probs / total if total > 0 else np.full(len(arms), 1.0 / len(arms))
 
