@@ -32,9 +32,9 @@ class _Config(BaseModel):
 
 class PolarConfig(_Config):
     kind: Literal["polar"] = "polar"
-    epoch_s: float = Field(10.0, gt=0)
-    bonus: float = Field(1.0, ge=0)
-    churn_weight: float = Field(1.0, ge=0)
+    epoch_s: float = Field(default=10.0, gt=0)
+    bonus: float = Field(default=1.0, ge=0)
+    churn_weight: float = Field(default=1.0, ge=0)
 
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         params = PolarParams(bonus=self.bonus, churn_weight=self.churn_weight)
@@ -43,12 +43,14 @@ class PolarConfig(_Config):
 
 class PolarPlusConfig(_Config):
     kind: Literal["polar+"] = "polar+"
-    initial_epoch_s: float = Field(2.5, gt=0)
-    factor: float = Field(2.0, ge=1)
-    max_epoch_s: float | None = Field(40.0, gt=0, description="cap on the doubling; None: uncapped")
-    bonus: float = Field(1.0, ge=0)
-    churn_weight: float = Field(1.0, ge=0)
-    explore_coef: float = Field(1.0, ge=0)
+    initial_epoch_s: float = Field(default=2.5, gt=0)
+    factor: float = Field(default=2.0, ge=1)
+    max_epoch_s: float | None = Field(
+        default=40.0, gt=0, description="cap on the doubling; None: uncapped"
+    )
+    bonus: float = Field(default=1.0, ge=0)
+    churn_weight: float = Field(default=1.0, ge=0)
+    explore_coef: float = Field(default=1.0, ge=0)
 
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         params = PolarParams(
@@ -77,7 +79,7 @@ class LfuConfig(_Config):
 
 class StaticConfig(_Config):
     kind: Literal["static"] = "static"
-    warmup_s: float = Field(10.0, gt=0)
+    warmup_s: float = Field(default=10.0, gt=0)
 
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         return BuiltPolicy(StaticTopKPolicy(), FixedEpochs(self.warmup_s))
@@ -85,7 +87,7 @@ class StaticConfig(_Config):
 
 class OracleConfig(_Config):
     kind: Literal["oracle"] = "oracle"
-    epoch_s: float = Field(10.0, gt=0)
+    epoch_s: float = Field(default=10.0, gt=0)
 
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         if hindsight is None:

@@ -13,11 +13,12 @@ end up holding is recorded as failed with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
 
+from cache_manager.clock import Clock
 from cache_manager.demand import DemandTracker
 from cache_manager.epochs import EpochSchedule
 from cache_manager.executor import CapacityError, ResidencyExecutor
@@ -25,8 +26,6 @@ from cache_manager.paging import PagingCostModel
 from cache_manager.plan import EpochRecord, PlanStatus, ReplicaOutcome, ResidencyPlan
 from cache_manager.policies.base import PlanInputs, ResidencyPolicy
 from cache_manager.scorer import ArmScorer
-
-Clock = Callable[[], float]
 
 
 class EpochSink(Protocol):
@@ -205,6 +204,8 @@ class CacheController:
         a transient load that it pays for and does not keep.
         """
         resident = tuple(self.executor.resident(replica))
+        if self.executor.capacity(replica) == 0:
+            return None
         if len(resident) >= self.executor.capacity(replica):
             victim = self.policy.victim(replica, adapter, resident, self.clock())
             if victim is None:

@@ -35,10 +35,10 @@ class PagingCostModel(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     adapter_mib: dict[str, float] = Field(description="adapter name -> size in MiB")
-    ms_per_mib: float = Field(MEASURED_MS_PER_MIB, gt=0)
-    sigma_log: float = Field(MEASURED_SIGMA_LOG, ge=0)
+    ms_per_mib: float = Field(default=MEASURED_MS_PER_MIB, gt=0)
+    sigma_log: float = Field(default=MEASURED_SIGMA_LOG, ge=0)
     latency_weight_per_s: float = Field(
-        5.0, ge=0, description="objective's latency coefficient, reward lost per second"
+        default=5.0, ge=0, description="objective's latency coefficient, reward lost per second"
     )
 
     def median_s(self, adapter: str) -> float:

@@ -91,7 +91,7 @@ class PolarPolicy:
         )
         self._inputs = inputs
         self._gain, self._utility, self._gain_at = greedy.gain, greedy.utility, inputs.start
-        self._forced = inputs.arms[explore] if greedy.explore else None
+        self._forced = inputs.arms[greedy.explore[0]] if greedy.explore else None
         budget = self.params.explore_coef * math.sqrt(max(inputs.expected_requests, 1.0))
         self._forced_left = math.ceil(budget) if self._forced else 0
         # spend the budget early in the epoch (first ~tenth), so the slot is then free
@@ -142,6 +142,8 @@ class PolarPolicy:
     ) -> str:
         def cheapest_slot(replica: str) -> float:
             resident = residency[replica]
+            if capacity[replica] == 0:
+                return np.inf  # can hold nothing: last resort
             if len(resident) < capacity[replica]:
                 return -np.inf
             return min(self._live_utility(a) for a in resident)
@@ -151,6 +153,8 @@ class PolarPolicy:
     def victim(
         self, replica: str, adapter: str, resident: tuple[str, ...], now: float
     ) -> str | None:
+        if not resident:
+            return None
         self._refresh_gain(now)
         weakest = min(
             resident,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cache_manager.clock import ManualClock
 from cache_manager.config import CachePolicyConfig
 from cache_manager.controller import CacheController
 from cache_manager.demand import DemandTracker
@@ -24,14 +25,6 @@ from cache_manager.plan import PlanStatus
 from cache_manager.router import CacheAwareRouter
 from cache_manager.scorer import ArmScorer, FixedScorer, RidgeScorer
 from cache_manager.sim.scenarios import World
-
-
-@dataclass
-class SimClock:
-    now: float = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ def run_policy(world: World, config: CachePolicyConfig, seed: int) -> RunResult:
     built = config.build(hindsight=world.hindsight)
     policy = built.policy
     scorer = make_scorer(world, built.needs_truth)
-    clock = SimClock(float(world.times[0]))
+    clock = ManualClock(float(world.times[0]))
     replicas = {f"replica-{r}": s.slots for r in range(s.replicas)}
     paging = world.paging
     executor = InMemoryExecutor(replicas, load=lambda _r, a: paging.sample_s(a, paging_rng))

@@ -35,24 +35,24 @@ class ScenarioConfig(BaseModel):
 
     name: str
     description: str = ""
-    n_adapters: int = Field(32, ge=15, le=64)
-    n_clusters: int = Field(8, ge=1)
-    n_generalists: int = Field(4, ge=0)
-    replicas: int = Field(4, ge=1)
-    slots: int = Field(2, ge=1)
-    rate_per_s: float = Field(100.0, gt=0)
-    horizon: int = Field(100_000, ge=1)
-    context_noise: float = Field(0.15, ge=0)
-    reward_noise: float = Field(0.1, ge=0)
+    n_adapters: int = Field(default=32, ge=15, le=64)
+    n_clusters: int = Field(default=8, ge=1)
+    n_generalists: int = Field(default=4, ge=0)
+    replicas: int = Field(default=4, ge=1)
+    slots: int = Field(default=2, ge=1)
+    rate_per_s: float = Field(default=100.0, gt=0)
+    horizon: int = Field(default=100_000, ge=1)
+    context_noise: float = Field(default=0.15, ge=0)
+    reward_noise: float = Field(default=0.1, ge=0)
     popularity: Literal["stationary", "drift", "shift"] = "drift"
-    amplitude: float = Field(1.5, ge=0)
-    period_s: float = Field(400.0, gt=0)
-    shift_at: float = Field(0.5, gt=0, lt=1)
+    amplitude: float = Field(default=1.5, ge=0)
+    period_s: float = Field(default=400.0, gt=0)
+    shift_at: float = Field(default=0.5, gt=0, lt=1)
     ranks: tuple[int, ...] = (8, 16, 32, 64)
-    latency_weight_per_s: float = Field(5.0, ge=0)
-    alpha: float = Field(1.0, ge=0, description="router's UCB width multiplier")
-    ridge: float = Field(1.0, gt=0)
-    batch: int = Field(32, ge=1, description="requests between learner updates")
+    latency_weight_per_s: float = Field(default=5.0, ge=0)
+    alpha: float = Field(default=1.0, ge=0, description="router's UCB width multiplier")
+    ridge: float = Field(default=1.0, gt=0)
+    batch: int = Field(default=32, ge=1, description="requests between learner updates")
 
 
 SCENARIOS: dict[str, ScenarioConfig] = {
