@@ -34,14 +34,15 @@ def main() -> None:
     for kind in args.kinds.split(","):
         learner = make_learner({"kind": kind}, args.dim, {"quality": 1.0, "cost_usd": -30.0})
         steps = args.steps if kind != "vw" else min(args.steps, 5000)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(steps):
             d = learner.select(X[i], arms, rng)
             learner.update([RewardEvent(X[i], d.arm, R[i], d.propensity, meta)])
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         print(
             f"{kind:<10} d={args.dim} arms={args.arms}: {steps / dt:,.0f} decisions+updates/s "
-            f"({steps} steps, {1e6 * dt / steps:.1f} us each)"
+            f"wall, {steps / cpu:,.0f}/s per CPU-second ({steps} steps, "
+            f"{1e6 * dt / steps:.1f} us wall each; load average {os.getloadavg()[0]:.1f})"
         )
 
 
