@@ -80,6 +80,7 @@ decisions = Table(
     Index(
         "ix_decisions_uncredited",
         "created_at",
+        "request_id",
         postgresql_where=text("credit_seq IS NULL"),
     ),
     Index("uq_decisions_credit_seq", "credit_seq", unique=True),

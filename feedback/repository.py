@@ -14,8 +14,10 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import psycopg
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from feedback import models as m
 from feedback.errors import NotFound
@@ -150,40 +152,74 @@ def _outcome_row(o: OutcomeRecord) -> tuple[Any, ...]:
     )
 
 
+def _copy_into(
+    conn: Connection, target: str, cols: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    statement = f"COPY {target} ({', '.join(cols)}) FROM STDIN"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:  # surface driver errors as SQLAlchemy's, like every other call
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+    finally:
+        cursor.close()
+
+
 def _copy_insert(
-    conn: Connection, table: str, cols: Sequence[str], rows: Sequence[tuple[Any, ...]]
-) -> int:
-    """COPY rows into a temp twin of ``table``, then insert them, skipping known keys."""
+    conn: Connection,
+    table: str,
+    cols: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    returning: str | None = None,
+) -> list[Any]:
+    """COPY rows into a temp twin of ``table``, then insert them, skipping known keys.
+
+    Returns the ``returning`` expression of each inserted row (empty if None).
+    """
     if not rows:
-        return 0
+        return []
     tmp = f"_in_{table}"
     collist = ", ".join(cols)
     conn.execute(
         text(
-            f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"CREATE TEMP TABLE IF NOT EXISTS {tmp} ON COMMIT DELETE ROWS AS "
+            f"SELECT {collist} FROM {table} WITH NO DATA"
         )
     )
     conn.execute(text(f"TRUNCATE {tmp}"))
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    _copy_into(conn, tmp, cols, rows)
+    sql = f"INSERT INTO {table} ({collist}) SELECT {collist} FROM {tmp} ON CONFLICT DO NOTHING"
+    if returning:
+        return list(conn.execute(text(f"{sql} RETURNING {returning}")))
+    return [None] * int(conn.execute(text(sql)).rowcount)
+
+
+def _bulk_insert(
+    conn: Connection, table: str, cols: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> int:
+    """COPY straight into ``table``; if a key already exists (a batch retried after
+    its commit was acknowledged late), redo it through the conflict-skipping path."""
+    if not rows:
+        return 0
     try:
-        with cursor.copy(f"COPY {tmp} ({collist}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-    finally:
-        cursor.close()
-    result = conn.execute(
-        text(f"INSERT INTO {table} ({collist}) SELECT {collist} FROM {tmp} ON CONFLICT DO NOTHING")
-    )
-    return int(result.rowcount)
+        with conn.begin_nested():
+            _copy_into(conn, table, cols, rows)
+        return len(rows)
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "23505":  # not a unique violation: bad data
+            raise
+    return len(_copy_insert(conn, table, cols, rows))
 
 
 def write_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> int:
     """Bulk insert; returns rows inserted (a retried batch inserts 0)."""
-    return _copy_insert(conn, "decisions", _DECISION_COLS, [_decision_row(d) for d in records])
+    return _bulk_insert(conn, "decisions", _DECISION_COLS, [_decision_row(d) for d in records])
 
 
 def write_outcomes(conn: Connection, records: Sequence[OutcomeRecord]) -> int:
-    return _copy_insert(conn, "outcomes", _OUTCOME_COLS, [_outcome_row(o) for o in records])
+    return _bulk_insert(conn, "outcomes", _OUTCOME_COLS, [_outcome_row(o) for o in records])
 
 
 def insert_decision(conn: Connection, d: DecisionRecord) -> None:
@@ -249,25 +285,12 @@ def record_feedback_many(conn: Connection, items: Sequence[FeedbackInput]) -> li
     rows = []
     for fb in items:
         key = (fb.request_id, fb.source)
-        if key in seen:
-            continue
-        seen.add(key)
-        rows.append(
-            {
-                "request_id": fb.request_id,
-                "source": fb.source,
-                "quality": fb.quality,
-                "raw_rating": fb.raw_rating,
-                "comment": fb.comment,
-            }
-        )
-    stmt = (
-        pg_insert(m.feedback)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["request_id", "source"])
-        .returning(m.feedback.c.id, m.feedback.c.request_id, m.feedback.c.source)
-    )
-    inserted = {(r.request_id, r.source): r.id for r in conn.execute(stmt)}
+        if key not in seen:
+            seen.add(key)
+            rows.append((fb.request_id, fb.source, fb.quality, fb.raw_rating, fb.comment))
+    cols = ("request_id", "source", "quality", "raw_rating", "comment")
+    returned = _copy_insert(conn, "feedback", cols, rows, returning="id, request_id, source")
+    inserted = {(r.request_id, r.source): r.id for r in returned}
     results = []
     reported: set[tuple[uuid.UUID, str]] = set()
     for fb in items:
@@ -296,10 +319,12 @@ _READY_SQL = """
     FROM decisions d
     JOIN outcomes o ON o.request_id = d.request_id
     LEFT JOIN LATERAL (
-        SELECT f.quality FROM feedback f
+        -- the first feedback row (by id) that arrived before the deadline; an
+        -- aggregate, so the plan is a lookup on (request_id, source), never a
+        -- walk of the feedback table in id order
+        SELECT (array_agg(f.quality ORDER BY f.id))[1] AS quality FROM feedback f
         WHERE f.request_id = d.request_id
           AND f.created_at < d.created_at + make_interval(secs => :window)
-        ORDER BY f.id LIMIT 1
     ) fb ON true
     WHERE d.credit_seq IS NULL
       AND (o.status <> 'ok' OR fb.quality IS NOT NULL

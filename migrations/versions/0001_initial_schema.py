@@ -139,7 +139,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_decisions_uncredited",
         "decisions",
-        ["created_at"],
+        ["created_at", "request_id"],
         unique=False,
         postgresql_where=sa.text("credit_seq IS NULL"),
     )
