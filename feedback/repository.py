@@ -567,3 +567,34 @@ def table_counts(conn: Connection) -> dict[str, int]:
     names = ["arms", "decisions", "outcomes", "feedback", "policy_snapshots", "residency_epochs"]
     sql = " UNION ALL ".join(f"SELECT '{n}', count(*) FROM {n}" for n in names)
     return {r[0]: int(r[1]) for r in conn.execute(text(sql))}
+
+
+def traffic_by_arm(conn: Connection) -> dict[str, dict[str, float | None]]:
+    """Per arm: decisions, share of traffic, and mean outcome components so far."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT d.arm_id, count(*) AS n,
+                   avg(o.latency_ms) AS latency_ms, avg(o.energy_j) AS energy_j,
+                   avg(o.cost_usd) AS cost_usd, avg(d.credit_quality) AS quality
+            FROM decisions d LEFT JOIN outcomes o ON o.request_id = d.request_id
+            GROUP BY d.arm_id
+            """
+        )
+    ).all()
+    total = sum(int(r.n) for r in rows) or 1
+    return {
+        r.arm_id: {
+            "decisions": float(r.n),
+            "share": int(r.n) / total,
+            "mean_latency_ms": _f(r.latency_ms),
+            "mean_energy_j": _f(r.energy_j),
+            "mean_cost_usd": _f(r.cost_usd),
+            "mean_quality": _f(r.quality),
+        }
+        for r in rows
+    }
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)

@@ -1,0 +1,261 @@
+"""What a gateway replica does per request, without Ray or HTTP.
+
+featurize -> select (in-process, current snapshot) -> log decision (buffered)
+-> call the chosen pool -> log outcome -> answer with the request id, arm,
+policy version and a signed feedback token. Nothing here waits on the
+learner or on a database round trip per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+
+from controlplane.config import BanditConfig
+from controlplane.learner_loop import fresh_learner
+from controlplane.tokens import FeedbackTokens
+from feedback import repository as repo
+from feedback.records import DecisionRecord, OutcomeRecord
+from feedback.writer import DecisionLogWriter
+from learners import Decision, Learner, load_learner
+
+log = logging.getLogger(__name__)
+
+# arm name, chat body -> generation dict (deployments wire this to pool handles)
+PoolCall = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class BadRequest(ValueError):
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+class UpstreamError(RuntimeError):
+    pass
+
+
+class Policy:
+    """The current snapshot's learner, swapped atomically when a new version lands."""
+
+    def __init__(self, learner: Learner, version: int) -> None:
+        self.learner = learner
+        self.version = version
+        self.loaded_at = time.time()
+
+
+class GatewayCore:
+    def __init__(
+        self,
+        config: BanditConfig,
+        engine: Engine,
+        call_pool: PoolCall,
+        tokens: FeedbackTokens,
+        *,
+        writer: DecisionLogWriter | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.call_pool = call_pool
+        self.tokens = tokens
+        self.featurizer = config.featurizer
+        self.writer = writer or DecisionLogWriter(
+            engine,
+            max_buffer=config.gateway.log_buffer,
+            flush_interval_s=config.gateway.log_flush_s,
+        )
+        self.rng = rng or np.random.default_rng(config.gateway.seed)
+        self.policy = Policy(fresh_learner(config), 0)
+        self.counters: dict[str, float] = {"requests": 0, "errors": 0}
+        self.decision_seconds: list[float] = []
+
+    # -- policy ---------------------------------------------------------
+
+    def refresh_policy(self) -> bool:
+        """Load the latest snapshot if it is newer than ours (blocking DB call)."""
+        with self.engine.connect() as conn:
+            latest = repo.latest_version(conn)
+            if latest <= self.policy.version:
+                return False
+            snap = repo.latest_snapshot(conn)
+        assert snap is not None
+        learner = load_learner(snap["state"])
+        learner.set_weights(self.config.objective.weight_vector)
+        self.policy = Policy(learner, int(snap["version"]))
+        return True
+
+    async def policy_refresher(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.refresh_policy)
+            except Exception:  # keep serving on the current policy
+                log.exception("policy refresh failed")
+            await asyncio.sleep(self.config.gateway.policy_refresh_s)
+
+    # -- the request path ------------------------------------------------
+
+    def route_arms(self, model: Any) -> tuple[str, ...]:
+        if not isinstance(model, str) or not model:
+            raise BadRequest("model", "must be 'auto', a route or an arm name", 422)
+        try:
+            return self.config.route_arms(model)
+        except KeyError:
+            raise BadRequest("model", f"unknown model or route {model!r}", 404) from None
+
+    @staticmethod
+    def validate_body(body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest("body", "must be a JSON object", 422)
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise BadRequest("messages", "must be a non-empty list", 422)
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise BadRequest(f"messages[{i}]", "each message needs a string 'role'", 422)
+        meta = body.get("metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise BadRequest("metadata", "must be an object", 422)
+        return body
+
+    def decide(self, body: dict[str, Any]) -> tuple[uuid.UUID, np.ndarray, Decision, int, str]:
+        """Featurize, select, and enqueue the decision log (the in-process overhead)."""
+        route = body.get("model") or "auto"
+        arms = self.route_arms(route)
+        x = self.featurizer.featurize(body)
+        policy = self.policy
+        decision = policy.learner.select(x, list(arms), self.rng)
+        rid = uuid.uuid4()
+        meta = body.get("metadata") or {}
+        self.writer.log_decision(
+            DecisionRecord(
+                request_id=rid,
+                created_at=datetime.now(UTC),
+                route=route,
+                arm_id=decision.arm,
+                context=x.astype(np.float32),
+                propensity=max(float(decision.propensity), 1e-9),
+                policy_version=policy.version,
+                learner=decision.learner,
+                tenant=_opt_str(meta.get("tenant")),
+                task=_opt_str(body.get("task") or meta.get("task")),
+            )
+        )
+        return rid, x, decision, policy.version, route
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = self.validate_body(body)
+        t0 = time.perf_counter()
+        rid, _x, decision, version, route = self.decide(body)
+        self.decision_seconds.append(time.perf_counter() - t0)
+        if len(self.decision_seconds) > 10_000:
+            del self.decision_seconds[:5_000]
+        self.counters["requests"] += 1
+        start = time.perf_counter()
+        try:
+            gen = await self.call_pool(decision.arm, body)
+        except Exception as exc:
+            self.counters["errors"] += 1
+            self.writer.log_outcome(
+                OutcomeRecord(
+                    request_id=rid,
+                    created_at=datetime.now(UTC),
+                    status="error",
+                    latency_ms=(time.perf_counter() - start) * 1000.0,
+                    error=str(exc)[:500],
+                )
+            )
+            raise UpstreamError(f"arm {decision.arm} failed: {exc}") from exc
+        self.writer.log_outcome(
+            OutcomeRecord(
+                request_id=rid,
+                created_at=datetime.now(UTC),
+                status="ok",
+                latency_ms=(time.perf_counter() - start) * 1000.0,
+                ttft_ms=gen.get("ttft_ms"),
+                prompt_tokens=int(gen["prompt_tokens"]),
+                completion_tokens=int(gen["completion_tokens"]),
+                energy_j=float(gen["energy_j"]),
+                cost_usd=float(gen["cost_usd"]),
+            )
+        )
+        return {
+            "id": f"chatcmpl-{rid.hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": decision.arm,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": gen["text"]},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": int(gen["prompt_tokens"]),
+                "completion_tokens": int(gen["completion_tokens"]),
+                "total_tokens": int(gen["prompt_tokens"]) + int(gen["completion_tokens"]),
+            },
+            "banditctl": {
+                "request_id": str(rid),
+                "arm": decision.arm,
+                "route": route,
+                "policy_version": version,
+                "propensity": float(decision.propensity),
+                "feedback_token": self.tokens.issue(rid),
+                "cost_usd": float(gen["cost_usd"]),
+                "energy_j": float(gen["energy_j"]),
+            },
+        }
+
+    def explain(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = self.validate_body(body)
+        arms = list(self.route_arms(body.get("model") or "auto"))
+        x = self.featurizer.featurize(body)
+        policy = self.policy
+        learner = policy.learner
+        decision = learner.select(x, arms, np.random.default_rng(0))
+        rows = []
+        estimates = getattr(learner, "estimates", None)
+        mean = width = None
+        if estimates is not None:
+            mean, width = estimates(x, arms)
+        summary = learner.arm_summary()
+        for i, arm in enumerate(arms):
+            rows.append(
+                {
+                    "arm": arm,
+                    "score": _finite(decision.scores.get(arm)),
+                    "propensity": float(decision.propensities.get(arm, 0.0)),
+                    "mean": None if mean is None else float(mean[i]),
+                    "uncertainty": None if width is None else float(width[i]),
+                    "pulls": float(summary.get(arm, {}).get("pulls", 0.0)),
+                }
+            )
+        return {
+            "policy_version": policy.version,
+            "learner": decision.learner,
+            "chosen": decision.arm,
+            "arms": sorted(rows, key=lambda r: -(r["score"] if r["score"] is not None else -1e300)),
+        }
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)[:200]
+
+
+def _finite(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if np.isfinite(f) else None

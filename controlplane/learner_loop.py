@@ -1,0 +1,181 @@
+"""The central learner: Postgres reward stream in, policy snapshots out.
+
+:class:`LearnerLoop` is plain Python (the Ray deployment only runs it on a
+thread). One step: claim ready reward events past the watermark, turn them
+into reward vectors through the objective, update the learner, and every
+``snapshot_every_events`` events or ``snapshot_every_s`` seconds write a
+snapshot (state + watermark, one transaction). On start it takes the
+learner lock, releases any claim above the latest snapshot's watermark
+(claims a crashed predecessor made but never snapshotted) and resumes from
+that snapshot, so every event is applied exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Engine
+
+from controlplane.config import BanditConfig
+from feedback import repository as repo
+from feedback.records import ArmRecord, RewardRow
+from learners import Learner, RewardEvent, load_learner, make_learner
+
+log = logging.getLogger(__name__)
+
+
+class LearnerBusy(RuntimeError):
+    """Another learner holds the lock on this database."""
+
+
+def arm_records(config: BanditConfig) -> list[ArmRecord]:
+    return [
+        ArmRecord(id=a.name, model=a.model, adapter=a.adapter, backend=a.backend)
+        for a in config.arms
+    ]
+
+
+def fresh_learner(config: BanditConfig) -> Learner:
+    return make_learner(config.learner, config.featurizer.dim, config.objective.weight_vector)
+
+
+class LearnerLoop:
+    def __init__(
+        self,
+        engine: Engine,
+        config: BanditConfig,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.objective = config.objective
+        self.clock = clock
+        self.monotonic = monotonic
+        self._lock_conn: Connection | None = None
+        self.learner: Learner | None = None
+        self.version = 0
+        self.watermark = 0
+        self.events_applied = 0
+        self.pending = 0  # applied since the last snapshot
+        self._last_snapshot = monotonic()
+        self.stats = {"events": 0, "snapshots": 0, "skipped": 0, "released_on_start": 0}
+
+    # -- lifecycle ------------------------------------------------------
+
+    def start(self) -> None:
+        self._lock_conn = self.engine.connect()
+        if not repo.try_learner_lock(self._lock_conn):
+            self._lock_conn.close()
+            self._lock_conn = None
+            raise LearnerBusy("another learner is consuming this database")
+        self._lock_conn.commit()
+        with self.engine.begin() as conn:
+            repo.upsert_arms(conn, arm_records(self.config))
+            snap = repo.latest_snapshot(conn)
+            wm = 0 if snap is None else int(snap["watermark"])
+            self.stats["released_on_start"] = repo.release_claims_after(conn, wm)
+        if snap is None:
+            self.learner = fresh_learner(self.config)
+            self.snapshot(reason="initial")
+        else:
+            self.learner = load_learner(snap["state"])
+            self.learner.set_weights(self.objective.weight_vector)
+            self.version = int(snap["version"])
+            self.watermark = wm
+            self.events_applied = int(snap["events_applied"])
+        log.info("learner resumed at version %d, watermark %d", self.version, self.watermark)
+
+    def stop(self, snapshot: bool = True) -> None:
+        if snapshot and self.pending:
+            self.snapshot()
+        if self._lock_conn is not None:
+            repo.release_learner_lock(self._lock_conn)
+            self._lock_conn.close()
+            self._lock_conn = None
+
+    # -- work -----------------------------------------------------------
+
+    def step(self) -> int:
+        """Claim and apply one batch; snapshot when due. Returns events claimed."""
+        assert self.learner is not None, "start() first"
+        with self.engine.begin() as conn:
+            rows = repo.claim_reward_events(
+                conn, self.objective, self.clock(), self.config.learner_service.batch_size
+            )
+        if rows:
+            self._apply(rows)
+        svc = self.config.learner_service
+        due = self.pending >= svc.snapshot_every_events or (
+            self.pending > 0 and self.monotonic() - self._last_snapshot >= svc.snapshot_every_s
+        )
+        if due:
+            self.snapshot()
+        return len(rows)
+
+    def _apply(self, rows: list[RewardRow]) -> None:
+        assert self.learner is not None
+        events = []
+        for r in rows:
+            if r.quality is None:  # "skip" credits teach nothing
+                self.stats["skipped"] += 1
+                continue
+            raw = np.array([r.quality, r.energy_j, r.latency_ms, r.cost_usd])
+            events.append(
+                RewardEvent(
+                    context=r.context,
+                    arm=r.arm_id,
+                    reward=self.objective.normalize(raw),
+                    propensity=r.propensity,
+                )
+            )
+        if events:
+            self.learner.update(events)
+        self.watermark = rows[-1].credit_seq
+        self.events_applied += len(rows)
+        self.pending += len(rows)
+        self.stats["events"] += len(rows)
+
+    def snapshot(self, reason: str = "update") -> int:
+        assert self.learner is not None
+        with self.engine.begin() as conn:
+            self.version = repo.save_snapshot(
+                conn,
+                learner_kind=self.learner.kind,
+                config={
+                    "learner": _dump(self.config.learner),
+                    "objective": self.objective.model_dump(mode="json"),
+                    "objective_version": self.objective.version,
+                    "featurizer": self.config.featurizer.model_dump(mode="json"),
+                },
+                state=self.learner.state_bytes(),
+                watermark=self.watermark,
+                events_applied=self.events_applied,
+                summary={"arms": self.learner.arm_summary()},
+                reason=reason,
+                parent_version=self.version or None,
+            )
+        self.pending = 0
+        self._last_snapshot = self.monotonic()
+        self.stats["snapshots"] += 1
+        return self.version
+
+    def run_until_idle(self, max_steps: int = 10_000) -> int:
+        """Drain what is ready now (tests, tools); returns events applied."""
+        total = 0
+        for _ in range(max_steps):
+            n = self.step()
+            total += n
+            if n == 0:
+                break
+        return total
+
+
+def _dump(cfg: Any) -> dict[str, Any]:
+    return cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)

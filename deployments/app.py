@@ -1,0 +1,30 @@
+"""``build_app(config, database_url, secret)``: the Serve application graph."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.config import BanditConfig
+from deployments.gateway import Gateway
+from deployments.learner import LearnerService
+from deployments.pool import ModelPool
+
+
+def pool_name(model: str) -> str:
+    return "pool-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in model)
+
+
+def build_app(config: BanditConfig, database_url: str, secret: str) -> Any:
+    pools = {
+        model: ModelPool.options(  # type: ignore[attr-defined]
+            name=pool_name(model),
+            num_replicas=config.pools.replicas,
+            max_ongoing_requests=config.pools.max_ongoing_requests,
+        ).bind(config, model)
+        for model in config.base_models
+    }
+    learner = LearnerService.bind(config, database_url)  # type: ignore[attr-defined]
+    return Gateway.options(  # type: ignore[attr-defined]
+        num_replicas=config.gateway.replicas,
+        max_ongoing_requests=config.gateway.max_ongoing_requests,
+    ).bind(config, database_url, secret, pools, learner)

@@ -1,0 +1,57 @@
+"""Gateway: the ingress deployment (FastAPI), one :class:`GatewayCore` per replica."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from controlplane.api import create_app
+from controlplane.config import BanditConfig
+from controlplane.gateway_core import GatewayCore
+from controlplane.tokens import FeedbackTokens
+from feedback.database import make_engine
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Gateway:
+    async def __init__(  # type: ignore[misc]
+        self,
+        config: BanditConfig,
+        database_url: str,
+        secret: str,
+        pools: dict[str, DeploymentHandle],
+        learner: DeploymentHandle,
+    ) -> None:
+        self.config = config
+        self.pools = pools
+        self.learner = learner
+        self.model_of = {a.name: a.model for a in config.arms}
+        self.adapter_of = {a.name: a.adapter for a in config.arms}
+        engine = make_engine(database_url, pool_size=4)
+        tokens = FeedbackTokens(secret, config.gateway.feedback_token_ttl_s)
+        self.core = GatewayCore(config, engine, self._call_pool, tokens)
+        await asyncio.to_thread(self.core.refresh_policy)
+        self.core.writer.start()
+        self._refresher = asyncio.get_running_loop().create_task(self.core.policy_refresher())
+
+    async def _call_pool(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:
+        handle = self.pools[self.model_of[arm]]
+        adapter = self.adapter_of[arm]
+        if adapter:
+            handle = handle.options(multiplexed_model_id=adapter)
+        result: dict[str, Any] = await handle.generate.remote(arm, body)
+        return result
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self.core, start_background=False, learner_status=self._learner_status)
+
+    async def _learner_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = await self.learner.status.remote()
+        return status
+
+    def __del__(self) -> None:
+        self.core.writer.close(timeout_s=10)
