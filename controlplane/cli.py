@@ -19,6 +19,9 @@ COMMANDS: dict[str, str] = {
     "status": "status",
     "simulate": "simulate",
     "simulate-cache": "simulate_cache",
+    "demo": "demo",
+    "up": "up",
+    "serve-config": "serve_config",
 }
 
 

@@ -60,7 +60,12 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=os.environ.get("BANDITCTL_RAY_LOGS", "0") == "1",
+        )
 
 
 def deploy(config: BanditConfig, database_url: str, secret: str, *, blocking: bool = False) -> str:

@@ -1,0 +1,147 @@
+"""``banditctl demo``: the whole loop on a bundled scenario, through the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="bring the control plane up on replay backends, send traffic and feedback, watch it learn",
+    )
+    p.add_argument(
+        "--dataset", default="synthetic", help="'synthetic' (bundled) or a data set path"
+    )
+    p.add_argument("--requests", type=int, default=None, help="send N requests, summarise, exit")
+    p.add_argument("--json", dest="json_out", help="write the summary as JSON")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--feedback-rate", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--config", help="a banditctl YAML config instead of the bundled scenario")
+    p.set_defaults(func=run)
+
+
+def _counts_since(url: str, since: datetime) -> dict[str, int]:
+    from sqlalchemy import create_engine
+
+    eng = create_engine(url)
+    try:
+        with eng.connect() as conn:
+            q = {
+                "decisions": "SELECT count(*) FROM decisions WHERE created_at >= :t",
+                "outcomes": "SELECT count(*) FROM outcomes o JOIN decisions d USING (request_id) WHERE d.created_at >= :t",
+                "feedback_rows": "SELECT count(*) FROM feedback WHERE created_at >= :t",
+                "policy_versions": "SELECT count(*) FROM policy_snapshots WHERE created_at >= :t",
+                "events_credited": "SELECT count(*) FROM decisions WHERE created_at >= :t AND credit_seq IS NOT NULL",
+            }
+            return {k: int(conn.execute(text(v), {"t": since}).scalar_one()) for k, v in q.items()}
+    finally:
+        eng.dispose()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from controlplane.config import ConfigError, demo_config, load_config
+    from controlplane.demo import run_traffic, summarize
+    from controlplane.runtime import control_plane
+    from controlplane.settings import get_settings
+    from deployments.backends.replay import dataset_for
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        config = load_config(args.config) if args.config else demo_config(args.dataset)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = config.model_copy(update={"http_port": args.port})
+    r = config.replay
+    ds = dataset_for(r.dataset, r.synthetic_rows, r.seed)
+    settings = get_settings()
+    since = datetime.now(UTC)
+    print(
+        f"banditctl demo: {len(config.arms)} arms on replay backends over {ds.source or r.dataset}"
+    )
+    print("starting the database, Ray Serve and the control plane ...", flush=True)
+    with control_plane(config, settings) as run_:
+        print(f"gateway   : {run_.api_url}  (OpenAI-compatible; model='auto')")
+        print(f"dashboard : {run_.base_url}/dashboard")
+        print(f"policies  : {run_.api_url}/policies/current")
+        n = args.requests if args.requests is not None else 1000
+        arm_models = {a.name: a.model for a in config.arms}
+        with tqdm(total=n, desc="requests", unit="req") as bar:
+            traffic = run_traffic(
+                run_.api_url, ds, arm_models, n, seed=args.seed,
+                concurrency=args.concurrency, feedback_rate=args.feedback_rate, progress=bar,
+            )  # fmt: skip
+        summary = summarize(ds, traffic, config.objective.weight_vector)
+        # let the writer flush and the learner publish what it learned
+        deadline = time.monotonic() + 15
+        counts = _counts_since(run_.db.url, since)
+        while time.monotonic() < deadline and (
+            counts["outcomes"] < len(traffic.served) or counts["policy_versions"] < 2
+        ):
+            time.sleep(0.5)
+            counts = _counts_since(run_.db.url, since)
+        report: dict[str, Any] = {
+            "requests": n,
+            "served": len(traffic.served),
+            "errors": len(traffic.errors),
+            "feedback_posted": traffic.feedback_posted,
+            "seconds": round(traffic.seconds, 2),
+            "requests_per_s": round(len(traffic.served) / max(traffic.seconds, 1e-9), 1),
+            **counts,
+            "summary": summary,
+        }
+        _print_summary(report)
+        for e in traffic.errors[:5]:
+            print(f"  error: {e}", file=sys.stderr)
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(report, f, indent=2)
+            print(f"wrote {args.json_out}")
+        if args.requests is None:
+            print(f"serving on {run_.base_url}; open {run_.base_url}/dashboard. Ctrl-C stops.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    return 0 if not traffic.errors else 1
+
+
+def _print_summary(rep: dict[str, Any]) -> None:
+    s = rep["summary"]
+    print(
+        f"\nrequests {rep['requests']}  decisions {rep['decisions']}  outcomes {rep['outcomes']}  "
+        f"feedback rows {rep['feedback_rows']}  policy versions {rep['policy_versions']}  "
+        f"({rep['requests_per_s']} req/s)"
+    )
+    if not s.get("served"):
+        return
+    print(
+        "traffic share per arm: " + ", ".join(f"{a} {v:.0%}" for a, v in s["traffic_share"].items())
+    )
+    for task, arms in s["traffic_share_by_task"].items():
+        print(f"  {task:<14} " + ", ".join(f"{a} {v:.0%}" for a, v in arms.items()))
+    print(
+        f"mean reward {s['mean_reward']:.3f} (first half {s['mean_reward_first_half']:.3f}, "
+        f"second half {s['mean_reward_second_half']:.3f}); always {s['best_model']}: "
+        f"{s['best_model_mean_reward']:.3f}"
+    )
+    print(
+        f"quality {s['mean_quality']:.3f} vs {s['best_model_mean_quality']:.3f}; "
+        f"cost ${s['mean_cost_usd']:.5f} vs ${s['best_model_mean_cost_usd']:.5f} "
+        f"({s['cost_saved_vs_best_pct']:.0f}% saved); energy {s['mean_energy_j']:.1f} J vs "
+        f"{s['best_model_mean_energy_j']:.1f} J ({s['energy_saved_vs_best_pct']:.0f}% saved)"
+    )

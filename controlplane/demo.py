@@ -1,0 +1,168 @@
+"""The demo's traffic and its simulated users, over the HTTP API.
+
+Requests go through the official ``openai`` client to the gateway; each
+answer's recorded quality (from the replay data set, for the arm that served
+it) comes back as user feedback through ``POST /v1/feedback`` with the
+answer's feedback token. ``feedback_rate`` of the users answer; the rest are
+credited by the objective's missing-quality rule after the feedback window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from learners.datasets import RoutingDataset
+
+
+@dataclass
+class Served:
+    row: int
+    task: str
+    arm: str
+    policy_version: int
+    request_id: str
+    quality: float
+    cost_usd: float
+    energy_j: float
+    feedback: bool
+
+
+@dataclass
+class TrafficResult:
+    served: list[Served] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    feedback_posted: int = 0
+    feedback_duplicates: int = 0
+    seconds: float = 0.0
+
+
+def model_index(ds: RoutingDataset, arm: str, model: str) -> int:
+    return ds.models.index(arm if arm in ds.models else model)
+
+
+def run_traffic(
+    api_url: str,
+    ds: RoutingDataset,
+    arm_models: dict[str, str],
+    n: int,
+    *,
+    seed: int = 0,
+    concurrency: int = 8,
+    feedback_rate: float = 0.9,
+    progress: Any = None,
+) -> TrafficResult:
+    import openai
+
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(ds), size=n)
+    gives_feedback = rng.random(n) < feedback_rate
+    client = openai.OpenAI(base_url=api_url, api_key="demo", max_retries=2, timeout=60)
+    http = httpx.Client(base_url=api_url, timeout=30)
+    result = TrafficResult()
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def one(j: int) -> None:
+        i = int(rows[j])
+        req = ds.requests[i]
+        task = str(ds.tasks[i])
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto",
+                messages=req["messages"],
+                extra_body={"metadata": {"replay_row": i, "task": task}},
+            )
+            raw.parse()  # the SDK validates the OpenAI shape
+            meta = raw.http_response.json()["banditctl"]
+            k = model_index(ds, meta["arm"], arm_models[meta["arm"]])
+            q = float(ds.quality[i, k])
+            fb = bool(gives_feedback[j])
+            dup = False
+            if fb:
+                r = http.post(
+                    "/feedback",
+                    json={
+                        "request_id": meta["request_id"],
+                        "quality": q,
+                        "source": "demo-user",
+                        "feedback_token": meta["feedback_token"],
+                    },
+                )
+                r.raise_for_status()
+                dup = bool(r.json()["duplicate"])
+            s = Served(
+                i, task, meta["arm"], int(meta["policy_version"]), meta["request_id"], q,
+                float(ds.cost_usd[i, k]), float(ds.energy_j[i, k]), fb,
+            )  # fmt: skip
+            with lock:
+                result.served.append(s)
+                result.feedback_posted += int(fb)
+                result.feedback_duplicates += int(dup)
+        except Exception as exc:  # reported in the summary, never silently dropped
+            with lock:
+                result.errors.append(f"request {j}: {exc!r}"[:300])
+        if progress is not None:
+            progress.update(1)
+            with lock:
+                if result.served:
+                    progress.set_postfix(policy=result.served[-1].policy_version, refresh=False)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, range(n)))
+    result.seconds = time.perf_counter() - start
+    http.close()
+    return result
+
+
+def summarize(ds: RoutingDataset, result: TrafficResult, weights: np.ndarray) -> dict[str, Any]:
+    """Traffic share per arm and task; quality, cost, energy against the best fixed model."""
+    served = result.served
+    if not served:
+        return {"served": 0}
+    rows = np.array([s.row for s in served])
+    rewards = ds.rewards()[rows]  # (n, K, 4)
+    fixed = (rewards @ weights).mean(axis=0)  # mean objective per model on the rows served
+    best = int(np.argmax(fixed))
+    q = np.array([s.quality for s in served])
+    cost = np.array([s.cost_usd for s in served])
+    energy = np.array([s.energy_j for s in served])
+    reward = q * weights[0] + energy * weights[1] + cost * weights[3]
+    half = len(served) // 2
+    share: dict[str, dict[str, float]] = defaultdict(dict)
+    by_task: dict[str, list[str]] = defaultdict(list)
+    for s in served:
+        by_task[s.task].append(s.arm)
+    for task, arms in sorted(by_task.items()):
+        for arm in sorted(set(arms)):
+            share[task][arm] = arms.count(arm) / len(arms)
+    overall = [s.arm for s in served]
+    return {
+        "served": len(served),
+        "traffic_share": {a: overall.count(a) / len(overall) for a in sorted(set(overall))},
+        "traffic_share_by_task": dict(share),
+        "mean_reward": float(reward.mean()),
+        "mean_reward_first_half": float(reward[:half].mean()) if half else None,
+        "mean_reward_second_half": float(reward[half:].mean()),
+        "mean_quality": float(q.mean()),
+        "mean_cost_usd": float(cost.mean()),
+        "mean_energy_j": float(energy.mean()),
+        "best_model": ds.models[best],
+        "best_model_mean_reward": float(fixed[best]),
+        "best_model_mean_quality": float(ds.quality[rows, best].mean()),
+        "best_model_mean_cost_usd": float(ds.cost_usd[rows, best].mean()),
+        "best_model_mean_energy_j": float(ds.energy_j[rows, best].mean()),
+        "cost_saved_vs_best_pct": float(
+            100 * (1 - cost.mean() / max(ds.cost_usd[rows, best].mean(), 1e-12))
+        ),
+        "energy_saved_vs_best_pct": float(
+            100 * (1 - energy.mean() / max(ds.energy_j[rows, best].mean(), 1e-12))
+        ),
+    }
