@@ -20,6 +20,22 @@ def argmax_ties(scores: np.ndarray, rng: np.random.Generator) -> tuple[int, np.n
     return int(rng.choice(best)), props
 
 
+def argmax_ties_list(scores: list[float], rng: np.random.Generator) -> tuple[int, list[float]]:
+    """:func:`argmax_ties` on a list (cheaper for a handful of arms), same ``rng`` use."""
+    top = max(scores)
+    i = scores.index(top)
+    n = len(scores)
+    props = [0.0] * n
+    n_ties = scores.count(top)
+    if n_ties == 1:
+        props[i] = 1.0
+        return i, props
+    best = [j for j in range(n) if scores[j] == top]
+    for j in best:
+        props[j] = 1.0 / n_ties
+    return int(rng.choice(np.array(best))), props
+
+
 def uniform_over(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray]:
     """A uniformly random index where ``mask`` holds, and the uniform propensities."""
     cand = np.flatnonzero(mask)

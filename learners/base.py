@@ -37,6 +37,23 @@ class Decision:
     def propensity(self) -> float:
         return self.propensities[self.arm]
 
+    @classmethod
+    def make(
+        cls,
+        arm: str,
+        propensities: dict[str, float],
+        scores: dict[str, float],
+        version: int,
+        learner: str,
+    ) -> Decision:
+        """The same as ``Decision(...)``, without the frozen dataclass's per-field setattr
+        (learners build one per request)."""
+        d = object.__new__(cls)
+        d.__dict__.update(
+            arm=arm, propensities=propensities, scores=scores, version=version, learner=learner
+        )
+        return d
+
 
 @dataclass(frozen=True)
 class RewardEvent:

@@ -26,6 +26,11 @@ class _LinearConfig(_Config):
     window: int | None = Field(default=None, ge=1, description="keep each arm's last N events")
     min_pulls: int = Field(default=1, ge=0, description="updates before an arm is scored")
     new_arm_score: float = Field(default=1e6, description="score of an arm under min_pulls")
+    context_indices: tuple[int, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="use only these positions of the context vector (default: all)",
+    )
 
     @model_validator(mode="after")
     def _one_forgetting(self) -> _LinearConfig:
@@ -52,7 +57,7 @@ class GreenServConfig(_LinearConfig):
     kind: Literal["greenserv"] = "greenserv"
     alpha: float = Field(default=0.1, ge=0)
     ridge: float = Field(default=0.05, gt=0)
-    context_indices: tuple[int, ...] = Field(
+    context_indices: tuple[int, ...] | None = Field(
         default=(0, *range(TASK_SLICE.start, TASK_SLICE.start + N_TASK_SLOTS)),
         min_length=1,
         description="positions of the intercept and task one-hot in the featurizer's vector",

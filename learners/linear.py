@@ -1,15 +1,26 @@
 """Disjoint linear models per arm, vectorised over arms, one per reward component.
 
 Each arm ``k`` keeps ``A_k = ridge I + sum x x^T`` and its inverse (kept by
-Sherman-Morrison rank-one updates), and ``b_k[c] = sum r_c x`` for every reward
-component ``c``. All components share ``A_k`` (they see the same contexts), so
-the objective's weights ``w`` combine them at decision time:
-``theta_k = A_k^{-1} (sum_c w_c b_k[c])``. New weights need no relearning.
+Sherman-Morrison rank-one updates), ``b_k[c] = sum r_c x`` and the ridge
+solution ``theta_k[c] = A_k^{-1} b_k[c]`` for every reward component ``c``
+(updated in O(C d) per event with the same rank-one algebra, recursive least
+squares). All components share ``A_k`` (they see the same contexts), so the
+objective's weights ``w`` combine them into one cached ``theta_k = sum_c w_c
+theta_k[c]``; new weights need no relearning.
+
+Hot path: a decision is one ``(K d, d) @ x`` product over the stacked inverses
+(widths ``sqrt(x^T A_k^-1 x)``) plus ``(K, d) @ x`` (means); an update is
+O(d^2) for the chosen arm. Nothing in it loops over arms in Python or touches
+pydantic. :meth:`LinearLearner.select_many` scores many contexts at once.
 
 Forgetting (for drifting arms): ``discount`` gamma < 1 shrinks each arm's data
 part of ``A`` and ``b`` by gamma on every update of that arm (the ridge prior
 stays); ``window`` keeps only each arm's last N events, removing the oldest
 with a Sherman-Morrison downdate.
+
+``context_indices`` (config) restricts a learner to some positions of the
+featurizer's vector (GreenServ's task-only view, or a compact task + length
+block).
 """
 
 from __future__ import annotations
@@ -50,15 +61,26 @@ def as_weights(weights: Mapping[str, float] | Sequence[float] | np.ndarray | Non
 
 
 class RidgeArms:
-    """Per-arm ridge regression state, stacked along a leading arm axis."""
+    """Per-arm ridge regression state, stacked along a leading arm axis.
+
+    ``M[k]`` is ``A_k^{-1}`` (rows ``:d``) stacked over ``theta_k`` (rows
+    ``d:``, one per reward component), so one product ``M[k] @ x`` gives both
+    ``A^-1 x`` and every component's prediction, and one rank-one update
+    changes both. ``A`` and ``b`` are not needed to decide; their rank-one
+    updates are queued and applied in bulk when they are read (or every
+    ``_FLUSH`` events), which gives the same values up to rounding.
+    """
+
+    _FLUSH = 512
 
     def __init__(self, dim: int, ridge: float, discount: float = 1.0, window: int | None = None):
         self.dim, self.ridge, self.discount, self.window = dim, ridge, discount, window
         self.arms: list[str] = []
         self.index: dict[str, int] = {}
-        self.A = np.zeros((0, dim, dim))
-        self.A_inv = np.zeros((0, dim, dim))
-        self.b = np.zeros((0, N_COMPONENTS, dim))
+        self.M = np.zeros((0, dim + N_COMPONENTS, dim))
+        self._A = np.zeros((0, dim, dim))
+        self._b = np.zeros((0, N_COMPONENTS, dim))
+        self._pending: list[tuple[int, np.ndarray, np.ndarray, float]] = []
         self.pulls = np.zeros(0, dtype=np.int64)
         self.reward_sum = np.zeros((0, N_COMPONENTS))
         self.buffers: list[deque[tuple[np.ndarray, np.ndarray]]] = []
@@ -66,24 +88,62 @@ class RidgeArms:
     def __len__(self) -> int:
         return len(self.arms)
 
+    @property
+    def A_inv(self) -> np.ndarray:
+        """(K, d, d) view of the inverses."""
+        return self.M[:, : self.dim]
+
+    @property
+    def theta_c(self) -> np.ndarray:
+        """(K, C, d) view: ``A_k^{-1} b_k[c]`` per arm and reward component."""
+        return self.M[:, self.dim :]
+
+    @property
+    def A(self) -> np.ndarray:
+        self._flush()
+        return self._A
+
+    @property
+    def b(self) -> np.ndarray:
+        self._flush()
+        return self._b
+
+    def _flush(self) -> None:
+        """Apply the queued ``A += s x x^T``, ``b += s r x^T``, grouped by arm."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        ks = np.array([p[0] for p in pending], dtype=np.intp)
+        X = np.array([p[1] for p in pending])
+        Rs = np.array([p[2] for p in pending]) * np.array([p[3] for p in pending])[:, None]
+        Xs = X * np.array([p[3] for p in pending])[:, None]
+        for k in np.unique(ks).tolist():
+            rows = ks == k
+            self._A[k] += Xs[rows].T @ X[rows]
+            self._b[k] += Rs[rows].T @ X[rows]
+
     def add(self, arm: str) -> int:
+        self._flush()
         d = self.dim
         self.index[arm] = len(self.arms)
         self.arms.append(arm)
         eye = np.eye(d)[None]
-        self.A = np.concatenate([self.A, self.ridge * eye])
-        self.A_inv = np.concatenate([self.A_inv, eye / self.ridge])
-        self.b = np.concatenate([self.b, np.zeros((1, N_COMPONENTS, d))])
+        block = np.zeros((1, d + N_COMPONENTS, d))
+        block[0, :d] = eye[0] / self.ridge
+        self.M = np.concatenate([self.M, block])
+        self._A = np.concatenate([self._A, self.ridge * eye])
+        self._b = np.concatenate([self._b, np.zeros((1, N_COMPONENTS, d))])
         self.pulls = np.append(self.pulls, 0)
         self.reward_sum = np.concatenate([self.reward_sum, np.zeros((1, N_COMPONENTS))])
         self.buffers.append(deque())
         return self.index[arm]
 
     def remove(self, arm: str) -> None:
+        self._flush()
         k = self.index.pop(arm)
         self.arms.pop(k)
         keep = np.arange(len(self.pulls)) != k
-        self.A, self.A_inv, self.b = self.A[keep], self.A_inv[keep], self.b[keep]
+        self.M, self._A, self._b = self.M[keep], self._A[keep], self._b[keep]
         self.pulls, self.reward_sum = self.pulls[keep], self.reward_sum[keep]
         self.buffers.pop(k)
         self.index = {a: i for i, a in enumerate(self.arms)}
@@ -92,11 +152,14 @@ class RidgeArms:
         self.pulls[k] += 1
         self.reward_sum[k] += r
         if self.discount < 1.0:
-            g, eye = self.discount, self.ridge * np.eye(self.dim)
-            A = eye + g * (self.A[k] - eye) + np.outer(x, x)
-            self.A[k] = A
-            self.A_inv[k] = np.linalg.inv(A)
-            self.b[k] = g * self.b[k] + r[:, None] * x[None, :]
+            self._flush()
+            g, d, eye = self.discount, self.dim, self.ridge * np.eye(self.dim)
+            A = eye + g * (self._A[k] - eye) + np.outer(x, x)
+            self._A[k] = A
+            A_inv = np.linalg.inv(A)
+            self._b[k] = g * self._b[k] + r[:, None] * x[None, :]
+            self.M[k, :d] = A_inv
+            self.M[k, d:] = self._b[k] @ A_inv  # A_inv symmetric
             return
         self._rank_one(k, x, r, 1.0)
         if self.window is not None:
@@ -109,34 +172,42 @@ class RidgeArms:
     def _rank_one(self, k: int, x: np.ndarray, r: np.ndarray, sign: float) -> None:
         """Sherman-Morrison: add (sign +1) or remove (-1) one observation, in place.
 
-        BLAS ``dger`` writes the rank-one updates into the stacked arrays
-        (a C-ordered matrix's transpose is Fortran-ordered, and every update
-        here is symmetric or transposed to match), avoiding temporaries.
+        With ``u = A^-1 x`` and ``s = 1 + sign x.u``: ``A^-1 -= sign u u^T / s``
+        and ``theta[c] += sign (r_c - x.theta[c]) u / s`` (exact algebra, no
+        solve). Both are one BLAS ``dger`` on ``M[k]`` (a C-ordered matrix's
+        transpose is Fortran-ordered, so it is written in place).
         """
-        Ainv = self.A_inv[k]
-        Ax = Ainv @ x
-        denom = 1.0 + sign * float(x @ Ax)
-        dger(-sign / denom, Ax, Ax, a=Ainv.T, overwrite_a=True)
-        dger(sign, x, x, a=self.A[k].T, overwrite_a=True)
-        dger(sign, x, r, a=self.b[k].T, overwrite_a=True)
+        d = self.dim
+        Mk = self.M[k]
+        v = Mk @ x  # (A^-1 x, theta . x)
+        Ax = v[:d]
+        u = -v
+        u[d:] += r  # (-A^-1 x, prediction errors)
+        f = sign / (1.0 + sign * float(x @ Ax))
+        dger(f, Ax, u, a=Mk.T, overwrite_a=True)
+        self._pending.append((k, x.copy(), r, sign))
+        if len(self._pending) >= self._FLUSH:
+            self._flush()
 
     def thetas(self, w: np.ndarray, k: int | None = None) -> np.ndarray:
-        """``A_k^{-1} (w . b_k)`` for one arm, or all arms (K, d)."""
+        """``sum_c w_c theta_k[c]`` for one arm (d,), or all arms (K, d)."""
         if k is not None:
-            return self.A_inv[k] @ (w @ self.b[k])
-        return np.einsum("kij,kj->ki", self.A_inv, np.einsum("c,kcd->kd", w, self.b))
+            return w @ self.theta_c[k]
+        return np.einsum("c,kcd->kd", w, self.theta_c)
 
     def component_thetas(self, k: int) -> np.ndarray:
         """(C, d): one coefficient vector per reward component for arm ``k``."""
-        return self.b[k] @ self.A_inv[k]  # A_inv symmetric
+        return self.theta_c[k].copy()
 
     # -- state ----------------------------------------------------------
 
     def arrays(self) -> dict[str, np.ndarray]:
+        self._flush()
         out = {
-            "A": self.A,
-            "A_inv": self.A_inv,
-            "b": self.b,
+            "A": self._A,
+            "A_inv": np.ascontiguousarray(self.A_inv),
+            "b": self._b,
+            "theta_c": np.ascontiguousarray(self.theta_c),
             "pulls": self.pulls,
             "reward_sum": self.reward_sum,
         }
@@ -152,7 +223,13 @@ class RidgeArms:
     def load(self, arms: list[str], arrays: Mapping[str, np.ndarray]) -> None:
         self.arms = list(arms)
         self.index = {a: i for i, a in enumerate(arms)}
-        self.A, self.A_inv, self.b = arrays["A"], arrays["A_inv"], arrays["b"]
+        self._A, self._b, self._pending = arrays["A"], arrays["b"], []
+        A_inv = arrays["A_inv"]
+        if "theta_c" in arrays:
+            theta_c = arrays["theta_c"]
+        else:  # states written before theta_c was kept
+            theta_c = np.einsum("kcd,kde->kce", self._b, A_inv)
+        self.M = np.ascontiguousarray(np.concatenate([A_inv, theta_c], axis=1))
         self.pulls, self.reward_sum = arrays["pulls"], arrays["reward_sum"]
         self.buffers = [deque() for _ in arms]
         if "buf_len" in arrays:
@@ -175,12 +252,22 @@ class LinearLearner:
 
     def __init__(self, config: Any, dim: int, weights: Any = None):
         self.config = config
-        self.dim = int(dim)
+        self.full_dim = int(dim)
+        cols = getattr(config, "context_indices", None)
+        if cols is not None and max(cols) >= self.full_dim:
+            raise ValueError(f"context_indices exceed the context dimension {dim}")
+        self._cols = None if cols is None else np.array(cols, dtype=np.intp)
+        self.dim = self.full_dim if cols is None else len(cols)
         self.version = 0
         self.weights = as_weights(weights)
         self.store = RidgeArms(self.dim, config.ridge, config.discount, config.window)
-        self._theta = np.zeros((0, self.dim))
-        self._idx_cache: dict[tuple[str, ...], np.ndarray] = {}
+        self._idx_cache: dict[tuple[str, ...], tuple[np.ndarray, bool]] = {}
+        # plain copies of config values read on every decision (no pydantic access there)
+        self._min_pulls = int(config.min_pulls)
+        self._new_arm_score = float(config.new_arm_score)
+        self._all_tried = True  # every known arm has min_pulls updates
+        self._Q = np.zeros((self.dim + N_COMPONENTS, 2))
+        self._Q[self.dim :, 1] = self.weights
 
     # -- arms -----------------------------------------------------------
 
@@ -191,31 +278,36 @@ class LinearLearner:
     def add_arm(self, arm: str) -> None:
         if arm not in self.store.index:
             self.store.add(arm)
-            self._theta = np.concatenate([self._theta, np.zeros((1, self.dim))])
             self._idx_cache.clear()
+            self._all_tried = self._min_pulls == 0
 
     def retire_arm(self, arm: str) -> None:
         """Forget an arm; if it comes back it starts fresh (and optimistic)."""
         if arm in self.store.index:
-            k = self.store.index[arm]
             self.store.remove(arm)
-            self._theta = np.delete(self._theta, k, axis=0)
             self._idx_cache.clear()
+            self._refresh_tried()
 
-    def _indices(self, arms: Sequence[str]) -> np.ndarray:
+    def _refresh_tried(self) -> None:
+        self._all_tried = bool(np.all(self.store.pulls >= self._min_pulls))
+
+    def _indices(self, arms: Sequence[str]) -> tuple[np.ndarray, bool]:
+        """Store rows of ``arms``, and whether they are all rows in store order."""
         key = tuple(arms)
-        idx = self._idx_cache.get(key)
-        if idx is None:
+        hit = self._idx_cache.get(key)
+        if hit is None:
             for a in key:
                 self.add_arm(a)
             idx = np.array([self.store.index[a] for a in key], dtype=np.intp)
-            self._idx_cache[key] = idx
-        return idx
+            hit = (idx, len(key) == len(self.store) and bool(np.all(idx == np.arange(len(idx)))))
+            self._idx_cache[key] = hit
+        return hit
 
     # -- estimates ------------------------------------------------------
 
     def _context(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, dtype=np.float64)
+        z = np.asarray(x, dtype=np.float64)
+        return z if self._cols is None else z[..., self._cols]
 
     def estimates(self, x: np.ndarray, arms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Per arm: (mean reward estimate, uncertainty width ``sqrt(x^T A^-1 x)``).
@@ -224,15 +316,34 @@ class LinearLearner:
         The mean uses the current objective weights; POLAR-style callers turn
         these into scores as ``mean + alpha * width - penalty``.
         """
-        return self._estimates(self._context(x), self._indices(arms))
+        idx, full = self._indices(arms)
+        return self._estimates(self._context(x), idx, full)
 
-    def _estimates(self, z: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        K, d = self._theta.shape
-        mean = (self._theta @ z)[idx]
-        # one gemv over all arms' stacked inverses: no (K, d, d) copy
-        quad = (self.store.A_inv.reshape(K * d, d) @ z).reshape(K, d) @ z
-        width = np.sqrt(np.maximum(quad[idx], 0.0))
-        return mean, width
+    def _estimates(
+        self, z: np.ndarray, idx: np.ndarray, full: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        M = self.store.M
+        K, e, d = M.shape
+        # one gemv over all arms' stacked (A^-1; theta): no (K, d, d) copy
+        out = (M.reshape(K * e, d) @ z).reshape(K, e)
+        # then (A^-1 x . x, theta . w) per arm in one product with [[z, 0], [0, w]]
+        Q = self._Q
+        Q[:d, 0] = z
+        res = out @ Q
+        mean, quad = res[:, 1], res[:, 0]
+        if not full:
+            mean, quad = mean[idx], quad[idx]
+        return mean, np.sqrt(np.maximum(quad, 0.0))
+
+    def _estimates_many(self, Z: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, arms) means and widths for n contexts: one matrix product."""
+        M = self.store.M
+        K, e, d = M.shape
+        n = len(Z)
+        P = (Z @ M.reshape(K * e, d).T).reshape(n, K, e)
+        quad = np.einsum("nkd,nd->nk", P[:, :, :d], Z)
+        mean = P[:, :, d:] @ self.weights
+        return mean[:, idx], np.sqrt(np.maximum(quad[:, idx], 0.0))
 
     # -- Learner protocol -----------------------------------------------
 
@@ -245,38 +356,78 @@ class LinearLearner:
     ) -> Decision:
         if not arms:
             raise ValueError("no live arms")
-        idx = self._indices(arms)
-        mean, width = self._estimates(self._context(x), idx)
+        idx, full = self._indices(arms)
+        mean, width = self._estimates(self._context(x), idx, full)
+        return self._decide(arms, idx, mean, width, rng, penalties)
+
+    def select_many(
+        self,
+        X: np.ndarray,
+        arms: Sequence[str],
+        rng: np.random.Generator,
+        penalties: Mapping[str, float] | None = None,
+    ) -> list[Decision]:
+        """Decisions for many contexts (rows of ``X``) under the current state.
+
+        The estimates of all rows come from two matrix products; the choice
+        rule then runs per row, consuming ``rng`` exactly as that many
+        :meth:`select` calls would (no update between them).
+        """
+        if not arms:
+            raise ValueError("no live arms")
+        idx, _ = self._indices(arms)
+        Z = np.atleast_2d(self._context(X))
+        mean, width = self._estimates_many(Z, idx)
+        return [self._decide(arms, idx, mean[i], width[i], rng, penalties) for i in range(len(Z))]
+
+    def _decide(
+        self,
+        arms: Sequence[str],
+        idx: np.ndarray,
+        mean: np.ndarray,
+        width: np.ndarray,
+        rng: np.random.Generator,
+        penalties: Mapping[str, float] | None,
+    ) -> Decision:
         if penalties:
             mean = mean - np.array([penalties.get(a, 0.0) for a in arms])
-        untried = self.store.pulls[idx] < self.config.min_pulls
+        untried = None if self._all_tried else self.store.pulls[idx] < self._min_pulls
         i, props, scores = self._choose(mean, width, untried, rng)
-        return Decision(
-            arm=arms[i],
-            propensities=dict(zip(arms, props.tolist(), strict=True)),
-            scores=dict(zip(arms, scores.tolist(), strict=True)),
-            version=self.version,
-            learner=self.kind,
+        return Decision.make(
+            arms[i],
+            dict(zip(arms, props, strict=True)),
+            dict(zip(arms, scores, strict=True)),
+            self.version,
+            self.kind,
         )
 
     def _choose(
-        self, mean: np.ndarray, width: np.ndarray, untried: np.ndarray, rng: np.random.Generator
-    ) -> tuple[int, np.ndarray, np.ndarray]:
+        self,
+        mean: np.ndarray,
+        width: np.ndarray,
+        untried: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> tuple[int, list[float], list[float]]:
+        """Index chosen, propensities and scores (as lists); ``untried`` None: none."""
         raise NotImplementedError
 
     def update(self, batch: Sequence[RewardEvent]) -> None:
+        store = self.store
         for ev in batch:
-            self.add_arm(ev.arm)
-            k = self.store.index[ev.arm]
+            k = store.index.get(ev.arm)
+            if k is None:
+                self.add_arm(ev.arm)
+                k = store.index[ev.arm]
             r = np.ascontiguousarray(ev.reward, dtype=np.float64)
-            self.store.update(k, np.ascontiguousarray(self._context(ev.context)), r)
-            self._theta[k] = self.store.thetas(self.weights, k)
+            store.update(k, np.ascontiguousarray(self._context(ev.context)), r)
         if batch:
             self.version += 1
+            if not self._all_tried:
+                self._refresh_tried()
 
     def set_weights(self, weights: Any) -> None:
         self.weights = as_weights(weights)
-        self._theta = self.store.thetas(self.weights) if len(self.store) else self._theta
+        self._Q[self.dim :, 1] = self.weights
 
     def arm_summary(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -296,11 +447,11 @@ class LinearLearner:
         header = {
             "kind": self.kind,
             "config": self.config.model_dump(mode="json", by_alias=True),
-            "dim": self.dim,
+            "dim": self.full_dim,
             "version": self.version,
             "arms": self.store.arms,
         }
-        arrays = {**self.store.arrays(), "theta": self._theta, "weights": self.weights}
+        arrays = {**self.store.arrays(), "weights": self.weights}
         return pack(header, arrays)
 
     @classmethod
@@ -312,7 +463,7 @@ class LinearLearner:
         learner = cls(config, header["dim"], arrays["weights"])
         learner.version = int(header["version"])
         learner.store.load(header["arms"], arrays)
-        learner._theta = arrays["theta"]
+        learner._refresh_tried()
         return learner
 
     @classmethod

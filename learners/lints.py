@@ -30,12 +30,16 @@ class LinTS(LinearLearner):
         return LinTSConfig
 
     def _choose(
-        self, mean: np.ndarray, width: np.ndarray, untried: np.ndarray, rng: np.random.Generator
-    ) -> tuple[int, np.ndarray, np.ndarray]:
-        if untried.any():
+        self,
+        mean: np.ndarray,
+        width: np.ndarray,
+        untried: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> tuple[int, list[float], list[float]]:
+        if untried is not None and untried.any():
             i, props = uniform_over(untried, rng)
             scores = np.where(untried, self.config.new_arm_score, mean)
-            return i, props, scores
+            return i, props.tolist(), scores.tolist()
         sd = self.config.v * width
         scores = mean + sd * rng.standard_normal(len(mean))
         i = int(np.argmax(scores))
@@ -47,4 +51,4 @@ class LinTS(LinearLearner):
             props = np.bincount(draws.argmax(axis=1), minlength=len(mean)) / n
             # the chosen arm was drawn as the winner once more: keep it positive
             props = (props * n + np.eye(len(mean))[i]) / (n + 1)
-        return i, props, scores
+        return i, props.tolist(), scores.tolist()

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from learners._choice import argmax_ties
+from learners._choice import argmax_ties_list
 from learners.config import LinUCBConfig
 from learners.linear import LinearLearner
 
@@ -23,15 +23,22 @@ class LinUCB(LinearLearner):
 
     def __init__(self, config: LinUCBConfig | None = None, dim: int = 64, weights: Any = None):
         super().__init__(config or LinUCBConfig(), dim, weights)
+        self._alpha = float(self.config.alpha)
 
     @classmethod
     def config_type(cls) -> Any:
         return LinUCBConfig
 
     def _choose(
-        self, mean: np.ndarray, width: np.ndarray, untried: np.ndarray, rng: np.random.Generator
-    ) -> tuple[int, np.ndarray, np.ndarray]:
-        scores = mean + self.config.alpha * width
-        scores[untried] = self.config.new_arm_score
-        i, props = argmax_ties(scores, rng)
+        self,
+        mean: np.ndarray,
+        width: np.ndarray,
+        untried: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> tuple[int, list[float], list[float]]:
+        s = mean + self._alpha * width
+        if untried is not None:
+            s[untried] = self._new_arm_score
+        scores = s.tolist()
+        i, props = argmax_ties_list(scores, rng)
         return i, props, scores
