@@ -69,13 +69,19 @@ class LearnerLoop:
 
     # -- lifecycle ------------------------------------------------------
 
-    def start(self) -> None:
-        self._lock_conn = self.engine.connect()
-        if not repo.try_learner_lock(self._lock_conn):
-            self._lock_conn.close()
-            self._lock_conn = None
-            raise LearnerBusy("another learner is consuming this database")
-        self._lock_conn.commit()
+    def start(self, wait_s: float = 0.0) -> None:
+        """Take the learner lock (waiting up to ``wait_s`` for a dying holder) and resume."""
+        deadline = self.monotonic() + wait_s
+        while True:
+            conn = self.engine.connect()
+            if repo.try_learner_lock(conn):
+                conn.commit()
+                self._lock_conn = conn
+                break
+            conn.close()
+            if self.monotonic() >= deadline:
+                raise LearnerBusy("another learner is consuming this database")
+            time.sleep(0.1)
         with self.engine.begin() as conn:
             repo.upsert_arms(conn, arm_records(self.config))
             snap = repo.latest_snapshot(conn)
