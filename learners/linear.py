@@ -82,7 +82,7 @@ class RidgeArms:
         self._b = np.zeros((0, N_COMPONENTS, dim))
         self._pending: list[tuple[int, np.ndarray, np.ndarray, float]] = []
         self.pulls = np.zeros(0, dtype=np.int64)
-        self.reward_sum = np.zeros((0, N_COMPONENTS))
+        self._reward_sum = np.zeros((0, N_COMPONENTS))
         self.buffers: list[deque[tuple[np.ndarray, np.ndarray]]] = []
 
     def __len__(self) -> int:
@@ -108,15 +108,24 @@ class RidgeArms:
         self._flush()
         return self._b
 
+    @property
+    def reward_sum(self) -> np.ndarray:
+        """(K, C): sum of every reward vector each arm was updated with."""
+        self._flush()
+        return self._reward_sum
+
     def _flush(self) -> None:
-        """Apply the queued ``A += s x x^T``, ``b += s r x^T``, grouped by arm."""
+        """Apply the queued ``A += s x x^T``, ``b += s r x^T`` (grouped by arm) and reward sums."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
         ks = np.array([p[0] for p in pending], dtype=np.intp)
         X = np.array([p[1] for p in pending])
-        Rs = np.array([p[2] for p in pending]) * np.array([p[3] for p in pending])[:, None]
-        Xs = X * np.array([p[3] for p in pending])[:, None]
+        R = np.array([p[2] for p in pending])
+        sign = np.array([p[3] for p in pending])[:, None]
+        added = sign[:, 0] > 0  # a window's downdates leave the reward sums alone
+        np.add.at(self._reward_sum, ks[added], R[added])
+        Rs, Xs = R * sign, X * sign
         for k in np.unique(ks).tolist():
             rows = ks == k
             self._A[k] += Xs[rows].T @ X[rows]
@@ -134,7 +143,7 @@ class RidgeArms:
         self._A = np.concatenate([self._A, self.ridge * eye])
         self._b = np.concatenate([self._b, np.zeros((1, N_COMPONENTS, d))])
         self.pulls = np.append(self.pulls, 0)
-        self.reward_sum = np.concatenate([self.reward_sum, np.zeros((1, N_COMPONENTS))])
+        self._reward_sum = np.concatenate([self._reward_sum, np.zeros((1, N_COMPONENTS))])
         self.buffers.append(deque())
         return self.index[arm]
 
@@ -144,15 +153,15 @@ class RidgeArms:
         self.arms.pop(k)
         keep = np.arange(len(self.pulls)) != k
         self.M, self._A, self._b = self.M[keep], self._A[keep], self._b[keep]
-        self.pulls, self.reward_sum = self.pulls[keep], self.reward_sum[keep]
+        self.pulls, self._reward_sum = self.pulls[keep], self._reward_sum[keep]
         self.buffers.pop(k)
         self.index = {a: i for i, a in enumerate(self.arms)}
 
     def update(self, k: int, x: np.ndarray, r: np.ndarray) -> None:
         self.pulls[k] += 1
-        self.reward_sum[k] += r
         if self.discount < 1.0:
             self._flush()
+            self._reward_sum[k] += r
             g, d, eye = self.discount, self.dim, self.ridge * np.eye(self.dim)
             A = eye + g * (self._A[k] - eye) + np.outer(x, x)
             self._A[k] = A
@@ -185,7 +194,7 @@ class RidgeArms:
         u[d:] += r  # (-A^-1 x, prediction errors)
         f = sign / (1.0 + sign * float(x @ Ax))
         dger(f, Ax, u, a=Mk.T, overwrite_a=True)
-        self._pending.append((k, x.copy(), r, sign))
+        self._pending.append((k, x.copy(), r.copy(), sign))
         if len(self._pending) >= self._FLUSH:
             self._flush()
 
@@ -209,7 +218,7 @@ class RidgeArms:
             "b": self._b,
             "theta_c": np.ascontiguousarray(self.theta_c),
             "pulls": self.pulls,
-            "reward_sum": self.reward_sum,
+            "reward_sum": self._reward_sum,
         }
         if self.window is not None:
             lens = np.array([len(q) for q in self.buffers], dtype=np.int64)
@@ -230,7 +239,7 @@ class RidgeArms:
         else:  # states written before theta_c was kept
             theta_c = np.einsum("kcd,kde->kce", self._b, A_inv)
         self.M = np.ascontiguousarray(np.concatenate([A_inv, theta_c], axis=1))
-        self.pulls, self.reward_sum = arrays["pulls"], arrays["reward_sum"]
+        self.pulls, self._reward_sum = arrays["pulls"], arrays["reward_sum"]
         self.buffers = [deque() for _ in arms]
         if "buf_len" in arrays:
             i = 0
@@ -419,7 +428,8 @@ class LinearLearner:
                 self.add_arm(ev.arm)
                 k = store.index[ev.arm]
             r = np.ascontiguousarray(ev.reward, dtype=np.float64)
-            store.update(k, np.ascontiguousarray(self._context(ev.context)), r)
+            x = np.ascontiguousarray(ev.context, dtype=np.float64)
+            store.update(k, x if self._cols is None else x[self._cols], r)
         if batch:
             self.version += 1
             if not self._all_tried:

@@ -185,3 +185,59 @@ def test_learned_beats_random_over_seeds(kind):
             learner.update([RewardEvent(X[t], d.arm, R[t, k], d.propensity, {"arms": arms})])
         gains.append(np.mean(got[200:]) - R[200:, :, 0].mean())
     assert min(gains) > 0.05
+
+
+@pytest.mark.parametrize("kind", ["linucb", "lints", "greenserv"])
+def test_select_many_matches_select(kind):
+    """Batched decisions equal one-by-one decisions on the same state and rng stream."""
+    X, R = linear_problem(seed=2, n=300, dim=32, n_arms=5)
+    arms = [f"a{i}" for i in range(5)]
+    learner = make_learner({"kind": kind}, 32, {"quality": 1.0, "cost_usd": -30.0})
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        d = learner.select(X[t], arms, rng)
+        k = arms.index(d.arm)
+        learner.update([RewardEvent(X[t], d.arm, R[t, k], d.propensity)])
+    r1 = np.random.default_rng(9)
+    one = [learner.select(x, arms, r1) for x in X[200:]]
+    many = learner.select_many(X[200:], arms, np.random.default_rng(9))
+    for a, b in zip(one, many, strict=True):
+        assert a.propensities == pytest.approx(b.propensities, abs=1e-9)
+        assert a.scores == pytest.approx(b.scores, rel=1e-9, abs=1e-9)
+    assert [d.arm for d in one] == [d.arm for d in many]
+
+
+def test_lazy_sums_match_eager_ones():
+    """A, b and reward sums (applied in bulk when read) equal their direct sums."""
+    X, R = linear_problem(seed=4, n=1500, dim=6, n_arms=3)
+    learner = LinUCB(LinUCBConfig(ridge=0.5), dim=6)
+    rng = np.random.default_rng(1)
+    ks = rng.integers(3, size=len(X))
+    for t, k in enumerate(ks):
+        learner.update([RewardEvent(X[t], f"a{k}", R[t, k])])
+    for k in range(3):
+        i = learner.store.index[f"a{k}"]
+        rows = ks == k
+        assert np.allclose(learner.store.A[i], 0.5 * np.eye(6) + X[rows].T @ X[rows])
+        assert np.allclose(learner.store.b[i], R[rows, k].T @ X[rows])
+        assert np.allclose(learner.store.reward_sum[i], R[rows, k].sum(axis=0))
+        theta = np.linalg.solve(learner.store.A[i], learner.store.b[i].T).T
+        assert np.allclose(learner.store.theta_c[i], theta, atol=1e-8)
+
+
+def test_context_indices_restrict_the_view():
+    """A LinUCB on some positions of x behaves as one fed only those positions."""
+    X, R = linear_problem(seed=6, n=200, dim=10, n_arms=3)
+    arms = ["a0", "a1", "a2"]
+    cols = [0, 3, 4]
+    sub = make_learner({"kind": "linucb", "context_indices": cols}, 10)
+    ref = make_learner({"kind": "linucb"}, 3)
+    r1, r2 = np.random.default_rng(3), np.random.default_rng(3)
+    for t in range(200):
+        d1, d2 = sub.select(X[t], arms, r1), ref.select(X[t, cols], arms, r2)
+        assert d1.arm == d2.arm
+        k = arms.index(d1.arm)
+        sub.update([RewardEvent(X[t], d1.arm, R[t, k])])
+        ref.update([RewardEvent(X[t, cols], d2.arm, R[t, k])])
+    with pytest.raises(ValueError):
+        make_learner({"kind": "linucb", "context_indices": [0, 10]}, 10)
