@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -77,7 +78,10 @@ def create_app(
     *,
     start_background: bool = True,
     learner_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    proxy_request_id: Callable[[], str | None] | None = None,
 ) -> FastAPI:
+    """``proxy_request_id``: the id a fronting proxy (Ray Serve's) already put in
+    ``x-request-id``; when it is a UUID, the decision is logged under it."""
     keys = ApiKeys(core.config.api_keys)
 
     @asynccontextmanager
@@ -141,14 +145,17 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         body = await _json(request)
-        result = await core.complete(body)
+        proxied = _as_uuid(proxy_request_id() if proxy_request_id else None)
+        result = await core.complete(body, proxied)
         meta = result["banditctl"]
         headers = {
-            "x-request-id": meta["request_id"],
+            "x-banditctl-request-id": meta["request_id"],
             "x-banditctl-arm": meta["arm"],
             "x-banditctl-policy-version": str(meta["policy_version"]),
             "x-banditctl-feedback-token": meta["feedback_token"],
         }
+        if proxied is None:  # else the proxy sets x-request-id to the same id
+            headers["x-request-id"] = meta["request_id"]
         if body.get("stream"):
             return StreamingResponse(_sse(result), media_type="text/event-stream", headers=headers)
         return JSONResponse(result, headers=headers)
@@ -352,6 +359,15 @@ async def _sse(result: dict[str, Any]) -> AsyncIterator[bytes]:
     }
     yield f"data: {json.dumps(last)}\n\n".encode()
     yield b"data: [DONE]\n\n"
+
+
+def _as_uuid(value: str | None) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
 
 
 def _clean(obj: Any) -> Any:

@@ -128,14 +128,16 @@ class GatewayCore:
             raise BadRequest("metadata", "must be an object", 422)
         return body
 
-    def decide(self, body: dict[str, Any]) -> tuple[uuid.UUID, np.ndarray, Decision, int, str]:
+    def decide(
+        self, body: dict[str, Any], request_id: uuid.UUID | None = None
+    ) -> tuple[uuid.UUID, np.ndarray, Decision, int, str]:
         """Featurize, select, and enqueue the decision log (the in-process overhead)."""
         route = body.get("model") or "auto"
         arms = self.route_arms(route)
         x = self.featurizer.featurize(body)
         policy = self.policy
         decision = policy.learner.select(x, list(arms), self.rng)
-        rid = uuid.uuid4()
+        rid = request_id or uuid.uuid4()
         meta = body.get("metadata") or {}
         self.writer.log_decision(
             DecisionRecord(
@@ -153,10 +155,13 @@ class GatewayCore:
         )
         return rid, x, decision, policy.version, route
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(
+        self, body: dict[str, Any], request_id: uuid.UUID | None = None
+    ) -> dict[str, Any]:
+        """Serve one chat completion; ``request_id`` (e.g. the proxy's) else a new UUID."""
         body = self.validate_body(body)
         t0 = time.perf_counter()
-        rid, _x, decision, version, route = self.decide(body)
+        rid, _x, decision, version, route = self.decide(body, request_id)
         self.decision_seconds.append(time.perf_counter() - t0)
         if len(self.decision_seconds) > 10_000:
             del self.decision_seconds[:5_000]

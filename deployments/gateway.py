@@ -47,7 +47,12 @@ class Gateway:
         return result
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.core, start_background=False, learner_status=self._learner_status)
+        return create_app(
+            self.core,
+            start_background=False,
+            learner_status=self._learner_status,
+            proxy_request_id=_serve_request_id,
+        )
 
     async def _learner_status(self) -> dict[str, Any]:
         status: dict[str, Any] = await self.learner.status.remote()
@@ -55,3 +60,10 @@ class Gateway:
 
     def __del__(self) -> None:
         self.core.writer.close(timeout_s=10)
+
+
+def _serve_request_id() -> str | None:
+    """The id Ray Serve's proxy gave this HTTP request (it returns it as x-request-id)."""
+    from ray.serve.context import _get_serve_request_context
+
+    return _get_serve_request_context().request_id or None

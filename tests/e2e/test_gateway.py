@@ -1,0 +1,241 @@
+"""End to end on real Ray Serve and real Postgres, through real HTTP clients."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import create_engine, text
+
+from controlplane.tokens import FeedbackTokens
+from tests.e2e.conftest import ADMIN_KEY, FEEDBACK_KEY, READONLY_KEY, SECRET
+
+pytestmark = pytest.mark.ray
+
+CODE_PROMPT = [
+    {
+        "role": "user",
+        "content": "Write a python function that sorts a list of ints and returns the sum.",
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def client(deployed):
+    return openai.OpenAI(base_url=deployed.api_url, api_key="unused", max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def http(deployed):
+    with httpx.Client(base_url=deployed.api_url, timeout=30) as c:
+        yield c
+
+
+def _chat(client, **kw):
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=CODE_PROMPT, **kw)
+    return raw, raw.parse(), raw.http_response.json()["banditctl"]
+
+
+def _wait(pred, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _db_count(deployed, sql, **params) -> int:
+    eng = create_engine(deployed.db_url)
+    try:
+        with eng.connect() as conn:
+            return int(conn.execute(text(sql), params).scalar_one())
+    finally:
+        eng.dispose()
+
+
+def test_openai_client_through_gateway_to_replay_backend(deployed, client):
+    raw, completion, meta = _chat(client)
+    arms = {a.name for a in deployed.config.arms}
+    assert completion.model in arms and meta["arm"] == completion.model
+    assert completion.choices[0].message.content.startswith(f"[{completion.model}]")
+    assert completion.usage.total_tokens > 0
+    assert raw.headers["x-request-id"] == meta["request_id"]
+    assert raw.headers["x-banditctl-arm"] == meta["arm"]
+    assert int(raw.headers["x-banditctl-policy-version"]) == meta["policy_version"] >= 1
+    assert 0 < meta["propensity"] <= 1
+    # the decision and the outcome land in Postgres through the batched writer
+    rid = meta["request_id"]
+    _wait(
+        lambda: _db_count(deployed, "SELECT count(*) FROM outcomes WHERE request_id = :r", r=rid),
+        what="outcome",
+    )
+    assert (
+        _db_count(
+            deployed,
+            "SELECT count(*) FROM decisions WHERE request_id = :r AND arm_id = :a",
+            r=rid,
+            a=meta["arm"],
+        )
+        == 1
+    )
+
+    models = {m.id for m in client.models.list()}
+    assert {"auto"} | arms <= models
+
+
+def test_streaming_returns_the_same_answer_as_sse(client):
+    stream = client.chat.completions.create(
+        model="auto", messages=CODE_PROMPT, stream=True, extra_body={"metadata": {"replay_row": 3}}
+    )
+    parts = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    text_streamed = "".join(parts)
+    full = client.chat.completions.create(
+        model=text_streamed.split("]")[0].lstrip("["), messages=CODE_PROMPT,
+        extra_body={"metadata": {"replay_row": 3}},
+    )  # fmt: skip
+    assert text_streamed and text_streamed == full.choices[0].message.content
+
+
+def test_named_arm_route_is_served_by_that_arm(deployed, client):
+    arm = deployed.config.arms[0].name
+    for _ in range(3):
+        r = client.chat.completions.create(model=arm, messages=CODE_PROMPT)
+        assert r.model == arm
+
+
+def test_feedback_changes_the_next_policy_version(deployed, client, http):
+    before = http.get("/policies/current").json()
+    metas = [_chat(client)[2] for _ in range(12)]
+    for m in metas:
+        r = http.post("/feedback", json={"request_id": m["request_id"], "quality": 1.0,
+                                         "feedback_token": m["feedback_token"]})  # fmt: skip
+        assert r.status_code == 200 and r.json()["duplicate"] is False
+    after = _wait(
+        lambda: (
+            (p := http.get("/policies/current").json())["events_applied"]
+            >= before["events_applied"] + 12
+            and p
+        ),
+        what="a policy that learned the feedback",
+    )
+    assert after["version"] > before["version"]
+    pulls = sum(a["pulls"] for a in after["arms"].values()) - sum(
+        a["pulls"] for a in before["arms"].values()
+    )
+    assert pulls >= 12
+    # gateways pick the new version up within the refresh bound
+    _wait(lambda: http.get(f"{deployed.base_url}/healthz").json()["policy_version"] >= after["version"],
+          timeout=10, what="gateway refresh")  # fmt: skip
+    old = http.get(f"/policies/{before['version']}").json()
+    assert old["version"] == before["version"]
+
+
+def test_repeat_feedback_is_a_duplicate_counted_once(deployed, client, http):
+    meta = _chat(client)[2]
+    body = {
+        "request_id": meta["request_id"],
+        "rating": "up",
+        "feedback_token": meta["feedback_token"],
+    }
+    assert http.post("/feedback", json=body).json()["duplicate"] is False
+    again = http.post("/feedback", json=body)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert (
+        _db_count(
+            deployed, "SELECT count(*) FROM feedback WHERE request_id = :r", r=meta["request_id"]
+        )
+        == 1
+    )
+
+
+def test_feedback_bad_inputs(deployed, client, http):
+    meta = _chat(client)[2]
+    rid, token = meta["request_id"], meta["feedback_token"]
+    _wait(
+        lambda: _db_count(deployed, "SELECT count(*) FROM decisions WHERE request_id = :r", r=rid),
+        what="decision",
+    )
+    key = {"Authorization": f"Bearer {FEEDBACK_KEY}"}
+
+    r = http.post("/feedback", json={"request_id": str(uuid.uuid4()), "quality": 0.5}, headers=key)
+    assert r.status_code == 404
+    r = http.post(
+        "/feedback", json={"request_id": rid, "quality": 0.5, "feedback_token": token + "x"}
+    )
+    assert r.status_code == 401
+    r = http.post("/feedback", json={"request_id": rid, "quality": 0.5})
+    assert r.status_code == 401
+    expired = FeedbackTokens(SECRET, ttl_s=-10).issue(uuid.UUID(rid))
+    r = http.post("/feedback", json={"request_id": rid, "quality": 0.5, "feedback_token": expired})
+    assert r.status_code == 403
+    other = _chat(client)[2]
+    r = http.post(
+        "/feedback",
+        json={"request_id": rid, "quality": 0.5, "feedback_token": other["feedback_token"]},
+    )
+    assert r.status_code == 401
+    r = http.post("/feedback", json={"request_id": rid, "quality": 0.5},
+                  headers={"Authorization": "Bearer wrong"})  # fmt: skip
+    assert r.status_code == 401
+    r = http.post("/feedback", json={"request_id": rid, "quality": 0.5},
+                  headers={"Authorization": f"Bearer {READONLY_KEY}"})  # fmt: skip
+    assert r.status_code == 403
+    r = http.post("/feedback", json={"request_id": rid, "quality": 1.5, "feedback_token": token})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "quality"
+    r = http.post("/feedback", json={"request_id": rid, "rating": 9, "feedback_token": token})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "rating"
+    r = http.post("/feedback", json={"request_id": "not-a-uuid", "quality": 0.5}, headers=key)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "request_id"
+    assert _db_count(deployed, "SELECT count(*) FROM feedback WHERE request_id = :r", r=rid) == 0
+
+    ok = http.post("/feedback", json={"request_id": rid, "rating": 4, "source": "stars"},
+                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
+    assert ok.status_code == 200
+    assert (
+        _db_count(
+            deployed,
+            "SELECT count(*) FROM feedback WHERE request_id = :r AND quality = 0.75",
+            r=rid,
+        )
+        == 1
+    )
+
+
+def test_feedback_batch(deployed, client, http):
+    metas = [_chat(client)[2] for _ in range(3)]
+    items = [
+        {"request_id": m["request_id"], "quality": 0.2, "feedback_token": m["feedback_token"]}
+        for m in metas
+    ]
+    r = http.post("/feedback/batch", json={"items": items + items[:1]})
+    assert r.status_code == 200
+    assert [x["duplicate"] for x in r.json()["results"]] == [False, False, False, True]
+    bad = http.post("/feedback/batch", json={"items": [{**items[0], "quality": -1}]})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "items[0].quality"
+
+
+def test_chat_bad_inputs(http):
+    r = http.post("/chat/completions", json={"model": "no-such-model", "messages": CODE_PROMPT})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    r = http.post("/chat/completions", json={"model": "auto", "messages": []})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages"
+    r = http.post(
+        "/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+
+
+def test_explain_scores_every_arm_without_serving(deployed, http):
+    n_before = http.get("/stats").json()["gateway"]["requests"]
+    r = http.post("/route/explain", json={"model": "auto", "messages": CODE_PROMPT})
+    assert r.status_code == 200
+    body = r.json()
+    assert {a["arm"] for a in body["arms"]} == {a.name for a in deployed.config.arms}
+    assert abs(sum(a["propensity"] for a in body["arms"]) - 1) < 1e-9
+    assert body["chosen"] in {a["arm"] for a in body["arms"]}
+    assert http.get("/stats").json()["gateway"]["requests"] == n_before
