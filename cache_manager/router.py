@@ -52,3 +52,13 @@ class CacheAwareRouter:
         penalty: np.ndarray,
     ) -> int:
         return int(np.argmax(self.scores(mean, width, resident_anywhere, penalty)))
+
+    def choose_many(
+        self,
+        mean: np.ndarray,
+        width: np.ndarray,
+        resident_anywhere: np.ndarray,
+        penalty: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`choose` for each row of ``mean``/``width`` (B x N), one residency."""
+        return np.asarray(np.argmax(self.scores(mean, width, resident_anywhere, penalty), axis=1))

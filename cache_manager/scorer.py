@@ -2,17 +2,22 @@
 
 :class:`ArmScorer` is the narrow contract: for contexts ``X`` (B x d) it returns the
 estimated mean reward and the confidence width of every arm (B x N each), and it
-learns from (context, arm, reward) rows. :class:`RidgeScorer` is a vectorised
-disjoint ridge regression (the statistics behind LinUCB) used until
-``learners.linucb`` exposes per-arm mean/width estimates; :class:`FixedScorer` serves
-known parameters (the hindsight oracle).
+learns from (context, arm, reward) rows. :class:`LinUCBScorer` adapts the project's
+learner (:class:`learners.linucb.LinUCB`) to it through the learner's public
+``estimates`` and ``update``, so the router, the planner and the gateway read one
+model; :class:`FixedScorer` serves known parameters (the hindsight oracle).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+
+from learners.base import N_COMPONENTS, RewardEvent
+from learners.config import LinUCBConfig
+from learners.linucb import LinUCB
 
 
 class ArmScorer(Protocol):
@@ -30,34 +35,49 @@ class ArmScorer(Protocol):
         ...
 
 
-class RidgeScorer:
-    """Disjoint ridge regression per arm; width = sqrt(x' A^-1 x)."""
+class LinUCBScorer:
+    """Arm indices over a :class:`LinUCB` learner: disjoint ridge per arm.
 
-    def __init__(self, n_arms: int, dim: int, ridge: float = 1.0) -> None:
+    ``arms`` fixes the order of the estimate columns. Rewards learned here are the
+    quality component of the learner's reward vector (the other components zero),
+    so with the learner's default weights ``mean`` is expected quality and
+    ``width = sqrt(x' A^-1 x)``. Call :meth:`update` with a batch (the simulator
+    does every ``batch`` requests): the learner applies it in one ``update`` call.
+    """
+
+    def __init__(
+        self, arms: Sequence[str], dim: int, ridge: float = 1.0, learner: LinUCB | None = None
+    ) -> None:
         if ridge <= 0:
             raise ValueError("ridge must be positive")
-        self.n_arms, self.dim = n_arms, dim
-        self._A = np.tile(ridge * np.eye(dim), (n_arms, 1, 1))
-        self._A_inv = np.tile(np.eye(dim) / ridge, (n_arms, 1, 1))
-        self._b = np.zeros((n_arms, dim))
-        self._theta = np.zeros((n_arms, dim))
-        self._pulls = np.zeros(n_arms, dtype=np.int64)
+        self.arms = tuple(arms)
+        self.n_arms, self.dim = len(self.arms), dim
+        self.learner = learner if learner is not None else LinUCB(LinUCBConfig(ridge=ridge), dim)
+        if self.learner.dim != dim:
+            raise ValueError(f"learner has dim {self.learner.dim}, scorer {dim}")
+        self.learner.estimates(np.zeros(dim), self.arms)  # registers the arms in order
+        self._pulls = np.zeros(self.n_arms, dtype=np.int64)
 
     def estimate(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        X = np.atleast_2d(X)
-        mean = X @ self._theta.T
-        quad = np.einsum("bd,nde,be->bn", X, self._A_inv, X, optimize=True)
-        return mean, np.sqrt(np.maximum(quad, 0.0))
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        mean = np.empty((len(X), self.n_arms))
+        width = np.empty((len(X), self.n_arms))
+        for i, x in enumerate(X):
+            mean[i], width[i] = self.learner.estimates(x, self.arms)
+        return mean, width
 
     def update(self, X: np.ndarray, arms: np.ndarray, rewards: np.ndarray) -> None:
-        X = np.atleast_2d(X)
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         arms = np.asarray(arms, dtype=np.int64)
-        np.add.at(self._A, arms, np.einsum("bd,be->bde", X, X))
-        np.add.at(self._b, arms, X * np.asarray(rewards)[:, None])
+        vectors = np.zeros((len(arms), N_COMPONENTS))
+        vectors[:, 0] = rewards
+        self.learner.update(
+            [
+                RewardEvent(context=x, arm=self.arms[a], reward=r)
+                for x, a, r in zip(X, arms.tolist(), vectors, strict=True)
+            ]
+        )
         np.add.at(self._pulls, arms, 1)
-        touched = np.unique(arms)
-        self._A_inv[touched] = np.linalg.inv(self._A[touched])
-        self._theta[touched] = np.einsum("nde,ne->nd", self._A_inv[touched], self._b[touched])
 
     def pulls(self) -> np.ndarray:
         return self._pulls.copy()

@@ -2,7 +2,7 @@
 
 The run wires the real pieces together: the policy and its epoch schedule, the
 :class:`~cache_manager.controller.CacheController` on a simulated clock, an
-:class:`~cache_manager.executor.InMemoryExecutor` as the replicas, a ridge/LinUCB
+:class:`~cache_manager.executor.InMemoryExecutor` as the replicas, the LinUCB
 scorer learning in batches (the oracle gets the true parameters instead), and the
 cache-aware (or plain) router. Every request is routed to a replica holding the
 chosen adapter, or paged in where the policy says. Reward = observed quality minus
@@ -23,7 +23,7 @@ from cache_manager.demand import DemandTracker
 from cache_manager.executor import InMemoryExecutor
 from cache_manager.plan import PlanStatus
 from cache_manager.router import CacheAwareRouter
-from cache_manager.scorer import ArmScorer, FixedScorer, RidgeScorer
+from cache_manager.scorer import ArmScorer, FixedScorer, LinUCBScorer
 from cache_manager.sim.scenarios import World
 
 
@@ -52,7 +52,7 @@ def make_scorer(world: World, truth: bool) -> ArmScorer:
     s = world.scenario
     if truth:
         return FixedScorer(world.theta)
-    return RidgeScorer(len(world.arms), world.theta.shape[1], ridge=s.ridge)
+    return LinUCBScorer(world.arms, world.theta.shape[1], ridge=s.ridge)
 
 
 def run_policy(world: World, config: CachePolicyConfig, seed: int) -> RunResult:
@@ -98,6 +98,8 @@ def run_policy(world: World, config: CachePolicyConfig, seed: int) -> RunResult:
         X = world.contexts[b0:b1]
         mean, width = scorer.estimate(X)
         true_mean = X @ world.theta.T
+        choices = np.zeros(b1 - b0, dtype=np.int64)
+        choices_version = -1
         for i in range(b1 - b0):
             t = b0 + i
             clock.now = float(world.times[t])
@@ -105,12 +107,12 @@ def run_policy(world: World, config: CachePolicyConfig, seed: int) -> RunResult:
                 resident_anywhere = np.array([bool(executor.where.get(a)) for a in arms])
                 mask_version = executor.version
                 max_resident = max(max_resident, *(len(executor.resident(r)) for r in replicas))
+            if choices_version != mask_version:
+                # the router's choices for the rest of the batch, until residency changes
+                choices[i:] = router.choose_many(mean[i:], width[i:], resident_anywhere, penalty)
+                choices_version = mask_version
             forced = policy.forced_arm(rng)
-            a = (
-                index[forced]
-                if forced is not None
-                else router.choose(mean[i], width[i], resident_anywhere, penalty)
-            )
+            a = index[forced] if forced is not None else int(choices[i])
             name = arms[a]
             holders = executor.where.get(name)
             load_s = 0.0

@@ -7,7 +7,7 @@ from cache_manager.clock import ManualClock
 from cache_manager.demand import DemandTracker
 from cache_manager.executor import InMemoryExecutor
 from cache_manager.paging import PagingCostModel
-from cache_manager.scorer import RidgeScorer
+from cache_manager.scorer import LinUCBScorer
 
 ARMS = tuple(f"a{i}" for i in range(6))
 
@@ -23,8 +23,8 @@ def executor() -> InMemoryExecutor:
 
 
 @pytest.fixture
-def scorer() -> RidgeScorer:
-    return RidgeScorer(len(ARMS), 3)
+def scorer() -> LinUCBScorer:
+    return LinUCBScorer(ARMS, 3)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from cache_manager.executor import InMemoryExecutor
 from cache_manager.paging import PagingCostModel
 from cache_manager.plan import PlanStatus, ResidencyPlan
 from cache_manager.policies.polar import PolarParams, PolarPolicy
-from cache_manager.scorer import RidgeScorer
+from cache_manager.scorer import LinUCBScorer
 
 ARMS = tuple(f"a{i}" for i in range(6))
 replica_caps = st.dictionaries(st.sampled_from(["r0", "r1", "r2"]), st.integers(0, 3), min_size=1)
@@ -82,7 +82,7 @@ def test_controller_records_every_epoch_and_respects_capacity(caps, doubling, st
         schedule,
         clock,
         DemandTracker(2, 3, 5.0, rng, warmup=2),
-        RidgeScorer(len(ARMS), 3),
+        LinUCBScorer(ARMS, 3),
         ARMS,
         paging,
         rng,

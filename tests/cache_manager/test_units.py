@@ -10,7 +10,7 @@ from cache_manager.fake_adapter import FakeAdapterSpec, FakeAdapterStore
 from cache_manager.planner import greedy_plan
 from cache_manager.policies.baselines import LfuPolicy, LruPolicy
 from cache_manager.router import CacheAwareRouter, paging_penalties
-from cache_manager.scorer import RidgeScorer
+from cache_manager.scorer import LinUCBScorer
 
 
 def test_router_subtracts_penalty_only_off_cache() -> None:
@@ -85,16 +85,20 @@ def test_lru_and_lfu_victims() -> None:
     assert lfu.victim("r", "w", ("x", "y", "z"), 9.0) == "y"
 
 
-def test_ridge_scorer_learns_linear_rewards() -> None:
+def test_linucb_scorer_learns_linear_rewards_through_the_learner() -> None:
     rng = np.random.default_rng(0)
     theta = np.array([[0.2, 0.5], [0.8, -0.3]])
-    scorer = RidgeScorer(2, 2, ridge=1.0)
+    scorer = LinUCBScorer(("x", "y"), 2, ridge=1.0)
     X = rng.normal(size=(400, 2))
     arms = rng.integers(0, 2, size=400)
     scorer.update(X, arms, (X * theta[arms]).sum(1) + 0.01 * rng.normal(size=400))
     mean, width = scorer.estimate(np.eye(2))
     np.testing.assert_allclose(mean, theta.T, atol=0.05)
-    assert (width < 0.2).all() and scorer.pulls().sum() == 400
+    assert (width < 0.2).all() and scorer.pulls().tolist() == np.bincount(arms).tolist()
+    # the columns are the learner's own estimates, in the scorer's arm order
+    m, w = scorer.learner.estimates(np.array([1.0, 0.0]), ["y", "x"])
+    np.testing.assert_allclose(m, mean[0, ::-1])
+    np.testing.assert_allclose(w, width[0, ::-1])
 
 
 def test_policy_registry_and_discriminated_union() -> None:
