@@ -51,6 +51,12 @@ class PolarPlusConfig(_Config):
     bonus: float = Field(default=1.0, ge=0)
     churn_weight: float = Field(default=1.0, ge=0)
     explore_coef: float = Field(default=1.0, ge=0)
+    drift_tv: float | None = Field(
+        default=0.03,
+        gt=0,
+        description="demand drift (total variation) an epoch may span; None: doubling only"
+        " (see cache_manager.policies.polar)",
+    )
 
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         params = PolarParams(
@@ -58,6 +64,7 @@ class PolarPlusConfig(_Config):
             churn_weight=self.churn_weight,
             forced_exploration=self.explore_coef > 0,
             explore_coef=self.explore_coef,
+            drift_tv=self.drift_tv,
         )
         schedule = DoublingEpochs(self.initial_epoch_s, self.factor, self.max_epoch_s)
         return BuiltPolicy(PolarPolicy(params, name=self.kind), schedule)

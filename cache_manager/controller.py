@@ -8,7 +8,8 @@ applies it (evictions first, then prefetches), and appends exactly one
 :class:`EpochRecord` per epoch to :attr:`history` and to the optional sink (the
 residency table). An epoch whose end had already passed when the controller got to
 it is recorded as failed ("missed"); a plan that raised or that a replica did not
-end up holding is recorded as failed with the reason.
+end up holding is recorded as failed with the reason. A plan may end its epoch
+sooner than the schedule says (``ResidencyPlan.length_s``; never before the clock).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ class CacheController:
                 scorer=self.scorer,
                 centroids=centroids,
                 share=share,
-                live_share=lambda: self.demand.demand()[1],
+                live_share=self.demand.share,
                 penalty=self.penalty,
                 residency=residency,
                 capacity=self.capacity(),
@@ -185,6 +186,10 @@ class CacheController:
             )
         if plan is None:
             return None
+        if plan.length_s is not None:  # the policy ends this epoch early (POLAR+: drift)
+            end = self.epoch_start + plan.length_s
+            if self.clock() < end < self.epoch_end:
+                self.epoch_end = end
         outcomes = apply_plan(plan, self.executor)
         failed = [o for o in outcomes if not o.ok]
         status = PlanStatus.FAILED if failed else PlanStatus.APPLIED

@@ -30,6 +30,7 @@ class DemandTracker:
         self._seen = np.zeros(n_clusters)
         self._weight = np.zeros(n_clusters)
         self._last: float | None = None
+        self._share: np.ndarray | None = None  # cached; decay scales all weights alike
 
     def _decay_to(self, now: float) -> None:
         if self._last is not None and now > self._last:
@@ -57,6 +58,7 @@ class DemandTracker:
         labels = self.assign(X)
         self._seen = np.bincount(labels, minlength=k).astype(float)
         self._weight = self._seen.copy()
+        self._share = None
 
     def observe(self, X: np.ndarray, now: float) -> None:
         X = np.atleast_2d(np.asarray(X, dtype=float))
@@ -77,14 +79,24 @@ class DemandTracker:
             hit, None
         ]
         self._weight += counts
+        self._share = None
+
+    def share(self) -> np.ndarray:
+        """Share of recent demand per cluster (read-only; the same array until ``observe``)."""
+        if self.centroids is None:
+            n = len(self._buffer)
+            return np.full(n, 1.0 / n) if n else np.zeros(0)
+        if self._share is None:
+            total = self._weight.sum()
+            self._share = (
+                self._weight / total if total > 0 else np.full(self.n_clusters, 1 / self.n_clusters)
+            )
+        return self._share
 
     def demand(self) -> tuple[np.ndarray, np.ndarray]:
         """(centroids, share of recent demand); before seeding, the raw contexts."""
         if self.centroids is None:
             if not self._buffer:
                 return np.zeros((0, self.dim)), np.zeros(0)
-            pts = np.array(self._buffer)
-            return pts, np.full(len(pts), 1.0 / len(pts))
-        total = self._weight.sum()
-        share = self._weight / total if total > 0 else np.full(self.n_clusters, 1 / self.n_clusters)
-        return self.centroids.copy(), share
+            return np.array(self._buffer), self.share()
+        return self.centroids.copy(), self.share()

@@ -26,6 +26,7 @@ class ResidencyPlan:
     utility: dict[str, float] = field(default_factory=dict)  # adapter -> planned utility
     explore: tuple[str, ...] = ()  # adapters placed for forced exploration
     policy: str = ""
+    length_s: float | None = None  # the policy ends the epoch this soon (shorter than scheduled)
 
     def adapters(self) -> set[str]:
         return {a for kept in self.residency.values() for a in kept}

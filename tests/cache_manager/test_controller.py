@@ -105,3 +105,24 @@ def test_page_in_evicts_policy_victim_and_declines(
         ctl.record_access("r0", a, False)
     assert set(executor.resident("r0")) == {"a1", "a2"}
     assert ctl.tick() == []  # no schedule: purely reactive
+
+
+def test_polar_plus_ends_the_epoch_early_when_demand_drifts(
+    executor, clock, tracker, scorer, paging
+) -> None:  # type: ignore[no-untyped-def]
+    a, b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    ends = []
+    for drift_tv in (None, 0.05):
+        clock.now = 0.0 if drift_tv is None else 100.0
+        ctl = _controller(
+            PolarPolicy(PolarParams(drift_tv=drift_tv)), executor, clock, tracker, scorer, paging
+        )
+        ctl.observe(np.array([a, a, b, b]))  # seeds the two clusters, half each
+        ctl.tick()
+        clock.advance(10.0)
+        ctl.observe(np.tile(a if drift_tv is None else b, (40, 1)))  # demand moves to one
+        (record,) = ctl.tick()
+        assert record.status is PlanStatus.APPLIED
+        ends.append(record.ends_at - record.started_at)
+    assert ends[0] == 10.0  # no bound: the schedule's length
+    assert 0.5 < ends[1] < 2.0  # ~0.45 of the mass moved in 10 s: 0.05 / 0.045 per s

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from cache_manager.config import parse_policy
-from cache_manager.sim.engine import run_policy
+from cache_manager.sim.engine import RunResult, run_policy
 from cache_manager.sim.report import checkpoints, fit_exponent
 from cache_manager.sim.scenarios import build_world, get_scenario
 from controlplane.cli import main
@@ -19,15 +19,19 @@ def test_fit_exponent_recovers_power_laws() -> None:
 
 def test_polar_pages_less_than_lru_and_never_overfills() -> None:
     scenario = get_scenario("drift", horizon=8_000)
-    polar, lru, oracle = [], [], []
+    polar: list[RunResult] = []
+    plus: list[RunResult] = []
+    lru: list[RunResult] = []
+    oracle: list[RunResult] = []
     for seed in range(3):
         world = build_world(scenario, seed)
-        for name, out in (("polar", polar), ("lru", lru), ("oracle", oracle)):
+        for name, out in (("polar", polar), ("polar+", plus), ("lru", lru), ("oracle", oracle)):
             result = run_policy(world, parse_policy(name), seed)
             assert result.max_resident <= result.capacity
             assert result.epochs_failed == 0
             out.append(result)
     assert np.mean([r.page_ins for r in polar]) < 0.8 * np.mean([r.page_ins for r in lru])
+    assert np.mean([r.page_ins for r in plus]) < 0.8 * np.mean([r.page_ins for r in lru])
     assert np.mean([r.mean_reward for r in oracle]) > np.mean([r.mean_reward for r in lru])
 
 
