@@ -1,0 +1,232 @@
+"""Gateway benchmark: decision overhead, HTTP throughput against a bare pass-through,
+feedback throughput and learner events/s, side by side in one run.
+
+    python bench/bench_gateway.py [--database-url URL] [--requests 2000] [--concurrency 32]
+
+Without a URL (and no DATABASE_URL) an embedded PostgreSQL starts in a temp dir.
+Both Serve apps run in one local Ray over the same replay backend (no sleep),
+and one load generator (httpx, async) in this process drives both in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+from sqlalchemy import create_engine, make_url, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from controlplane.config import demo_config  # noqa: E402
+from controlplane.gateway_core import GatewayCore  # noqa: E402
+from controlplane.learner_loop import LearnerLoop, arm_records  # noqa: E402
+from controlplane.runtime import APP_NAME, deploy, init_ray, wait_ready  # noqa: E402
+from controlplane.settings import Settings  # noqa: E402
+from controlplane.tokens import FeedbackTokens  # noqa: E402
+from deployments.backends.replay import dataset_for  # noqa: E402
+from feedback import migrate  # noqa: E402
+from feedback import repository as repo  # noqa: E402
+from feedback.database import start_embedded  # noqa: E402
+from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord  # noqa: E402
+
+SECRET = "bench-secret-0123456789abcdef"
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.array(xs) * 1000.0, q))
+
+
+def decision_overhead(cfg, url: str, n: int) -> tuple[float, float, float]:
+    """featurize + select + enqueue, in-process, on prompts of the bundled scenario."""
+    engine = create_engine(url)
+    ds = dataset_for("synthetic", cfg.replay.synthetic_rows, 0)
+    core = GatewayCore(cfg, engine, call_pool=None, tokens=FeedbackTokens(SECRET, 60))  # type: ignore[arg-type]
+    core.writer.start()
+    bodies = [{**ds.requests[i % len(ds)], "model": "auto"} for i in range(n)]
+    for b in bodies[:200]:
+        core.decide(b)  # warm up
+    times = []
+    for b in bodies:
+        t0 = time.perf_counter()
+        core.decide(b)
+        times.append(time.perf_counter() - t0)
+    core.writer.close()
+    engine.dispose()
+    return pct(times, 50), pct(times, 99), float(np.mean(times) * 1000)
+
+
+async def load(
+    url: str, bodies: list[dict], concurrency: int
+) -> tuple[float, list[float], list[dict]]:
+    lat: list[float] = []
+    results: list[dict] = []
+    queue = list(range(len(bodies)))
+    async with httpx.AsyncClient(
+        timeout=60, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
+
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                t0 = time.perf_counter()
+                r = await client.post(url, json=bodies[i])
+                lat.append(time.perf_counter() - t0)
+                r.raise_for_status()
+                results.append(r.json())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - t0, lat, results
+
+
+def learner_events_per_s(cfg, url: str, n: int) -> float:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE feedback, outcomes, decisions, policy_snapshots"))
+        repo.upsert_arms(conn, arm_records(cfg))
+    rng = np.random.default_rng(0)
+    arms = [a.name for a in cfg.arms]
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    ds, os_, fbs = [], [], []
+    for i in range(n):
+        rid = uuid.uuid4()
+        ds.append(DecisionRecord(rid, t0 + timedelta(microseconds=i), "auto", arms[i % len(arms)],
+                                 rng.normal(size=cfg.featurizer.dim).astype(np.float32), 0.5, 1, "linucb"))  # fmt: skip
+        os_.append(OutcomeRecord(rid, t0, "ok", 300.0, energy_j=5.0, cost_usd=0.001))
+        fbs.append(FeedbackInput(rid, float(rng.random())))
+    with engine.begin() as conn:
+        repo.write_decisions(conn, ds)
+        repo.write_outcomes(conn, os_)
+        for i in range(0, n, 5000):
+            repo.record_feedback_many(conn, fbs[i : i + 5000])
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE"))
+    loop = LearnerLoop(engine, cfg)
+    loop.start()
+    start = time.perf_counter()
+    done = loop.run_until_idle()
+    loop.stop()
+    seconds = time.perf_counter() - start
+    engine.dispose()
+    assert done == n, (done, n)
+    return n / seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--decisions", type=int, default=5000)
+    ap.add_argument("--events", type=int, default=30000)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    handle = None
+    if args.database_url:
+        admin = Settings(database_url=args.database_url).database_url
+    else:
+        handle = start_embedded(Path(tempfile.mkdtemp(prefix="bench-gw-")), "postgres")
+        admin = handle.url
+    assert admin is not None
+    name = f"banditctl_benchgw_{uuid.uuid4().hex[:8]}"
+    admin_engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        cfg = demo_config()
+        cfg = cfg.model_copy(update={
+            "replay": cfg.replay.model_copy(update={"latency_scale": 0.0}),
+            "gateway": cfg.gateway.model_copy(update={"max_ongoing_requests": args.concurrency * 2}),
+            "pools": cfg.pools.model_copy(update={"max_ongoing_requests": args.concurrency * 2}),
+        })  # fmt: skip
+        with create_engine(url).begin() as conn:
+            repo.upsert_arms(conn, arm_records(cfg))
+
+        p50, p99, mean = decision_overhead(cfg, url, args.decisions)
+        print(
+            f"decision overhead (featurize+select+enqueue, in-process): p50 {p50:.3f} ms  p99 {p99:.3f} ms  mean {mean:.3f} ms"
+        )
+
+        init_ray(None)
+        from ray import serve
+
+        from deployments.passthrough import build_passthrough
+
+        base = deploy(cfg, url, SECRET)
+        wait_ready(base, 300)
+        serve.run(
+            build_passthrough(cfg, "large", args.concurrency * 2), name="bare", route_prefix="/bare"
+        )
+        ds = dataset_for("synthetic", cfg.replay.synthetic_rows, 0)
+        bodies = [
+            {"model": "auto", "messages": ds.requests[i % len(ds)]["messages"]}
+            for i in range(args.requests)
+        ]
+        warm = bodies[:100]
+        asyncio.run(load(base + "/bare/v1/chat/completions", warm, 8))
+        asyncio.run(load(base + "/v1/chat/completions", warm, 8))
+        rows = []
+        for label, path in (
+            ("bare pass-through", "/bare/v1/chat/completions"),
+            ("banditctl gateway", "/v1/chat/completions"),
+        ):
+            secs, lat, results = asyncio.run(load(base + path, bodies, args.concurrency))
+            rows.append((label, len(bodies) / secs, pct(lat, 50), pct(lat, 99), results))
+        for label, rps, l50, l99, _ in rows:
+            print(
+                f"HTTP via Serve proxy, {args.concurrency} concurrent, {label:<18}: {rps:8.1f} req/s  p50 {l50:7.1f} ms  p99 {l99:7.1f} ms"
+            )
+        ratio = rows[1][1] / rows[0][1]
+        print(f"gateway / pass-through throughput ratio: {ratio:.2f}")
+
+        metas = [r["banditctl"] for r in rows[1][4]]
+        fb_bodies = [
+            {"request_id": m["request_id"], "quality": 0.5, "feedback_token": m["feedback_token"]}
+            for m in metas
+        ]
+        secs, lat, _ = asyncio.run(load(base + "/v1/feedback", fb_bodies, args.concurrency))
+        print(
+            f"feedback via HTTP, {args.concurrency} concurrent: {len(fb_bodies) / secs:8.1f} req/s  p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms"
+        )
+        serve.delete("bare")
+        serve.delete(APP_NAME)
+
+        eps = learner_events_per_s(cfg, url, args.events)
+        print(
+            f"learner: {eps:,.0f} events/s read from Postgres and applied ({args.events:,} events, snapshots included)"
+        )
+        print(
+            f"targets: decision p99 < 2 ms: {'met' if p99 < 2 else 'NOT met'}; "
+            f"throughput ratio >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'}; "
+            f"learner >= 10,000 events/s: {'met' if eps >= 10_000 else 'NOT met'}"
+        )
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+    finally:
+        with admin_engine.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin_engine.dispose()
+        if handle is not None:
+            handle.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
