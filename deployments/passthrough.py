@@ -34,7 +34,6 @@ class PassThrough:
 
 def build_passthrough(config: BanditConfig, arm: str, max_ongoing_requests: int) -> Any:
     model = next(a.model for a in config.arms if a.name == arm)
-    pool = ModelPool.options(name="bare-pool", max_ongoing_requests=max_ongoing_requests).bind(
-        config, model
-    )  # type: ignore[attr-defined]
+    options = ModelPool.options  # type: ignore[attr-defined]
+    pool = options(name="bare-pool", max_ongoing_requests=max_ongoing_requests).bind(config, model)
     return PassThrough.options(max_ongoing_requests=max_ongoing_requests).bind(pool, arm)  # type: ignore[attr-defined]
