@@ -1,0 +1,60 @@
+"""The config file: validation errors name the file and the key; the README's example parses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from controlplane.config import ConfigError, load_config
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "banditctl.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_readme_example_config_is_valid(tmp_path):
+    block = re.search(r"## Configuration.*?```yaml\n(.*?)```", README.read_text(), re.S)
+    assert block, "README lost its configuration example"
+    cfg = load_config(_write(tmp_path, block.group(1)))
+    assert cfg.route_arms("cheap") == ("llama-8b", "llama-8b:sql")
+    assert cfg.route_arms("auto") == ("llama-8b", "llama-8b:sql", "gpt-4o")
+    assert cfg.route_arms("gpt-4o") == ("gpt-4o",)
+    assert cfg.base_models == ("llama-8b", "gpt-4o")
+    assert cfg.objective.weights["cost_usd"] == -30
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            "arms: [{name: a, model: a}]\nlearner: {kind: linucb, alpha: -1}\n",
+            "learner.linucb.alpha",
+        ),
+        ("arms: [{name: a, model: a}]\nlearner: {kind: nope}\n", "learner"),
+        ("arms: [{name: a, model: a, backend: openai}]\n", "needs base_url"),
+        ("arms: [{name: a, model: a}]\nroutes: {r: [b]}\n", "unknown arm"),
+        ("arms: []\n", "arms"),
+        ("arms: [{name: a, model: a}]\nobjective: {weights: {accuracy: 1}}\n", "objective.weights"),
+        ("arms: [{name: a, model: a}]\ngateway: {replicas: 0}\n", "gateway.replicas"),
+        ("arms: [{name: a, model: a}]\ntypo_key: 1\n", "typo_key"),
+        ("- just a list\n", "expected a mapping"),
+        ("arms: [{name: a, model: a}\n", "not valid YAML"),
+    ],
+)
+def test_errors_name_the_file_and_the_key(tmp_path, text, needle):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and needle in msg, msg
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")
