@@ -26,6 +26,13 @@ class _LinearConfig(_Config):
     window: int | None = Field(default=None, ge=1, description="keep each arm's last N events")
     min_pulls: int = Field(default=1, ge=0, description="updates before an arm is scored")
     new_arm_score: float = Field(default=1e6, description="score of an arm under min_pulls")
+    prior_mean: tuple[float, float, float, float] | None = Field(
+        default=None,
+        description=(
+            "prior mean of each reward component (quality, energy_j, latency_ms, cost_usd) "
+            "for a new arm, on the context's first position (the intercept); default 0"
+        ),
+    )
     context_indices: tuple[int, ...] | None = Field(
         default=None,
         min_length=1,

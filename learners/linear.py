@@ -73,8 +73,20 @@ class RidgeArms:
 
     _FLUSH = 512
 
-    def __init__(self, dim: int, ridge: float, discount: float = 1.0, window: int | None = None):
+    def __init__(
+        self,
+        dim: int,
+        ridge: float,
+        discount: float = 1.0,
+        window: int | None = None,
+        prior_mean: Sequence[float] | None = None,
+    ):
         self.dim, self.ridge, self.discount, self.window = dim, ridge, discount, window
+        # prior mean of the first coefficient (the intercept) per component:
+        # A = ridge I, b = ridge theta0 before any data, so theta starts at theta0
+        self.b0 = np.zeros((N_COMPONENTS, dim))
+        if prior_mean is not None:
+            self.b0[:, 0] = ridge * np.asarray(prior_mean, dtype=np.float64)
         self.arms: list[str] = []
         self.index: dict[str, int] = {}
         self.M = np.zeros((0, dim + N_COMPONENTS, dim))
@@ -139,9 +151,10 @@ class RidgeArms:
         eye = np.eye(d)[None]
         block = np.zeros((1, d + N_COMPONENTS, d))
         block[0, :d] = eye[0] / self.ridge
+        block[0, d:] = self.b0 / self.ridge
         self.M = np.concatenate([self.M, block])
         self._A = np.concatenate([self._A, self.ridge * eye])
-        self._b = np.concatenate([self._b, np.zeros((1, N_COMPONENTS, d))])
+        self._b = np.concatenate([self._b, self.b0[None]])
         self.pulls = np.append(self.pulls, 0)
         self._reward_sum = np.concatenate([self._reward_sum, np.zeros((1, N_COMPONENTS))])
         self.buffers.append(deque())
@@ -166,7 +179,7 @@ class RidgeArms:
             A = eye + g * (self._A[k] - eye) + np.outer(x, x)
             self._A[k] = A
             A_inv = np.linalg.inv(A)
-            self._b[k] = g * self._b[k] + r[:, None] * x[None, :]
+            self._b[k] = self.b0 + g * (self._b[k] - self.b0) + r[:, None] * x[None, :]
             self.M[k, :d] = A_inv
             self.M[k, d:] = self._b[k] @ A_inv  # A_inv symmetric
             return
@@ -269,7 +282,13 @@ class LinearLearner:
         self.dim = self.full_dim if cols is None else len(cols)
         self.version = 0
         self.weights = as_weights(weights)
-        self.store = RidgeArms(self.dim, config.ridge, config.discount, config.window)
+        self.store = RidgeArms(
+            self.dim,
+            config.ridge,
+            config.discount,
+            config.window,
+            getattr(config, "prior_mean", None),
+        )
         self._idx_cache: dict[tuple[str, ...], tuple[np.ndarray, bool]] = {}
         # plain copies of config values read on every decision (no pydantic access there)
         self._min_pulls = int(config.min_pulls)

@@ -241,3 +241,16 @@ def test_context_indices_restrict_the_view():
         ref.update([RewardEvent(X[t, cols], d2.arm, R[t, k])])
     with pytest.raises(ValueError):
         make_learner({"kind": "linucb", "context_indices": [0, 10]}, 10)
+
+
+@pytest.mark.parametrize("discount", [1.0, 0.95])
+def test_prior_mean_is_a_new_arms_estimate_and_data_overrides_it(discount):
+    w = {"quality": 1.0, "cost_usd": -30.0}
+    cfg = {"kind": "linucb", "prior_mean": [0.8, 0, 0, 0.001], "discount": discount}
+    learner = make_learner(cfg, 3, w)
+    x = np.array([1.0, 0.0, 0.0])
+    assert learner.estimates(x, ["a"])[0][0] == pytest.approx(0.8 - 0.03)
+    for _ in range(400):
+        learner.update([_event(x, "a", 0.2, cost=0.002)])
+    # with discount 0.95 about 20 effective events stand against the prior (ridge 1)
+    assert learner.estimates(x, ["a"])[0][0] == pytest.approx(0.2 - 0.06, abs=0.04)

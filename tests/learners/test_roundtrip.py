@@ -16,6 +16,7 @@ CONFIGS = [
     {"kind": "linucb", "discount": 0.99},
     {"kind": "lints"},
     {"kind": "lints", "propensity": "sampled", "propensity_samples": 32},
+    {"kind": "lints", "prior_mean": [0.8, 0, 0, 0], "context_indices": [0, 1, 2, 3]},
     {"kind": "greenserv"},
     {"kind": "vw"},
     {"kind": "vw", "exploration": "epsilon"},
