@@ -8,6 +8,14 @@ snapshot (state + watermark, one transaction). On start it takes the
 learner lock, releases any claim above the latest snapshot's watermark
 (claims a crashed predecessor made but never snapshotted) and resumes from
 that snapshot, so every event is applied exactly once.
+
+Rollback: someone else (``POST /v1/policies/{version}/rollback``) publishes a
+snapshot with reason ``rollback`` holding an old version's state and the then
+latest watermark. Before each step and inside each snapshot's transaction the
+loop checks for one newer than its own version and adopts it exactly as a
+restart would: old state, the rollback's watermark, claims above it released
+(and credited again to the rolled-back state), so no event is applied twice and
+its own next snapshot never overwrites the rollback.
 """
 
 from __future__ import annotations
@@ -111,6 +119,7 @@ class LearnerLoop:
     def step(self) -> int:
         """Claim and apply one batch; snapshot when due. Returns events claimed."""
         assert self.learner is not None, "start() first"
+        self.adopt_rollback()
         with self.engine.begin() as conn:
             rows = repo.claim_reward_events(
                 conn, self.objective, self.clock(), self.config.learner_service.batch_size
@@ -127,22 +136,17 @@ class LearnerLoop:
 
     def _apply(self, rows: list[RewardRow]) -> None:
         assert self.learner is not None
-        events = []
-        for r in rows:
-            if r.quality is None:  # "skip" credits teach nothing
-                self.stats["skipped"] += 1
-                continue
-            raw = np.array([r.quality, r.energy_j, r.latency_ms, r.cost_usd])
-            events.append(
-                RewardEvent(
-                    context=r.context,
-                    arm=r.arm_id,
-                    reward=self.objective.normalize(raw),
-                    propensity=r.propensity,
-                )
+        taught = [r for r in rows if r.quality is not None]  # "skip" credits teach nothing
+        self.stats["skipped"] += len(rows) - len(taught)
+        if taught:
+            raw = np.array([(r.quality, r.energy_j, r.latency_ms, r.cost_usd) for r in taught])
+            rewards = self.objective.normalize(raw)
+            self.learner.update(
+                [
+                    RewardEvent(context=r.context, arm=r.arm_id, reward=rw, propensity=r.propensity)
+                    for r, rw in zip(taught, rewards, strict=True)
+                ]
             )
-        if events:
-            self.learner.update(events)
         self.watermark = rows[-1].credit_seq
         self.events_applied += len(rows)
         self.pending += len(rows)
@@ -151,26 +155,56 @@ class LearnerLoop:
     def snapshot(self, reason: str = "update") -> int:
         assert self.learner is not None
         with self.engine.begin() as conn:
-            self.version = repo.save_snapshot(
-                conn,
-                learner_kind=self.learner.kind,
-                config={
-                    "learner": _dump(self.config.learner),
-                    "objective": self.objective.model_dump(mode="json"),
-                    "objective_version": self.objective.version,
-                    "featurizer": self.config.featurizer.model_dump(mode="json"),
-                },
-                state=self.learner.state_bytes(),
-                watermark=self.watermark,
-                events_applied=self.events_applied,
-                summary={"arms": self.learner.arm_summary()},
-                reason=reason,
-                parent_version=self.version or None,
-            )
+            repo.lock_snapshots(conn)
+            overtaken = repo.newer_rollback(conn, self.version) is not None
+            if not overtaken:
+                self.version = repo.save_snapshot(
+                    conn,
+                    learner_kind=self.learner.kind,
+                    config={
+                        "learner": _dump(self.config.learner),
+                        "objective": self.objective.model_dump(mode="json"),
+                        "objective_version": self.objective.version,
+                        "featurizer": self.config.featurizer.model_dump(mode="json"),
+                    },
+                    state=self.learner.state_bytes(),
+                    watermark=self.watermark,
+                    events_applied=self.events_applied,
+                    summary={"arms": self.learner.arm_summary()},
+                    reason=reason,
+                    parent_version=self.version or None,
+                )
+        if overtaken:  # a rollback published since the last step wins
+            self.adopt_rollback()
+            return self.version
         self.pending = 0
         self._last_snapshot = self.monotonic()
         self.stats["snapshots"] += 1
         return self.version
+
+    def adopt_rollback(self) -> bool:
+        """Continue from a newer rollback snapshot, if one was published."""
+        with self.engine.begin() as conn:
+            snap = repo.newer_rollback(conn, self.version)
+            if snap is None:
+                return False
+            released = repo.release_claims_after(conn, int(snap["watermark"]))
+        learner = load_learner(snap["state"])
+        learner.set_weights(self.objective.weight_vector)
+        self.learner = learner
+        self.version = int(snap["version"])
+        self.watermark = int(snap["watermark"])
+        self.events_applied = int(snap["events_applied"])
+        self.pending = 0
+        self._last_snapshot = self.monotonic()
+        self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
+        self.stats["released_on_rollback"] = self.stats.get("released_on_rollback", 0) + released
+        log.info(
+            "learner continues from rollback version %d (state of version %s), watermark %d, "
+            "%d claims released",
+            self.version, snap["parent_version"], self.watermark, released,
+        )  # fmt: skip
+        return True
 
     def run_until_idle(self, max_steps: int = 10_000) -> int:
         """Drain what is ready now (tests, tools); returns events applied."""
