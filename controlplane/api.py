@@ -19,7 +19,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from controlplane.dashboard import dashboard_router
 from controlplane.gateway_core import BadRequest, GatewayCore, UpstreamError
+from controlplane.metrics import install_metrics
 from controlplane.tokens import TokenError
 from feedback import repository as repo
 from feedback.errors import InvalidInput, NotFound, WriterFull
@@ -88,7 +90,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         if start_background:
-            core.writer.start()
+            core.start_writer()
             task = asyncio.create_task(core.policy_refresher())
         yield
         if task is not None:
@@ -231,6 +233,9 @@ def create_app(
                     return [repo.record_feedback(conn, fb, require_known=False) for fb, _ in parsed]
 
             results = await asyncio.to_thread(store_tokens)
+        dups = sum(r.duplicate for r in results)
+        core.counters["feedback_duplicates"] = core.counters.get("feedback_duplicates", 0) + dups
+        core.counters["feedback"] = core.counters.get("feedback", 0) + len(results) - dups
         return {
             "results": [
                 {"request_id": str(r.request_id), "source": r.source, "duplicate": r.duplicate}
@@ -327,6 +332,8 @@ def create_app(
             "policy_version": core.policy.version,
         }
 
+    app.include_router(dashboard_router(core, keys.scopes))
+    install_metrics(app, core)
     return app
 
 
