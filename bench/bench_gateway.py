@@ -51,18 +51,19 @@ def decision_overhead(cfg, url: str, n: int) -> tuple[float, float, float]:
     engine = create_engine(url)
     ds = dataset_for("synthetic", cfg.replay.synthetic_rows, 0)
     core = GatewayCore(cfg, engine, call_pool=None, tokens=FeedbackTokens(SECRET, 60))  # type: ignore[arg-type]
-    core.writer.start()
+    core.start_writer()
     bodies = [{**ds.requests[i % len(ds)], "model": "auto"} for i in range(n)]
     for b in bodies[:200]:
         core.decide(b)  # warm up
-    times = []
+    times, cpu = [], []
     for b in bodies:
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         core.decide(b)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
     core.writer.close()
     engine.dispose()
-    return pct(times, 50), pct(times, 99), float(np.mean(times) * 1000)
+    return pct(times, 50), pct(times, 99), pct(cpu, 50), pct(cpu, 99)
 
 
 async def load(
