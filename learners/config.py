@@ -33,6 +33,14 @@ class _LinearConfig(_Config):
             "for a new arm, on the context's first position (the intercept); default 0"
         ),
     )
+    ridge_scale: tuple[float, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "per context position (after context_indices), a factor on ridge: a larger one "
+            "shrinks that coefficient harder (e.g. task deviations from an arm's intercept)"
+        ),
+    )
     context_indices: tuple[int, ...] | None = Field(
         default=None,
         min_length=1,
@@ -43,6 +51,8 @@ class _LinearConfig(_Config):
     def _one_forgetting(self) -> _LinearConfig:
         if self.window is not None and self.discount < 1:
             raise ValueError("choose one forgetting scheme: discount or window")
+        if self.ridge_scale is not None and min(self.ridge_scale) <= 0:
+            raise ValueError("ridge_scale entries must be positive")
         return self
 
 

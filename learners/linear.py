@@ -80,13 +80,19 @@ class RidgeArms:
         discount: float = 1.0,
         window: int | None = None,
         prior_mean: Sequence[float] | None = None,
+        ridge_scale: Sequence[float] | None = None,
     ):
         self.dim, self.ridge, self.discount, self.window = dim, ridge, discount, window
+        # prior precision per coefficient: ridge, times ridge_scale[j] where given
+        scale = np.ones(dim) if ridge_scale is None else np.asarray(ridge_scale, float)
+        if scale.shape != (dim,):
+            raise ValueError(f"ridge_scale needs {dim} entries (one per context position)")
+        self.prior_diag = ridge * scale
         # prior mean of the first coefficient (the intercept) per component:
         # A = ridge I, b = ridge theta0 before any data, so theta starts at theta0
         self.b0 = np.zeros((N_COMPONENTS, dim))
         if prior_mean is not None:
-            self.b0[:, 0] = ridge * np.asarray(prior_mean, dtype=np.float64)
+            self.b0[:, 0] = self.prior_diag[0] * np.asarray(prior_mean, dtype=np.float64)
         self.arms: list[str] = []
         self.index: dict[str, int] = {}
         self.M = np.zeros((0, dim + N_COMPONENTS, dim))
@@ -148,12 +154,12 @@ class RidgeArms:
         d = self.dim
         self.index[arm] = len(self.arms)
         self.arms.append(arm)
-        eye = np.eye(d)[None]
+        prior = np.diag(self.prior_diag)[None]
         block = np.zeros((1, d + N_COMPONENTS, d))
-        block[0, :d] = eye[0] / self.ridge
-        block[0, d:] = self.b0 / self.ridge
+        block[0, :d] = np.diag(1.0 / self.prior_diag)
+        block[0, d:] = self.b0 / self.prior_diag
         self.M = np.concatenate([self.M, block])
-        self._A = np.concatenate([self._A, self.ridge * eye])
+        self._A = np.concatenate([self._A, prior])
         self._b = np.concatenate([self._b, self.b0[None]])
         self.pulls = np.append(self.pulls, 0)
         self._reward_sum = np.concatenate([self._reward_sum, np.zeros((1, N_COMPONENTS))])
@@ -175,7 +181,7 @@ class RidgeArms:
         if self.discount < 1.0:
             self._flush()
             self._reward_sum[k] += r
-            g, d, eye = self.discount, self.dim, self.ridge * np.eye(self.dim)
+            g, d, eye = self.discount, self.dim, np.diag(self.prior_diag)
             A = eye + g * (self._A[k] - eye) + np.outer(x, x)
             self._A[k] = A
             A_inv = np.linalg.inv(A)
@@ -288,6 +294,7 @@ class LinearLearner:
             config.discount,
             config.window,
             getattr(config, "prior_mean", None),
+            getattr(config, "ridge_scale", None),
         )
         self._idx_cache: dict[tuple[str, ...], tuple[np.ndarray, bool]] = {}
         # plain copies of config values read on every decision (no pydantic access there)

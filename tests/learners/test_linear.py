@@ -254,3 +254,17 @@ def test_prior_mean_is_a_new_arms_estimate_and_data_overrides_it(discount):
         learner.update([_event(x, "a", 0.2, cost=0.002)])
     # with discount 0.95 about 20 effective events stand against the prior (ridge 1)
     assert learner.estimates(x, ["a"])[0][0] == pytest.approx(0.2 - 0.06, abs=0.04)
+
+
+def test_ridge_scale_sets_the_prior_precision_per_position():
+    learner = LinUCB(LinUCBConfig(ridge=0.5, ridge_scale=(1.0, 4.0, 4.0)), dim=3)
+    x = np.array([1.0, 1.0, 0.0])
+    for _ in range(50):
+        learner.update([_event(x, "a", 0.6)])
+    A = np.diag([0.5, 2.0, 2.0]) + 50 * np.outer(x, x)
+    assert np.allclose(learner.store.A[0], A)
+    assert np.allclose(learner.store.A_inv[0], np.linalg.inv(A))
+    theta = learner.store.theta_c[0, 0]
+    assert theta[1] < theta[0]  # the harder-shrunk coefficient takes less of the signal
+    with pytest.raises(ValueError):
+        LinUCBConfig(ridge_scale=(1.0, 0.0))
