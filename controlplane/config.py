@@ -80,7 +80,32 @@ class LearnerServiceConfig(_Strict):
 class PoolConfig(_Strict):
     replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=64, ge=1)
-    max_adapters_per_replica: int = Field(default=4, ge=1)
+
+
+class CacheConfig(_Strict):
+    """LoRA adapter residency on the pools.
+
+    ``lru``: Ray Serve multiplexing's own per-replica LRU (no controller).
+    ``polar`` / ``polar+``: the cache controller plans residency in epochs
+    (cache_manager), replicas keep their adapters in their own registry, and the
+    router subtracts the paging cost from arms whose adapter is resident nowhere.
+    Planned policies address each pool as one replica: run adapter pools with
+    ``pools.replicas: 1``.
+    """
+
+    policy: Literal["lru", "polar", "polar+"] = "lru"
+    slots_per_replica: int = Field(default=4, ge=1)
+    epoch_s: float = Field(
+        default=10.0, gt=0, description="polar: epoch length; polar+: first epoch"
+    )
+    max_epoch_s: float = Field(default=40.0, gt=0, description="polar+: cap on the doubling")
+    tick_s: float = Field(default=0.2, gt=0)
+    clusters: int = Field(default=4, ge=1)
+    demand_half_life_s: float = Field(default=60.0, gt=0)
+    adapter_rank: int = Field(default=8, ge=1)
+    latency_weight_per_s: float = Field(
+        default=0.5, ge=0, description="reward lost per second of paging"
+    )
 
 
 class ApiKey(_Strict):
@@ -99,6 +124,7 @@ class BanditConfig(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     learner_service: LearnerServiceConfig = Field(default_factory=LearnerServiceConfig)
     pools: PoolConfig = Field(default_factory=PoolConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     api_keys: tuple[ApiKey, ...] = ()
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
@@ -108,6 +134,8 @@ class BanditConfig(_Strict):
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError("arm names must be unique")
+        if self.cache.policy != "lru" and self.pools.replicas != 1 and self.adapter_arms:
+            raise ValueError("cache.policy polar/polar+ plans per pool: set pools.replicas to 1")
         for route, arms in self.routes.items():
             unknown = sorted(set(arms) - set(names))
             if unknown:
@@ -125,6 +153,11 @@ class BanditConfig(_Strict):
         if route in {a.name for a in self.arms}:
             return (route,)
         raise KeyError(route)
+
+    @property
+    def adapter_arms(self) -> dict[str, str]:
+        """Arm name -> adapter, for arms served through a LoRA adapter."""
+        return {a.name: a.adapter for a in self.arms if a.adapter}
 
     @property
     def base_models(self) -> tuple[str, ...]:

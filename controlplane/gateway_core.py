@@ -9,6 +9,7 @@ learner or on a database round trip per request.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -21,6 +22,7 @@ from sqlalchemy import Engine
 
 from controlplane.config import BanditConfig
 from controlplane.learner_loop import fresh_learner
+from controlplane.residency import paging_penalties
 from controlplane.tokens import FeedbackTokens
 from feedback import repository as repo
 from feedback.records import DecisionRecord, OutcomeRecord
@@ -52,6 +54,8 @@ class Policy:
         self.learner = learner
         self.version = version
         self.loaded_at = time.time()
+        # linear learners take per-arm penalties (POLAR's paging cost) in select()
+        self.takes_penalties = "penalties" in inspect.signature(learner.select).parameters
 
 
 class GatewayCore:
@@ -77,6 +81,9 @@ class GatewayCore:
         )
         self.rng = rng or np.random.default_rng(config.gateway.seed)
         self.policy = Policy(fresh_learner(config), 0)
+        # arm -> reward lost to paging its adapter in (resident nowhere); all of them
+        # until the first residency plan says otherwise
+        self.penalties: dict[str, float] = paging_penalties(config, ())
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
         self.decision_seconds: list[float] = []
 
@@ -102,15 +109,32 @@ class GatewayCore:
         self.policy = Policy(learner, int(snap["version"]))
         return True
 
+    def refresh_residency(self) -> None:
+        """Price paging for adapter arms resident nowhere (planned cache policies)."""
+        if self.config.cache.policy == "lru" or not self.config.adapter_arms:
+            return
+        with self.engine.connect() as conn:
+            held = {a for adapters in repo.resident_adapters(conn).values() for a in adapters}
+        self.penalties = paging_penalties(self.config, held)
+
     async def policy_refresher(self) -> None:
         while True:
             try:
                 await asyncio.to_thread(self.refresh_policy)
+                await asyncio.to_thread(self.refresh_residency)
             except Exception:  # keep serving on the current policy
                 log.exception("policy refresh failed")
             await asyncio.sleep(self.config.gateway.policy_refresh_s)
 
     # -- the request path ------------------------------------------------
+
+    def _select(
+        self, policy: Policy, x: np.ndarray, arms: list[str], rng: np.random.Generator
+    ) -> Decision:
+        if self.penalties and policy.takes_penalties:
+            penalties = {a: p for a, p in self.penalties.items() if a in arms}
+            return policy.learner.select(x, arms, rng, penalties=penalties)  # type: ignore[call-arg]
+        return policy.learner.select(x, arms, rng)
 
     def route_arms(self, model: Any) -> tuple[str, ...]:
         if not isinstance(model, str) or not model:
@@ -143,7 +167,7 @@ class GatewayCore:
         arms = self.route_arms(route)
         x = self.featurizer.featurize(body)
         policy = self.policy
-        decision = policy.learner.select(x, list(arms), self.rng)
+        decision = self._select(policy, x, list(arms), self.rng)
         rid = request_id or uuid.uuid4()
         meta = body.get("metadata") or {}
         self.writer.log_decision(
@@ -236,7 +260,7 @@ class GatewayCore:
         x = self.featurizer.featurize(body)
         policy = self.policy
         learner = policy.learner
-        decision = learner.select(x, arms, np.random.default_rng(0))
+        decision = self._select(policy, x, arms, np.random.default_rng(0))
         rows = []
         estimates = getattr(learner, "estimates", None)
         mean = width = None

@@ -7,11 +7,7 @@ from typing import Any
 from controlplane.config import BanditConfig
 from deployments.gateway import Gateway
 from deployments.learner import LearnerService
-from deployments.pool import ModelPool
-
-
-def pool_name(model: str) -> str:
-    return "pool-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in model)
+from deployments.pool import ModelPool, pool_name
 
 
 def build_app(config: BanditConfig, database_url: str, secret: str) -> Any:
@@ -24,7 +20,12 @@ def build_app(config: BanditConfig, database_url: str, secret: str) -> Any:
         for model in config.base_models
     }
     learner = LearnerService.bind(config, database_url)  # type: ignore[attr-defined]
+    cache = None
+    if config.cache.policy != "lru" and config.adapter_arms:
+        from deployments.cache import CacheControllerService
+
+        cache = CacheControllerService.bind(config, database_url, pools)  # type: ignore[attr-defined]
     return Gateway.options(  # type: ignore[attr-defined]
         num_replicas=config.gateway.replicas,
         max_ongoing_requests=config.gateway.max_ongoing_requests,
-    ).bind(config, database_url, secret, pools, learner)
+    ).bind(config, database_url, secret, pools, learner, cache)

@@ -25,10 +25,12 @@ class Gateway:
         secret: str,
         pools: dict[str, DeploymentHandle],
         learner: DeploymentHandle,
+        cache: DeploymentHandle | None = None,
     ) -> None:
         self.config = config
         self.pools = pools
         self.learner = learner
+        self.cache = cache
         self.model_of = {a.name: a.model for a in config.arms}
         self.adapter_of = {a.name: a.adapter for a in config.arms}
         engine = make_engine(database_url, pool_size=4)

@@ -17,6 +17,11 @@ from controlplane.config import ArmConfig, BanditConfig
 from deployments.backends import Backend
 
 
+def pool_name(model: str) -> str:
+    """The pool deployment's name (and residency replica id) for a base model."""
+    return "pool-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in model)
+
+
 def make_backend(arm: ArmConfig, config: BanditConfig) -> Backend:
     if arm.backend == "replay":
         from deployments.backends.replay import ReplayBackend, dataset_for
@@ -36,48 +41,100 @@ def make_backend(arm: ArmConfig, config: BanditConfig) -> Backend:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class ModelPool:
+    """Serves the arms of one base model; LoRA adapters are loaded for real
+    (``cache_manager.fake_adapter`` here: allocate and copy the weights).
+
+    Under ``cache.policy: lru`` adapters go through ``@serve.multiplexed`` (Serve's
+    own LRU, ``slots_per_replica`` per replica); under a planned policy through the
+    replica's :class:`AdapterRegistry`, which the cache controller drives with
+    :meth:`prefetch` and :meth:`evict`.
+    """
+
     def __init__(self, config: BanditConfig, model: str) -> None:
-        self.model = model
-        self.arms = {a.name: a for a in config.arms if a.model == model}
-        self.backends = {name: make_backend(a, config) for name, a in self.arms.items()}
-        self.loaded: dict[str, float] = {}  # adapter -> load seconds (this replica's registry)
-        self.page_ins = 0
         import numpy as np
 
         from cache_manager.fake_adapter import FakeAdapterStore
+        from deployments.adapters import AdapterRegistry
 
+        self.model = model
+        self.arms = {a.name: a for a in config.arms if a.model == model}
+        self.backends = {name: make_backend(a, config) for name, a in self.arms.items()}
+        self.cache = config.cache
         self._store = FakeAdapterStore(specs={}, rng=np.random.default_rng(0))
+        self.registry = AdapterRegistry(config.cache.slots_per_replica, self._load)
+        self.mux_loaded: dict[str, float] = {}  # what Serve's multiplexing LRU holds now
+        self._mux = serve.multiplexed(max_num_models_per_replica=config.cache.slots_per_replica)(
+            self._mux_load
+        )
 
-    @serve.multiplexed(max_num_models_per_replica=4)
-    async def load_adapter(self, adapter: str) -> Any:
+    def _load(self, adapter: str) -> tuple[Any, float]:
         from cache_manager.fake_adapter import FakeAdapterSpec
 
-        self._store.specs.setdefault(adapter, FakeAdapterSpec(adapter, rank=8))
-        loaded, seconds = self._store.load(adapter)
-        self.loaded[adapter] = seconds
-        self.page_ins += 1
-        return _Resident(self, adapter, loaded)
+        self._store.specs.setdefault(
+            adapter, FakeAdapterSpec(adapter, rank=self.cache.adapter_rank)
+        )
+        return self._store.load(adapter)
+
+    async def _mux_load(self, adapter: str) -> Any:
+        loaded, seconds = self._load(adapter)
+        self.registry.stats.page_ins += 1
+        self.registry.stats.load_s += seconds
+        self.mux_loaded[adapter] = seconds
+        return _MuxResident(self, adapter, loaded)
+
+    async def _acquire(self, adapter: str) -> None:
+        if self.cache.policy == "lru":
+            before = self.registry.stats.page_ins
+            await self._mux(adapter)
+            if self.registry.stats.page_ins == before:
+                self.registry.stats.hits += 1
+            else:
+                self.registry.stats.misses += 1
+        else:
+            self.registry.acquire(adapter)
 
     async def generate(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:
         if arm not in self.backends:
             raise KeyError(f"pool {self.model!r} does not serve arm {arm!r}")
-        adapter = serve.get_multiplexed_model_id()
+        adapter = serve.get_multiplexed_model_id() or self.arms[arm].adapter
         t0 = time.perf_counter()
         if adapter:
-            await self.load_adapter(adapter)
+            await self._acquire(adapter)
         gen = (await self.backends[arm].generate(body)).as_dict()
         gen["latency_ms"] = max(gen["latency_ms"], (time.perf_counter() - t0) * 1000.0)
         return gen
 
-    def resident_adapters(self) -> dict[str, Any]:
-        return {"adapters": sorted(self.loaded), "page_ins": self.page_ins}
+    # -- residency, for the cache controller and the dashboard ---------------
+
+    def resident(self) -> tuple[str, ...]:
+        if self.cache.policy == "lru":
+            return tuple(self.mux_loaded)
+        return self.registry.resident()
+
+    def prefetch(self, adapter: str) -> float:
+        return self.registry.prefetch(adapter)
+
+    def evict(self, adapter: str) -> None:
+        self.registry.evict(adapter)
+
+    def residency_stats(self) -> dict[str, Any]:
+        s = self.registry.stats
+        return {
+            "policy": self.cache.policy,
+            "capacity": self.registry.capacity,
+            "resident": list(self.resident()),
+            "hits": s.hits,
+            "misses": s.misses,
+            "page_ins": s.page_ins,
+            "load_s": s.load_s,
+        }
 
 
-class _Resident:
-    """Registry entry; Serve's LRU drops it, which removes it from the registry."""
+class _MuxResident:
+    """Held by Serve's multiplexing LRU; when it drops the entry, so does our view."""
 
     def __init__(self, pool: ModelPool, name: str, loaded: Any) -> None:
         self.pool, self.name, self.loaded = pool, name, loaded
 
     def __del__(self) -> None:  # may run twice under Serve: pop is idempotent
-        self.pool.loaded.pop(self.name, None)
+        self.pool.mux_loaded.pop(self.name, None)

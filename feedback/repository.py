@@ -851,3 +851,31 @@ def residency_totals(conn: Connection) -> list[dict[str, Any]]:
         )
     ).all()
     return [dict(r._mapping) for r in rows]
+
+
+def contexts_since(
+    conn: Connection, since: datetime, limit: int = 10_000
+) -> tuple[np.ndarray, list[str], datetime | None]:
+    """Contexts and arms of decisions made after ``since`` (oldest first), and the newest time."""
+    rows = conn.execute(
+        text(
+            "SELECT context, arm_id, created_at FROM decisions WHERE created_at > :t "
+            "ORDER BY created_at LIMIT :n"
+        ),
+        {"t": since, "n": limit},
+    ).all()
+    if not rows:
+        return np.zeros((0, 0)), [], None
+    X = np.stack([np.frombuffer(r[0], dtype="<f4") for r in rows]).astype(np.float64)
+    return X, [r[1] for r in rows], rows[-1][2]
+
+
+def resident_adapters(conn: Connection) -> dict[str, list[str]]:
+    """Per replica, the adapters of its latest applied epoch."""
+    rows = conn.execute(
+        text(
+            "SELECT DISTINCT ON (replica) replica, adapters FROM residency_epochs "
+            "WHERE status = 'applied' ORDER BY replica, epoch DESC"
+        )
+    ).all()
+    return {r[0]: list(r[1]) for r in rows}
