@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 
+pytest_plugins = ["tests.ray_fixtures"]  # ray_session, deployed: e2e and browser tests
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TABLES = ["feedback", "outcomes", "decisions", "arms", "policy_snapshots", "residency_epochs"]
 

@@ -1,92 +1,13 @@
-"""One local Ray + Serve per test session, one deployed control plane per module."""
+"""The e2e fixtures (``ray_session``, ``deployed``) live in ``tests/ray_fixtures.py``,
+shared with the browser tests; the names below stay importable from here."""
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
-
-import pytest
-
-from controlplane.config import BanditConfig, demo_config
-from controlplane.runtime import APP_NAME, deploy, init_ray, wait_ready
-from feedback import migrate
-
-SECRET = "e2e-test-secret-0123456789abcdef"
-FEEDBACK_KEY = "fb-key-e2e"
-ADMIN_KEY = "admin-key-e2e"
-READONLY_KEY = "ro-key-e2e"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Deployed:
-    config: BanditConfig
-    db_url: str
-    base_url: str
-
-    @property
-    def api_url(self) -> str:
-        return self.base_url + "/v1"
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[int]:
-    port = _free_port()
-    os.environ["BANDITCTL_E2E_FEEDBACK_KEY"] = FEEDBACK_KEY
-    os.environ["BANDITCTL_E2E_ADMIN_KEY"] = ADMIN_KEY
-    os.environ["BANDITCTL_E2E_READONLY_KEY"] = READONLY_KEY
-    init_ray(None)
-    yield port
-    import ray
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-
-
-def e2e_config(port: int) -> BanditConfig:
-    cfg = demo_config()
-    return cfg.model_copy(
-        update={
-            "http_port": port,
-            "objective": cfg.objective.model_copy(update={"feedback_window_s": 600.0}),
-            "gateway": cfg.gateway.model_copy(update={"policy_refresh_s": 0.2}),
-            "learner_service": cfg.learner_service.model_copy(
-                update={
-                    "poll_interval_s": 0.05,
-                    "snapshot_every_events": 10,
-                    "snapshot_every_s": 0.3,
-                }
-            ),
-            "replay": cfg.replay.model_copy(update={"latency_scale": 0.0}),
-            "api_keys": (
-                {
-                    "name": "feedback",
-                    "key_env": "BANDITCTL_E2E_FEEDBACK_KEY",
-                    "scopes": ["feedback"],
-                },
-                {"name": "admin", "key_env": "BANDITCTL_E2E_ADMIN_KEY", "scopes": ["admin"]},
-                {"name": "readonly", "key_env": "BANDITCTL_E2E_READONLY_KEY", "scopes": []},
-            ),
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-def deployed(ray_session: int, pg_server) -> Iterator[Deployed]:
-    from ray import serve
-
-    url = pg_server.create_database("banditctl_e2e")
-    migrate.upgrade(url)
-    cfg = BanditConfig.model_validate(e2e_config(ray_session).model_dump())
-    base = deploy(cfg, url, SECRET)
-    wait_ready(base, timeout_s=180)
-    yield Deployed(cfg, url, base)
-    serve.delete(APP_NAME)
+from tests.ray_fixtures import (  # noqa: F401
+    ADMIN_KEY,
+    FEEDBACK_KEY,
+    READONLY_KEY,
+    SECRET,
+    Deployed,
+    e2e_config,
+)
