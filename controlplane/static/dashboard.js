@@ -78,7 +78,12 @@ function lineChart(points, opts = {}) {
   if (y1 === y0) { const pad = Math.abs(y0) * 0.1 || 1; y0 -= pad; y1 += pad; }
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
-  const fmtY = opts.fmtY || ((v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)));
+  const fmtY = opts.fmtY || ((v) => {
+    const a = Math.abs(v);
+    if (a >= 100) return v.toFixed(0);
+    if (a > 0 && a < 0.01) return v.toExponential(1);
+    return v.toPrecision(3);
+  });
   S("text", { x: L - 4, y: T + 8, "text-anchor": "end" }).textContent = fmtY(y1);
   S("text", { x: L - 4, y: H - B, "text-anchor": "end" }).textContent = fmtY(y0);
   if (opts.fmtX) {
