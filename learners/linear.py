@@ -95,7 +95,8 @@ class RidgeArms:
             self.b0[:, 0] = self.prior_diag[0] * np.asarray(prior_mean, dtype=np.float64)
         self.arms: list[str] = []
         self.index: dict[str, int] = {}
-        self.M = np.zeros((0, dim + N_COMPONENTS, dim))
+        self.w = default_weights()  # objective weights of the combined theta row
+        self.M = np.zeros((0, dim + N_COMPONENTS + 1, dim))
         self._A = np.zeros((0, dim, dim))
         self._b = np.zeros((0, N_COMPONENTS, dim))
         self._pending: list[tuple[int, np.ndarray, np.ndarray, float]] = []
@@ -114,7 +115,17 @@ class RidgeArms:
     @property
     def theta_c(self) -> np.ndarray:
         """(K, C, d) view: ``A_k^{-1} b_k[c]`` per arm and reward component."""
-        return self.M[:, self.dim :]
+        return self.M[:, self.dim : self.dim + N_COMPONENTS]
+
+    @property
+    def theta_w(self) -> np.ndarray:
+        """(K, d) view: ``sum_c w_c theta_k[c]``, the combined theta for the weights ``w``."""
+        return self.M[:, self.dim + N_COMPONENTS]
+
+    def set_weights(self, w: np.ndarray) -> None:
+        self.w = np.asarray(w, dtype=np.float64).copy()
+        if len(self.arms):
+            self.M[:, self.dim + N_COMPONENTS] = np.einsum("c,kcd->kd", self.w, self.theta_c)
 
     @property
     def A(self) -> np.ndarray:
@@ -155,9 +166,10 @@ class RidgeArms:
         self.index[arm] = len(self.arms)
         self.arms.append(arm)
         prior = np.diag(self.prior_diag)[None]
-        block = np.zeros((1, d + N_COMPONENTS, d))
+        block = np.zeros((1, d + N_COMPONENTS + 1, d))
         block[0, :d] = np.diag(1.0 / self.prior_diag)
-        block[0, d:] = self.b0 / self.prior_diag
+        block[0, d : d + N_COMPONENTS] = self.b0 / self.prior_diag
+        block[0, d + N_COMPONENTS] = self.w @ block[0, d : d + N_COMPONENTS]
         self.M = np.concatenate([self.M, block])
         self._A = np.concatenate([self._A, prior])
         self._b = np.concatenate([self._b, self.b0[None]])
@@ -187,7 +199,8 @@ class RidgeArms:
             A_inv = np.linalg.inv(A)
             self._b[k] = self.b0 + g * (self._b[k] - self.b0) + r[:, None] * x[None, :]
             self.M[k, :d] = A_inv
-            self.M[k, d:] = self._b[k] @ A_inv  # A_inv symmetric
+            self.M[k, d : d + N_COMPONENTS] = self._b[k] @ A_inv  # A_inv symmetric
+            self.M[k, d + N_COMPONENTS] = self.w @ self.M[k, d : d + N_COMPONENTS]
             return
         self._rank_one(k, x, r, 1.0)
         if self.window is not None:
@@ -205,12 +218,13 @@ class RidgeArms:
         solve). Both are one BLAS ``dger`` on ``M[k]`` (a C-ordered matrix's
         transpose is Fortran-ordered, so it is written in place).
         """
-        d = self.dim
+        d, e = self.dim, self.dim + N_COMPONENTS
         Mk = self.M[k]
-        v = Mk @ x  # (A^-1 x, theta . x)
+        v = Mk @ x  # (A^-1 x, theta_c . x, theta_w . x)
         Ax = v[:d]
         u = -v
-        u[d:] += r  # (-A^-1 x, prediction errors)
+        u[d:e] += r  # (-A^-1 x, prediction errors, their combination by w)
+        u[e] = u[d:e] @ self.w
         f = sign / (1.0 + sign * float(x @ Ax))
         dger(f, Ax, u, a=Mk.T, overwrite_a=True)
         self._pending.append((k, x.copy(), r.copy(), sign))
@@ -236,6 +250,7 @@ class RidgeArms:
             "A_inv": np.ascontiguousarray(self.A_inv),
             "b": self._b,
             "theta_c": np.ascontiguousarray(self.theta_c),
+            "theta": np.ascontiguousarray(self.theta_w),
             "pulls": self.pulls,
             "reward_sum": self._reward_sum,
         }
@@ -257,7 +272,10 @@ class RidgeArms:
             theta_c = arrays["theta_c"]
         else:  # states written before theta_c was kept
             theta_c = np.einsum("kcd,kde->kce", self._b, A_inv)
-        self.M = np.ascontiguousarray(np.concatenate([A_inv, theta_c], axis=1))
+        theta_w = arrays.get("theta")
+        if theta_w is None:
+            theta_w = np.einsum("c,kcd->kd", self.w, theta_c)
+        self.M = np.ascontiguousarray(np.concatenate([A_inv, theta_c, theta_w[:, None]], axis=1))
         self.pulls, self._reward_sum = arrays["pulls"], arrays["reward_sum"]
         self.buffers = [deque() for _ in arms]
         if "buf_len" in arrays:
@@ -301,8 +319,7 @@ class LinearLearner:
         self._min_pulls = int(config.min_pulls)
         self._new_arm_score = float(config.new_arm_score)
         self._all_tried = True  # every known arm has min_pulls updates
-        self._Q = np.zeros((self.dim + N_COMPONENTS, 2))
-        self._Q[self.dim :, 1] = self.weights
+        self.store.set_weights(self.weights)
 
     # -- arms -----------------------------------------------------------
 
@@ -359,13 +376,10 @@ class LinearLearner:
     ) -> tuple[np.ndarray, np.ndarray]:
         M = self.store.M
         K, e, d = M.shape
-        # one gemv over all arms' stacked (A^-1; theta): no (K, d, d) copy
+        # one gemv over all arms' stacked (A^-1; theta_c; theta_w): no (K, d, d) copy
         out = (M.reshape(K * e, d) @ z).reshape(K, e)
-        # then (A^-1 x . x, theta . w) per arm in one product with [[z, 0], [0, w]]
-        Q = self._Q
-        Q[:d, 0] = z
-        res = out @ Q
-        mean, quad = res[:, 1], res[:, 0]
+        quad = out[:, :d] @ z
+        mean = out[:, e - 1]
         if not full:
             mean, quad = mean[idx], quad[idx]
         return mean, np.sqrt(np.maximum(quad, 0.0))
@@ -377,7 +391,7 @@ class LinearLearner:
         n = len(Z)
         P = (Z @ M.reshape(K * e, d).T).reshape(n, K, e)
         quad = np.einsum("nkd,nd->nk", P[:, :, :d], Z)
-        mean = P[:, :, d:] @ self.weights
+        mean = P[:, :, e - 1]
         return mean[:, idx], np.sqrt(np.maximum(quad[:, idx], 0.0))
 
     # -- Learner protocol -----------------------------------------------
@@ -463,7 +477,7 @@ class LinearLearner:
 
     def set_weights(self, weights: Any) -> None:
         self.weights = as_weights(weights)
-        self._Q[self.dim :, 1] = self.weights
+        self.store.set_weights(self.weights)
 
     def arm_summary(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
