@@ -51,21 +51,32 @@ def feedback_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None, attempts: int = 3) -> None:
+    """Join ``address`` or start a local Ray; a node that times out starting on a
+    busy machine is retried (the time-out is Ray's own)."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=os.environ.get("BANDITCTL_RAY_LOGS", "0") == "1",
-        )
+    for attempt in range(1, attempts + 1):
+        try:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING)
+            else:
+                ray.init(
+                    address="local",
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=os.environ.get("BANDITCTL_RAY_LOGS", "0") == "1",
+                )
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("Ray node start timed out (attempt %d of %d); retrying", attempt, attempts)
+            ray.shutdown()
+            time.sleep(2.0)
 
 
 def deploy(config: BanditConfig, database_url: str, secret: str, *, blocking: bool = False) -> str:

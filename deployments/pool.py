@@ -63,8 +63,12 @@ class ModelPool:
         self._store = FakeAdapterStore(specs={}, rng=np.random.default_rng(0))
         self.registry = AdapterRegistry(config.cache.slots_per_replica, self._load)
         self.mux_loaded: dict[str, float] = {}  # what Serve's multiplexing LRU holds now
+
+        async def load_for_serve(adapter: str) -> Any:  # a plain function: Serve keeps its
+            return await self._mux_load(adapter)  # LRU on the function object
+
         self._mux = serve.multiplexed(max_num_models_per_replica=config.cache.slots_per_replica)(
-            self._mux_load
+            load_for_serve
         )
 
     def _load(self, adapter: str) -> tuple[Any, float]:
