@@ -110,6 +110,7 @@ def _run(policy: str, port: int, pg_server) -> dict:
 def test_polar_pages_in_less_than_serve_lru_on_the_same_trace(ray_session, pg_server):
     lru = _run("lru", ray_session, pg_server)
     polar = _run("polar", ray_session, pg_server)
+    print(f"\nresidency trace of 200 requests, 6 adapters, 2 slots: lru {lru}\npolar {polar}")
     assert lru["epochs"] == {}  # plain multiplexing: no controller, no plans
     assert polar["epochs"].get("applied", 0) >= 2  # plans reached the replica and were recorded
     assert len(polar["resident"]) <= polar["capacity"] and len(lru["resident"]) <= lru["capacity"]
