@@ -52,6 +52,11 @@ MODEL_PROFILES: dict[str, tuple[float, float, float]] = {
     "mistralai/mistral-7b-chat": (7, 95, 0.5),
     "mistralai/mixtral-8x7b-chat": (47, 70, 1.4),
     "zero-one-ai/Yi-34B-Chat": (34, 45, 2.0),
+    # the four models of the bundled synthetic scenario (learners.replay.synthetic)
+    "small": (1, 120, 0.2),
+    "coder": (7, 80, 0.6),
+    "mathy": (7, 80, 0.6),
+    "large": (70, 35, 3.8),
 }
 DEFAULT_PROFILE: tuple[float, float, float] = (30, 50, 2.0)
 TIME_TO_FIRST_TOKEN_MS = 250.0
