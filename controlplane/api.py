@@ -90,7 +90,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         if start_background:
-            core.start_writer()
+            core.writer.start()
             task = asyncio.create_task(core.policy_refresher())
         yield
         if task is not None:

@@ -64,9 +64,6 @@ class GatewayConfig(_Strict):
     feedback_token_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
     log_buffer: int = Field(default=50_000, ge=100)
     log_flush_s: float = Field(default=0.2, gt=0)
-    # how long a thread may hold the GIL before the request path gets it back; the
-    # interpreter default (5 ms) lets the log writer's batch encoding delay decisions
-    gil_switch_interval_s: float = Field(default=0.0005, gt=0, le=0.05)
     seed: int = 0
 
 

@@ -87,13 +87,6 @@ class GatewayCore:
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
         self.decision_seconds: list[float] = []
 
-    def start_writer(self) -> None:
-        """Start the background log writer, favouring the request path for the GIL."""
-        import sys
-
-        sys.setswitchinterval(self.config.gateway.gil_switch_interval_s)
-        self.writer.start()
-
     # -- policy ---------------------------------------------------------
 
     def refresh_policy(self) -> bool:

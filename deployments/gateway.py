@@ -37,7 +37,7 @@ class Gateway:
         tokens = FeedbackTokens(secret, config.gateway.feedback_token_ttl_s)
         self.core = GatewayCore(config, engine, self._call_pool, tokens)
         await asyncio.to_thread(self.core.refresh_policy)
-        self.core.start_writer()
+        self.core.writer.start()
         self._refresher = asyncio.get_running_loop().create_task(self.core.policy_refresher())
 
     async def _call_pool(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:

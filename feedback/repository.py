@@ -383,7 +383,7 @@ def claim_reward_events(
             request_id=r[1],
             created_at=r[2],
             arm_id=r[3],
-            context=np.frombuffer(r[4], dtype="<f4").astype(np.float64),
+            context=np.frombuffer(r[4], dtype="<f4"),  # float32 as stored, read-only view
             propensity=float(r[5]),
             policy_version=int(r[6]),
             credit_kind=r[7],
