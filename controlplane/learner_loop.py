@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,6 +75,8 @@ class LearnerLoop:
         self.pending = 0  # applied since the last snapshot
         self._last_snapshot = monotonic()
         self.stats = {"events": 0, "snapshots": 0, "skipped": 0, "released_on_start": 0}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-claim")
+        self._ahead: Future[list[RewardRow]] | None = None
 
     # -- lifecycle ------------------------------------------------------
 
@@ -107,6 +110,8 @@ class LearnerLoop:
         log.info("learner resumed at version %d, watermark %d", self.version, self.watermark)
 
     def stop(self, snapshot: bool = True) -> None:
+        self._drop_ahead()  # released when a learner next starts
+        self._worker.shutdown(wait=True)
         if snapshot and self.pending:
             self.snapshot()
         if self._lock_conn is not None:
@@ -117,13 +122,19 @@ class LearnerLoop:
     # -- work -----------------------------------------------------------
 
     def step(self) -> int:
-        """Claim and apply one batch; snapshot when due. Returns events claimed."""
+        """Apply one claimed batch; snapshot when due. Returns events claimed.
+
+        After a full batch the next claim starts on a worker thread while this
+        one is learned (the database and numpy work side by side). Rows claimed
+        ahead are above the watermark until applied, so a crash releases them
+        on restart like any other unapplied claim.
+        """
         assert self.learner is not None, "start() first"
         self.adopt_rollback()
-        with self.engine.begin() as conn:
-            rows = repo.claim_reward_events(
-                conn, self.objective, self.clock(), self.config.learner_service.batch_size
-            )
+        rows = self._ahead.result() if self._ahead is not None else self._claim()
+        self._ahead = None
+        if len(rows) >= self.config.learner_service.batch_size:
+            self._ahead = self._worker.submit(self._claim)
         if rows:
             self._apply(rows)
         svc = self.config.learner_service
@@ -133,6 +144,25 @@ class LearnerLoop:
         if due:
             self.snapshot()
         return len(rows)
+
+    def _claim(self) -> list[RewardRow]:
+        with self.engine.begin() as conn:
+            return repo.claim_reward_events(
+                conn, self.objective, self.clock(), self.config.learner_service.batch_size
+            )
+
+    def claimed_ahead(self) -> int:
+        """Rows claimed but not applied yet (waits for an in-flight claim)."""
+        return 0 if self._ahead is None else len(self._ahead.result())
+
+    def _drop_ahead(self) -> None:
+        """Forget rows claimed ahead (they sit above the watermark, so they are released)."""
+        if self._ahead is not None:
+            try:
+                self._ahead.result()
+            except Exception:  # a failed claim claimed nothing
+                log.warning("a claim made ahead failed", exc_info=True)
+            self._ahead = None
 
     def _apply(self, rows: list[RewardRow]) -> None:
         assert self.learner is not None
@@ -184,6 +214,10 @@ class LearnerLoop:
 
     def adopt_rollback(self) -> bool:
         """Continue from a newer rollback snapshot, if one was published."""
+        with self.engine.connect() as conn:
+            if repo.newer_rollback(conn, self.version) is None:
+                return False
+        self._drop_ahead()  # claimed past any watermark: released below with the rest
         with self.engine.begin() as conn:
             snap = repo.newer_rollback(conn, self.version)
             if snap is None:
