@@ -15,21 +15,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from controlplane.settings import Settings  # noqa: E402
-from feedback import migrate  # noqa: E402
+from scratch import scratch_database  # noqa: E402
+
 from feedback import repository as repo  # noqa: E402
-from feedback.database import start_embedded  # noqa: E402
 from feedback.objective import Objective  # noqa: E402
 from feedback.records import ArmRecord, DecisionRecord, FeedbackInput, OutcomeRecord  # noqa: E402
 
@@ -80,21 +79,7 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=64)
     args = ap.parse_args()
 
-    handle = None
-    if args.database_url:
-        admin = Settings(database_url=args.database_url).database_url
-        where = make_url(admin).render_as_string(hide_password=True)
-    else:
-        handle = start_embedded(Path(tempfile.mkdtemp(prefix="bench-pg-")), "postgres")
-        admin, where = handle.url, "embedded PostgreSQL (Unix socket)"
-    assert admin is not None
-    name = f"banditctl_bench_{uuid.uuid4().hex[:8]}"
-    admin_engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with admin_engine.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate.upgrade(url)
+    with scratch_database(args.database_url, "banditctl_bench") as (url, where):
         engine = create_engine(url)
         with engine.begin() as conn:
             version = conn.execute(text("SHOW server_version")).scalar()
@@ -167,12 +152,6 @@ def main() -> int:
         print(f"reward events claimed (read)   {rate(claimed, read_s)}")
         target = len(ds) / batched >= 20_000
         print(f"target >= 20,000 decisions/s batched: {'met' if target else 'NOT met'}")
-    finally:
-        with admin_engine.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin_engine.dispose()
-        if handle is not None:
-            handle.stop()
     return 0
 
 

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,20 +22,20 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scratch import scratch_database  # noqa: E402
 
 from controlplane.config import demo_config  # noqa: E402
 from controlplane.gateway_core import GatewayCore  # noqa: E402
 from controlplane.learner_loop import LearnerLoop, arm_records  # noqa: E402
 from controlplane.runtime import APP_NAME, deploy, init_ray, wait_ready  # noqa: E402
-from controlplane.settings import Settings  # noqa: E402
 from controlplane.tokens import FeedbackTokens  # noqa: E402
 from deployments.backends.replay import dataset_for  # noqa: E402
-from feedback import migrate  # noqa: E402
 from feedback import repository as repo  # noqa: E402
-from feedback.database import start_embedded  # noqa: E402
 from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef"
@@ -135,20 +134,8 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    handle = None
-    if args.database_url:
-        admin = Settings(database_url=args.database_url).database_url
-    else:
-        handle = start_embedded(Path(tempfile.mkdtemp(prefix="bench-gw-")), "postgres")
-        admin = handle.url
-    assert admin is not None
-    name = f"banditctl_benchgw_{uuid.uuid4().hex[:8]}"
-    admin_engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with admin_engine.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate.upgrade(url)
+    with scratch_database(args.database_url, "banditctl_benchgw") as (url, where):
+        print(f"server: {where}")
         cfg = demo_config()
         cfg = cfg.model_copy(update={
             "replay": cfg.replay.model_copy(update={"latency_scale": 0.0}),
@@ -221,12 +208,6 @@ def main() -> int:
         import ray
 
         ray.shutdown()
-    finally:
-        with admin_engine.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin_engine.dispose()
-        if handle is not None:
-            handle.stop()
     return 0
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -95,3 +97,14 @@ def deployed(ray_session: int, pg_server) -> Iterator[Deployed]:
     wait_ready(base, timeout_s=180)
     yield Deployed(cfg, url, base)
     serve.delete(APP_NAME)
+
+
+def wait_for(pred: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``pred`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

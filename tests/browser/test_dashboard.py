@@ -10,12 +10,12 @@ nothing the page would see differently). Screenshots go to docs/screenshots/.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ray_fixtures import ADMIN_KEY, FEEDBACK_KEY
+from tests.ray_fixtures import ADMIN_KEY, FEEDBACK_KEY, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser]
 
@@ -125,14 +125,7 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else _fixed(v * 100, 1) + "%"
 
 
-def _wait(pred, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait = functools.partial(wait_for, timeout=60.0)
 
 
 # ---------------------------------------------------------------- real deployment

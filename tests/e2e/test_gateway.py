@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from controlplane.tokens import FeedbackTokens
-from tests.e2e.conftest import ADMIN_KEY, FEEDBACK_KEY, READONLY_KEY, SECRET
+from tests.ray_fixtures import ADMIN_KEY, FEEDBACK_KEY, READONLY_KEY, SECRET, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -39,14 +38,7 @@ def _chat(client, **kw):
     return raw, raw.parse(), raw.http_response.json()["banditctl"]
 
 
-def _wait(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait = wait_for
 
 
 def _db_count(deployed, sql, **params) -> int:
