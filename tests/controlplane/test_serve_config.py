@@ -1,0 +1,44 @@
+"""`banditctl serve-config` writes a config that Ray Serve accepts and that builds the app."""
+
+from __future__ import annotations
+
+import yaml
+
+from controlplane.cli import main
+from controlplane.config import demo_config
+
+
+def test_serve_config_is_a_valid_serve_deploy_schema_and_builds(tmp_path, monkeypatch):
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "serve.yaml"
+    url = "postgresql+psycopg://user@db.internal:5432/banditctl"
+    assert main(["serve-config", "-o", str(out), "--database-url", url, "--port", "8123"]) == 0
+    doc = yaml.safe_load(out.read_text())
+    schema = ServeDeploySchema.model_validate(doc)
+    (app,) = schema.applications
+    assert app.import_path == "deployments.serve_entry:app_builder"
+    assert schema.http_options.port == 8123
+
+    from deployments.serve_entry import app_builder
+
+    monkeypatch.setenv("BANDITCTL_FEEDBACK_SECRET", "a-long-enough-cluster-secret")
+    built = app_builder(doc["applications"][0]["args"])  # binds the graph; needs no cluster
+    assert type(built).__name__ == "Application"
+    assert doc["applications"][0]["args"]["config"]["arms"] == [
+        a.model_dump(mode="json") for a in demo_config().arms
+    ]
+
+
+def test_serve_entry_refuses_without_a_secret(monkeypatch):
+    import pytest
+
+    from controlplane.commands.serve_config import build
+    from deployments.serve_entry import app_builder
+
+    monkeypatch.delenv("BANDITCTL_FEEDBACK_SECRET", raising=False)
+    args = build(None, "postgresql+psycopg://u@h/db", "0.0.0.0", 8000, None)["applications"][0][
+        "args"
+    ]
+    with pytest.raises(ValueError, match="BANDITCTL_FEEDBACK_SECRET"):
+        app_builder(args)
