@@ -85,7 +85,6 @@ class GatewayCore:
         # until the first residency plan says otherwise
         self.penalties: dict[str, float] = paging_penalties(config, ())
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
-        self.decision_seconds: list[float] = []
 
     # -- policy ---------------------------------------------------------
 
@@ -184,11 +183,7 @@ class GatewayCore:
     ) -> dict[str, Any]:
         """Serve one chat completion; ``request_id`` (e.g. the proxy's) else a new UUID."""
         body = self.validate_body(body)
-        t0 = time.perf_counter()
         rid, _x, decision, version, route = self.decide(body, request_id)
-        self.decision_seconds.append(time.perf_counter() - t0)
-        if len(self.decision_seconds) > 10_000:
-            del self.decision_seconds[:5_000]
         self.counters["requests"] += 1
         start = time.perf_counter()
         try:

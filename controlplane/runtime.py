@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -124,8 +123,3 @@ def control_plane(config: BanditConfig, settings: Settings) -> Iterator[Running]
 
             with contextlib.suppress(Exception):
                 ray.shutdown()
-
-
-def summarize_stats(stats: dict[str, Any]) -> str:
-    t = stats.get("tables", {})
-    return ", ".join(f"{k} {v}" for k, v in t.items())
