@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,6 +64,11 @@ class PoolExecutor:
     def evict(self, replica: str, adapter: str) -> None:
         self.pools[replica].evict.remote(adapter).result(timeout_s=self.timeout_s)
 
+    def traffic(self, replica: str) -> tuple[int, int]:
+        """The replica's cumulative (hits, misses) of adapter requests."""
+        s = self.pools[replica].residency_stats.remote().result(timeout_s=self.timeout_s)
+        return int(s["hits"]), int(s["misses"])
+
 
 class SnapshotScorer:
     """``ArmScorer`` from the central learner's latest snapshot (it learns; we read)."""
@@ -105,20 +110,37 @@ class SnapshotScorer:
 
 
 class ResidencyTableSink:
-    """One ``residency_epochs`` row per replica per epoch: plan, outcome, status."""
+    """One ``residency_epochs`` row per replica per epoch: plan, outcome, status, and the
+    epoch's traffic. ``traffic(replica)`` gives the replica's cumulative (hits, misses);
+    what accrued between two records is added to the earlier epoch's row (a miss is a
+    page-in on the request path, on top of the plan's prefetches)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, traffic: Callable[[str], tuple[int, int]] | None = None):
         self.engine = engine
+        self.traffic = traffic
         self.t0_wall = datetime.now(UTC)
         self.t0_mono = time.monotonic()
+        self._last: dict[str, tuple[int, int, int]] = {}  # replica -> (epoch, hits, misses)
 
     def _wall(self, mono: float) -> datetime:
         return self.t0_wall + timedelta(seconds=mono - self.t0_mono)
+
+    def _settle(self, conn: Any, replica: str, epoch: int) -> None:
+        if self.traffic is None:
+            return
+        hits, misses = self.traffic(replica)
+        last = self._last.get(replica)
+        if last is not None:
+            repo.add_epoch_traffic(
+                conn, epoch=last[0], replica=replica, hits=hits - last[1], misses=misses - last[2]
+            )
+        self._last[replica] = (epoch, hits, misses)
 
     def record(self, record: EpochRecord) -> None:
         policy = record.plan.policy if record.plan is not None else ""
         with self.engine.begin() as conn:
             for out in record.replicas or ():
+                self._settle(conn, out.replica, record.epoch)
                 repo.record_residency_epoch(
                     conn,
                     epoch=record.epoch,
@@ -141,7 +163,9 @@ class ResidencyTableSink:
                 )  # fmt: skip
 
 
-def build_controller(config: BanditConfig, engine: Engine, executor: Any) -> CacheController:
+def build_controller(
+    config: BanditConfig, engine: Engine, executor: Any, sink: ResidencyTableSink | None = None
+) -> CacheController:
     c = config.cache
     if c.policy == "polar":
         policy_cfg = parse_policy({"kind": "polar", "epoch_s": c.epoch_s})
@@ -166,7 +190,7 @@ def build_controller(config: BanditConfig, engine: Engine, executor: Any) -> Cac
         arms=tuple(adapter_arms),
         paging=paging_model(config),
         rng=rng,
-        sink=ResidencyTableSink(engine),
+        sink=sink or ResidencyTableSink(engine),
     )
 
 
@@ -180,9 +204,9 @@ class CacheControllerService:
         adapter_models = {a.model for a in config.arms if a.adapter}
         replicas = {pool_name(m): h for m, h in pools.items() if m in adapter_models}
         self.pool_of_arm = {a.name: pool_name(a.model) for a in config.arms if a.adapter}
-        self.controller = build_controller(
-            config, self.engine, PoolExecutor(replicas, config.cache.slots_per_replica)
-        )
+        executor = PoolExecutor(replicas, config.cache.slots_per_replica)
+        sink = ResidencyTableSink(self.engine, executor.traffic)
+        self.controller = build_controller(config, self.engine, executor, sink)
         self.since = datetime.now(UTC) - timedelta(seconds=1)
         self.error: str | None = None
         self._stop = threading.Event()

@@ -879,3 +879,18 @@ def resident_adapters(conn: Connection) -> dict[str, list[str]]:
         )
     ).all()
     return {r[0]: list(r[1]) for r in rows}
+
+
+def add_epoch_traffic(
+    conn: Connection, *, epoch: int, replica: str, hits: int, misses: int
+) -> None:
+    """Add an epoch's request traffic; each miss was a page-in on the request path."""
+    conn.execute(
+        m.residency_epochs.update()
+        .where((m.residency_epochs.c.epoch == epoch) & (m.residency_epochs.c.replica == replica))
+        .values(
+            hits=m.residency_epochs.c.hits + hits,
+            misses=m.residency_epochs.c.misses + misses,
+            page_ins=m.residency_epochs.c.page_ins + misses,
+        )
+    )

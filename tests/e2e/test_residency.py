@@ -95,6 +95,11 @@ def _run(policy: str, port: int, pg_server) -> dict:
             epochs = conn.execute(
                 text("SELECT status, count(*) FROM residency_epochs GROUP BY status")
             ).all()
+            epoch_hits = int(
+                conn.execute(
+                    text("SELECT coalesce(sum(hits), 0) FROM residency_epochs")
+                ).scalar_one()
+            )
         eng.dispose()
         return {
             "page_ins": after["page_ins"] - before["page_ins"],
@@ -102,6 +107,8 @@ def _run(policy: str, port: int, pg_server) -> dict:
             "resident": after["resident"],
             "capacity": after["capacity"],
             "epochs": dict((str(s), int(n)) for s, n in epochs),
+            "epoch_hits": epoch_hits,
+            "all_hits": after["hits"],
         }
     finally:
         serve.delete(APP_NAME)
@@ -117,3 +124,5 @@ def test_polar_pages_in_less_than_serve_lru_on_the_same_trace(ray_session, pg_se
     assert set(polar["resident"]) == {ADAPTERS[i] for i in HOT}
     assert polar["page_ins"] < 0.7 * lru["page_ins"], (polar, lru)
     assert polar["hits"] > lru["hits"]
+    # each epoch's row carries the traffic it served (the last epoch's settles when it closes)
+    assert 0 < polar["epoch_hits"] <= polar["all_hits"]
