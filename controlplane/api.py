@@ -194,6 +194,16 @@ def create_app(
         )
         return fb, require_known
 
+    def _counted(results: list[Any]) -> list[dict[str, Any]]:
+        """Count stored feedback and duplicates on this replica; the answer per item."""
+        dups = sum(r.duplicate for r in results)
+        core.counters["feedback_duplicates"] = core.counters.get("feedback_duplicates", 0) + dups
+        core.counters["feedback"] = core.counters.get("feedback", 0) + len(results) - dups
+        return [
+            {"request_id": str(r.request_id), "source": r.source, "duplicate": r.duplicate}
+            for r in results
+        ]
+
     def _store_one(fb: FeedbackInput, require_known: bool) -> Any:
         with core.engine.begin() as conn:
             return repo.record_feedback(conn, fb, require_known=require_known)
@@ -202,10 +212,7 @@ def create_app(
     async def feedback(request: Request) -> Any:
         fb, require_known = _parse_feedback(request, await _json(request))
         res = await asyncio.to_thread(_store_one, fb, require_known)
-        core.counters["feedback_duplicates" if res.duplicate else "feedback"] = (
-            core.counters.get("feedback_duplicates" if res.duplicate else "feedback", 0) + 1
-        )
-        return {"request_id": str(res.request_id), "source": res.source, "duplicate": res.duplicate}
+        return _counted([res])[0]
 
     @app.post("/v1/feedback/batch")
     async def feedback_batch(request: Request) -> Any:
@@ -233,15 +240,7 @@ def create_app(
                     return [repo.record_feedback(conn, fb, require_known=False) for fb, _ in parsed]
 
             results = await asyncio.to_thread(store_tokens)
-        dups = sum(r.duplicate for r in results)
-        core.counters["feedback_duplicates"] = core.counters.get("feedback_duplicates", 0) + dups
-        core.counters["feedback"] = core.counters.get("feedback", 0) + len(results) - dups
-        return {
-            "results": [
-                {"request_id": str(r.request_id), "source": r.source, "duplicate": r.duplicate}
-                for r in results
-            ]
-        }
+        return {"results": _counted(results)}
 
     # -- policies ----------------------------------------------------------
 
