@@ -21,7 +21,7 @@ import httpx
 from controlplane.config import BanditConfig
 from controlplane.settings import Settings
 from feedback import migrate
-from feedback.database import DatabaseHandle, open_database
+from feedback.database import DatabaseHandle
 
 log = logging.getLogger(__name__)
 APP_NAME = "banditctl"
@@ -107,7 +107,7 @@ def wait_ready(base_url: str, timeout_s: float = 120.0) -> None:
 @contextlib.contextmanager
 def control_plane(config: BanditConfig, settings: Settings) -> Iterator[Running]:
     """Start everything; on exit shut Serve and Ray down and release the database."""
-    with open_database(settings.database_url, settings.data_dir, settings.embedded_database) as db:
+    with settings.database() as db:
         migrate.upgrade(db.url)
         init_ray(settings.ray_address)
         from ray import serve

@@ -6,10 +6,15 @@ construct their own :class:`Settings`.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from feedback.database import DatabaseHandle
 
 
 def _default_data_dir() -> Path:
@@ -45,6 +50,12 @@ class Settings(BaseSettings):
         if not v.startswith("postgresql+psycopg://"):
             raise ValueError("DATABASE_URL must be a PostgreSQL URL (postgresql+psycopg://...)")
         return v
+
+    def database(self) -> AbstractContextManager[DatabaseHandle]:
+        """The configured database: ``database_url``, else the embedded server in ``data_dir``."""
+        from feedback.database import open_database
+
+        return open_database(self.database_url, self.data_dir, self.embedded_database)
 
 
 def get_settings() -> Settings:

@@ -7,7 +7,6 @@ import sys
 
 from controlplane.settings import get_settings
 from feedback import migrate
-from feedback.database import open_database
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -30,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _upgrade(args: argparse.Namespace) -> int:
     s = get_settings()
-    with open_database(s.database_url, s.data_dir, s.embedded_database) as db:
+    with s.database() as db:
         migrate.upgrade(db.url, args.revision)
         print(f"upgraded to {migrate.current_revision(db.url)}")
     return 0
@@ -38,7 +37,7 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 def _downgrade(args: argparse.Namespace) -> int:
     s = get_settings()
-    with open_database(s.database_url, s.data_dir, s.embedded_database) as db:
+    with s.database() as db:
         migrate.downgrade(db.url, args.revision)
         print(f"downgraded to {migrate.current_revision(db.url) or 'base'}")
     return 0
@@ -46,7 +45,7 @@ def _downgrade(args: argparse.Namespace) -> int:
 
 def _current(args: argparse.Namespace) -> int:
     s = get_settings()
-    with open_database(s.database_url, s.data_dir, s.embedded_database) as db:
+    with s.database() as db:
         rev = migrate.current_revision(db.url)
         head = migrate.head_revision()
         print(f"{rev or 'base'}{' (head)' if rev == head else ''}")
@@ -55,7 +54,7 @@ def _current(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     s = get_settings()
-    with open_database(s.database_url, s.data_dir, s.embedded_database) as db:
+    with s.database() as db:
         drift = migrate.schema_drift(db.url)
     if drift:
         for d in drift:

@@ -7,7 +7,7 @@ import argparse
 from controlplane.settings import get_settings
 from feedback import migrate
 from feedback import repository as repo
-from feedback.database import make_engine, open_database
+from feedback.database import make_engine
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _status(args: argparse.Namespace) -> int:
     s = get_settings()
-    with open_database(s.database_url, s.data_dir, s.embedded_database) as db:
+    with s.database() as db:
         if not args.no_migrate:
             migrate.upgrade(db.url)
         engine = make_engine(db.url, pool_size=1)
