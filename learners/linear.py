@@ -8,10 +8,10 @@ squares). All components share ``A_k`` (they see the same contexts), so the
 objective's weights ``w`` combine them into one cached ``theta_k = sum_c w_c
 theta_k[c]``; new weights need no relearning.
 
-Hot path: a decision is one ``(K d, d) @ x`` product over the stacked inverses
-(widths ``sqrt(x^T A_k^-1 x)``) plus ``(K, d) @ x`` (means); an update is
-O(d^2) for the chosen arm. Nothing in it loops over arms in Python or touches
-pydantic. :meth:`LinearLearner.select_many` scores many contexts at once.
+Hot path: a decision is one compiled pass over the stacked inverses (widths
+``sqrt(x^T A_k^-1 x)``, means and UCB scores of every arm); an update is one
+compiled O(C d^2) rank-one update of the chosen arm (:mod:`learners._kernels`).
+Nothing in it loops over arms in Python or touches pydantic. :meth:`LinearLearner.select_many` scores many contexts at once.
 
 Forgetting (for drifting arms): ``discount`` gamma < 1 shrinks each arm's data
 part of ``A`` and ``b`` by gamma on every update of that arm (the ridge prior
@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.linalg.blas import dger
 
+from learners._kernels import rank_one, score_arms
 from learners.base import N_COMPONENTS, REWARD_COMPONENTS, Decision, RewardEvent
 from learners.state import pack, unpack
 
@@ -99,7 +99,12 @@ class RidgeArms:
         self.M = np.zeros((0, dim + N_COMPONENTS + 1, dim))
         self._A = np.zeros((0, dim, dim))
         self._b = np.zeros((0, N_COMPONENTS, dim))
-        self._pending: list[tuple[int, np.ndarray, np.ndarray, float]] = []
+        # queued rank-one updates of A and b: arm, x, r, sign (rows [:_n_pending])
+        self._pend_k = np.zeros(self._FLUSH, dtype=np.intp)
+        self._pend_x = np.zeros((self._FLUSH, dim))
+        self._pend_r = np.zeros((self._FLUSH, N_COMPONENTS))
+        self._pend_s = np.zeros(self._FLUSH)
+        self._n_pending = 0
         self.pulls = np.zeros(0, dtype=np.int64)
         self._reward_sum = np.zeros((0, N_COMPONENTS))
         self.buffers: list[deque[tuple[np.ndarray, np.ndarray]]] = []
@@ -145,13 +150,12 @@ class RidgeArms:
 
     def _flush(self) -> None:
         """Apply the queued ``A += s x x^T``, ``b += s r x^T`` (grouped by arm) and reward sums."""
-        if not self._pending:
+        n = self._n_pending
+        if not n:
             return
-        pending, self._pending = self._pending, []
-        ks = np.array([p[0] for p in pending], dtype=np.intp)
-        X = np.array([p[1] for p in pending])
-        R = np.array([p[2] for p in pending])
-        sign = np.array([p[3] for p in pending])[:, None]
+        self._n_pending = 0
+        ks, X, R = self._pend_k[:n], self._pend_x[:n], self._pend_r[:n]
+        sign = self._pend_s[:n, None]
         added = sign[:, 0] > 0  # a window's downdates leave the reward sums alone
         np.add.at(self._reward_sum, ks[added], R[added])
         Rs, Xs = R * sign, X * sign
@@ -215,20 +219,17 @@ class RidgeArms:
 
         With ``u = A^-1 x`` and ``s = 1 + sign x.u``: ``A^-1 -= sign u u^T / s``
         and ``theta[c] += sign (r_c - x.theta[c]) u / s`` (exact algebra, no
-        solve). Both are one BLAS ``dger`` on ``M[k]`` (a C-ordered matrix's
-        transpose is Fortran-ordered, so it is written in place).
+        solve). Both are one rank-one update of ``M[k]``
+        (:func:`learners._kernels.rank_one`).
         """
-        d, e = self.dim, self.dim + N_COMPONENTS
-        Mk = self.M[k]
-        v = Mk @ x  # (A^-1 x, theta_c . x, theta_w . x)
-        Ax = v[:d]
-        u = -v
-        u[d:e] += r  # (-A^-1 x, prediction errors, their combination by w)
-        u[e] = u[d:e] @ self.w
-        f = sign / (1.0 + sign * float(x @ Ax))
-        dger(f, Ax, u, a=Mk.T, overwrite_a=True)
-        self._pending.append((k, x.copy(), r.copy(), sign))
-        if len(self._pending) >= self._FLUSH:
+        rank_one(self.M[k], x, r, self.w, sign)
+        i = self._n_pending
+        self._pend_k[i] = k
+        self._pend_x[i] = x
+        self._pend_r[i] = r
+        self._pend_s[i] = sign
+        self._n_pending = i + 1
+        if i + 1 == self._FLUSH:
             self._flush()
 
     def thetas(self, w: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -266,7 +267,7 @@ class RidgeArms:
     def load(self, arms: list[str], arrays: Mapping[str, np.ndarray]) -> None:
         self.arms = list(arms)
         self.index = {a: i for i, a in enumerate(arms)}
-        self._A, self._b, self._pending = arrays["A"], arrays["b"], []
+        self._A, self._b, self._n_pending = arrays["A"], arrays["b"], 0
         A_inv = arrays["A_inv"]
         if "theta_c" in arrays:
             theta_c = arrays["theta_c"]
@@ -295,6 +296,7 @@ class LinearLearner:
     """
 
     kind: ClassVar[str] = ""
+    _bonus: float = 0.0  # weight of the width in the third row of the estimates (UCB)
 
     def __init__(self, config: Any, dim: int, weights: Any = None):
         self.config = config
@@ -359,7 +361,7 @@ class LinearLearner:
 
     def _context(self, x: np.ndarray) -> np.ndarray:
         z = np.asarray(x, dtype=np.float64)
-        return z if self._cols is None else z[..., self._cols]
+        return np.ascontiguousarray(z if self._cols is None else z[..., self._cols])
 
     def estimates(self, x: np.ndarray, arms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Per arm: (mean reward estimate, uncertainty width ``sqrt(x^T A^-1 x)``).
@@ -374,15 +376,15 @@ class LinearLearner:
     def _estimates(
         self, z: np.ndarray, idx: np.ndarray, full: bool
     ) -> tuple[np.ndarray, np.ndarray]:
+        est = self._scored(z, idx, full)
+        return est[0], est[1]
+
+    def _scored(self, z: np.ndarray, idx: np.ndarray, full: bool) -> np.ndarray:
+        """(3, arms): means, widths and ``mean + bonus width`` (one compiled pass)."""
         M = self.store.M
-        K, e, d = M.shape
-        # one gemv over all arms' stacked (A^-1; theta_c; theta_w): no (K, d, d) copy
-        out = (M.reshape(K * e, d) @ z).reshape(K, e)
-        quad = out[:, :d] @ z
-        mean = out[:, e - 1]
-        if not full:
-            mean, quad = mean[idx], quad[idx]
-        return mean, np.sqrt(np.maximum(quad, 0.0))
+        est = np.empty((3, len(M)))
+        score_arms(M, z, self._bonus, est)
+        return est if full else est[:, idx]
 
     def _estimates_many(self, Z: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, arms) means and widths for n contexts: one matrix product."""
@@ -406,8 +408,8 @@ class LinearLearner:
         if not arms:
             raise ValueError("no live arms")
         idx, full = self._indices(arms)
-        mean, width = self._estimates(self._context(x), idx, full)
-        return self._decide(arms, idx, mean, width, rng, penalties)
+        est = self._scored(self._context(x), idx, full)
+        return self._decide(arms, idx, est, rng, penalties)
 
     def select_many(
         self,
@@ -427,21 +429,24 @@ class LinearLearner:
         idx, _ = self._indices(arms)
         Z = np.atleast_2d(self._context(X))
         mean, width = self._estimates_many(Z, idx)
-        return [self._decide(arms, idx, mean[i], width[i], rng, penalties) for i in range(len(Z))]
+        est = np.stack([mean, width, mean + self._bonus * width], axis=1)  # (n, 3, arms)
+        return [self._decide(arms, idx, est[i], rng, penalties) for i in range(len(Z))]
 
     def _decide(
         self,
         arms: Sequence[str],
         idx: np.ndarray,
-        mean: np.ndarray,
-        width: np.ndarray,
+        est: np.ndarray,
         rng: np.random.Generator,
         penalties: Mapping[str, float] | None,
     ) -> Decision:
         if penalties:
-            mean = mean - np.array([penalties.get(a, 0.0) for a in arms])
+            pen = np.array([penalties.get(a, 0.0) for a in arms])
+            est = est.copy()
+            est[0] -= pen
+            est[2] -= pen
         untried = None if self._all_tried else self.store.pulls[idx] < self._min_pulls
-        i, props, scores = self._choose(mean, width, untried, rng)
+        i, props, scores = self._choose(est, untried, rng)
         return Decision.make(
             arms[i],
             dict(zip(arms, props, strict=True)),
@@ -451,13 +456,11 @@ class LinearLearner:
         )
 
     def _choose(
-        self,
-        mean: np.ndarray,
-        width: np.ndarray,
-        untried: np.ndarray | None,
-        rng: np.random.Generator,
+        self, est: np.ndarray, untried: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[int, list[float], list[float]]:
-        """Index chosen, propensities and scores (as lists); ``untried`` None: none."""
+        """Index chosen, propensities and scores (as lists) from ``est`` (rows: means,
+        widths, ``mean + bonus width``, penalties already subtracted); ``untried``
+        None: none."""
         raise NotImplementedError
 
     def update(self, batch: Sequence[RewardEvent]) -> None:

@@ -30,12 +30,9 @@ class LinTS(LinearLearner):
         return LinTSConfig
 
     def _choose(
-        self,
-        mean: np.ndarray,
-        width: np.ndarray,
-        untried: np.ndarray | None,
-        rng: np.random.Generator,
+        self, est: np.ndarray, untried: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[int, list[float], list[float]]:
+        mean, width = est[0], est[1]
         if untried is not None and untried.any():
             i, props = uniform_over(untried, rng)
             scores = np.where(untried, self.config.new_arm_score, mean)

@@ -23,21 +23,18 @@ class LinUCB(LinearLearner):
 
     def __init__(self, config: LinUCBConfig | None = None, dim: int = 64, weights: Any = None):
         super().__init__(config or LinUCBConfig(), dim, weights)
-        self._alpha = float(self.config.alpha)
+        self._bonus = float(self.config.alpha)
 
     @classmethod
     def config_type(cls) -> Any:
         return LinUCBConfig
 
     def _choose(
-        self,
-        mean: np.ndarray,
-        width: np.ndarray,
-        untried: np.ndarray | None,
-        rng: np.random.Generator,
+        self, est: np.ndarray, untried: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[int, list[float], list[float]]:
-        s = mean + self._alpha * width
+        s = est[2]
         if untried is not None:
+            s = s.copy()
             s[untried] = self._new_arm_score
         scores = s.tolist()
         i, props = argmax_ties_list(scores, rng)

@@ -1,0 +1,88 @@
+"""Compiled inner loops of the linear learners (numba, compiled on first use and cached).
+
+Both kernels work on the stacked per-arm buffer ``M`` of
+:class:`learners.linear.RidgeArms`: ``M[k]`` holds ``A_k^{-1}`` (rows ``:d``),
+one ``theta`` per reward component (rows ``d:d+C``) and their combination by
+the objective's weights (row ``d+C``). A decision touches every arm's
+``A^{-1}`` once; an update touches one arm's block once. NumPy would spend most
+of either in per-call overhead at these sizes (d = 64, a dozen arms), which is
+what these loops avoid. The signatures are explicit, so both compile (or load
+from numba's cache) when this module is imported, never on a request, and
+take C-contiguous float64 arrays only. ``tests/learners/test_kernels.py`` checks them against
+the plain NumPy algebra.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(
+    "void(float64[:, :, ::1], float64[::1], float64, float64[:, ::1])",
+    cache=True,
+    nogil=True,
+)
+def score_arms(M: np.ndarray, z: np.ndarray, alpha: float, out: np.ndarray) -> None:
+    """Per arm ``k``: ``out[0, k] = theta_w[k] . z`` (the mean), ``out[1, k] =
+    sqrt(z^T A_k^{-1} z)`` (the width, rounding below 0 clipped) and ``out[2, k] =
+    out[0, k] + alpha out[1, k]`` (the UCB score)."""
+    K, e, d = M.shape
+    t = np.empty(d)
+    for k in range(K):
+        # t = A_k^-1 z as a sum of rows (A^-1 is symmetric): the inner loop has no
+        # reduction, so it vectorises without reassociating sums
+        for j in range(d):
+            t[j] = 0.0
+        for i in range(d):
+            zi = z[i]
+            for j in range(d):
+                t[j] += M[k, i, j] * zi
+        q = 0.0
+        m = 0.0
+        for j in range(d):
+            q += t[j] * z[j]
+            m += M[k, e - 1, j] * z[j]
+        width = np.sqrt(q) if q > 0.0 else 0.0
+        out[0, k] = m
+        out[1, k] = width
+        out[2, k] = m + alpha * width
+
+
+@njit(
+    "void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64)",
+    cache=True,
+    nogil=True,
+)
+def rank_one(Mk: np.ndarray, x: np.ndarray, r: np.ndarray, w: np.ndarray, sign: float) -> None:
+    """Sherman-Morrison on one arm's block, in place (see ``RidgeArms._rank_one``).
+
+    With ``v = Mk x`` (``A^-1 x``, every component's prediction, their
+    combination), ``u = (-A^-1 x, r - predictions, w . (r - predictions))`` and
+    ``f = sign / (1 + sign x . A^-1 x)``: ``Mk += f u (A^-1 x)^T``.
+    """
+    e, d = Mk.shape
+    C = e - d - 1
+    v = np.empty(e)
+    for i in range(e):
+        s = 0.0
+        for j in range(d):
+            s += Mk[i, j] * x[j]
+        v[i] = s
+    xAx = 0.0
+    for j in range(d):
+        xAx += x[j] * v[j]
+    f = sign / (1.0 + sign * xAx)
+    u = np.empty(e)
+    for i in range(d):
+        u[i] = -v[i]
+    comb = 0.0
+    for c in range(C):
+        err = r[c] - v[d + c]
+        u[d + c] = err
+        comb += w[c] * err
+    u[e - 1] = comb
+    for i in range(e):
+        fu = f * u[i]
+        for j in range(d):
+            Mk[i, j] += fu * v[j]

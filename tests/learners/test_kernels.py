@@ -1,0 +1,70 @@
+"""The compiled kernels against the plain NumPy algebra they replace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learners._kernels import rank_one, score_arms
+
+D, C = 12, 4
+
+
+def _block(rng: np.random.Generator, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random SPD ``A``, component vectors ``b`` and the stacked block [A^-1; theta_c; theta_w]."""
+    G = rng.standard_normal((D, D))
+    A = G @ G.T + D * np.eye(D)
+    b = rng.standard_normal((C, D))
+    A_inv = np.linalg.inv(A)
+    theta = b @ A_inv
+    return A, b, np.ascontiguousarray(np.vstack([A_inv, theta, w @ theta]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_score_arms_matches_numpy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(C)
+    M = np.stack([_block(rng, w)[2] for _ in range(7)])
+    z = rng.standard_normal(D)
+    out = np.empty((3, len(M)))
+    score_arms(M, z, 0.7, out)
+    quad = np.einsum("i,kij,j->k", z, M[:, :D], z)
+    mean = M[:, -1] @ z
+    np.testing.assert_allclose(out[0], mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out[1], np.sqrt(quad), rtol=1e-12)
+    np.testing.assert_allclose(out[2], mean + 0.7 * np.sqrt(quad), rtol=1e-12)
+
+
+def test_score_arms_clips_negative_rounding_to_zero_width() -> None:
+    M = np.zeros((1, D + C + 1, D))
+    M[0, 0, 0] = -1e-18  # what rounding can leave of a vanishing quadratic form
+    out = np.empty((3, 1))
+    z = np.zeros(D)
+    z[0] = 1.0
+    score_arms(M, z, 1.0, out)
+    assert out[1, 0] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rank_one_is_the_exact_ridge_update(seed: int) -> None:
+    """Adding (x, r) gives inv(A + x x^T) and (b + r x^T) inv(A + x x^T); removing it restores."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(C)
+    A, b, Mk = _block(rng, w)
+    before = Mk.copy()
+    x, r = rng.standard_normal(D), rng.standard_normal(C)
+    rank_one(Mk, x, r, w, 1.0)
+    A2 = A + np.outer(x, x)
+    A2_inv = np.linalg.inv(A2)
+    theta2 = (b + np.outer(r, x)) @ A2_inv
+    np.testing.assert_allclose(Mk[:D], A2_inv, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(Mk[D : D + C], theta2, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(Mk[-1], w @ theta2, rtol=1e-9, atol=1e-12)
+    rank_one(Mk, x, r, w, -1.0)
+    np.testing.assert_allclose(Mk, before, rtol=1e-8, atol=1e-12)
+
+
+def test_kernels_refuse_arrays_they_were_not_compiled_for() -> None:
+    M = np.zeros((2, D + C + 1, D), dtype=np.float32)
+    with pytest.raises(TypeError):
+        score_arms(M, np.zeros(D, dtype=np.float32), 1.0, np.empty((3, 2)))
