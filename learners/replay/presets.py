@@ -16,9 +16,21 @@ TASK_VIEW = (0, *range(TASK_SLICE.start, TASK_SLICE.start + N_TASK_SLOTS))
 
 PRESETS: dict[str, dict[str, Any]] = {
     "linucb": {"kind": "linucb", "alpha": 0.3},
-    # Thompson sampling on the task block only: on *_train it beat the full
-    # 64-d context (0.769 [0.765, 0.773] against 0.763 [0.714, 0.811], 4 seeds)
-    "lints": {"kind": "lints", "v": 0.15, "ridge": 0.3, "context_indices": TASK_VIEW},
+    # Thompson sampling on the task block, with an optimistic prior: every arm
+    # starts at quality 1 (worth about three observations per task; the intercept's
+    # prior is three times firmer, so what one task teaches carries to the others).
+    # Chosen among 12 variants on *_train (10 seeds): 0.7690 [0.7642, 0.7738]
+    # against 0.7602 [0.7500, 0.7704] for the earlier v=0.15, ridge=0.3 without a
+    # prior, and 0.7607 for the best fixed model of *_train.
+    "lints": {
+        "kind": "lints",
+        "v": 0.1,
+        "ridge": 3.0,
+        "context_indices": TASK_VIEW,
+        "prior_mean": (1.0, 0.0, 0.0, 0.0),
+        "ridge_scale": (3.0,) + (1.0,) * N_TASK_SLOTS,
+        "min_pulls": 0,
+    },
     "vw": {"kind": "vw", "exploration": "squarecb"},
     "greenserv": {"kind": "greenserv"},
     "random": {"kind": "random"},

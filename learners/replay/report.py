@@ -30,6 +30,19 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{v['pct_best_model_cost']:>6.1f}% {_ci(v, 'regret_vs_best_fixed', 'regret_vs_best_fixed_ci95', '.1f'):>28} "
             f"{_ci(v, 'regret_vs_oracle', 'regret_vs_oracle_ci95', '.1f'):>28}"
         )
+    comp = summary.get("comparisons") or {}
+    if comp:
+        lines.append(
+            f"best learner {comp['best']} against the others "
+            "(mean reward difference, paired by seed, with its 95% interval):"
+        )
+        for name, c in comp["against"].items():
+            lo, hi = c["diff_ci95"]
+            verdict = "beats" if c["beats"] else "does not beat"
+            extra = ", intervals disjoint" if c["disjoint"] else ""
+            lines.append(
+                f"  vs {name:<18} {c['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]  {verdict}{extra}"
+            )
     lines.append("references (hindsight, whole stream):")
     for name, r in refs.items():
         what = r.get("arm") or ", ".join(f"{k}->{m}" for k, m in r.get("arms", {}).items())

@@ -189,6 +189,45 @@ def run_replay(
     )
 
 
+def compare_best(result: ReplayResult, learners: Mapping[str, Any]) -> dict[str, Any]:
+    """The learner with the highest mean reward against every other learner and reference.
+
+    Every learner sees the same stream order for a seed, so differences are
+    paired by seed: ``diff`` is the mean per-seed difference in mean reward and
+    ``diff_ci95`` its 95% interval; ``beats`` says that interval lies above 0.
+    ``disjoint`` says the stricter thing: the best learner's own interval lies
+    wholly above the other's interval (a reference, computed in hindsight, has
+    none: its single value).
+    """
+    if not learners:
+        return {}
+    best = max(learners, key=lambda n: learners[n]["mean_reward"])
+    mine = np.array([r.rewards.mean() for r in sorted(result.traces[best], key=lambda r: r.seed)])
+    lo = learners[best]["reward_ci95"][0]
+    against: dict[str, Any] = {}
+    for name, runs in result.traces.items():
+        if name == best:
+            continue
+        theirs = np.array([r.rewards.mean() for r in sorted(runs, key=lambda r: r.seed)])
+        m, dlo, dhi = mean_ci(mine - theirs)
+        against[name] = {
+            "diff": m,
+            "diff_ci95": [dlo, dhi],
+            "beats": dlo > 0,
+            "disjoint": lo > learners[name]["reward_ci95"][1],
+        }
+    for ref in ("best_fixed", "per_task_best"):
+        value = float(result.references[ref]["mean_reward"])
+        m, dlo, dhi = mean_ci(mine - value)
+        against[ref] = {
+            "diff": m,
+            "diff_ci95": [dlo, dhi],
+            "beats": dlo > 0,
+            "disjoint": lo > value,
+        }
+    return {"best": best, "against": against}
+
+
 def summarize(result: ReplayResult) -> dict[str, Any]:
     """The ``--json`` document: per learner means and intervals, and the references."""
     top = result.references["best_quality_model"]
@@ -220,6 +259,7 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         }
     return {
         "learners": out,
+        "comparisons": compare_best(result, out),
         "references": result.references,
         "n": result.n,
         "seeds": result.seeds,
