@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import ndtr
+
+from learners._kernels import gaussian_argmax
 
 
 def argmax_ties(scores: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray]:
@@ -56,13 +57,10 @@ def gaussian_argmax_probs(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
     for very unequal widths, where Gauss-Hermite is not); ``sd == 0`` is
     floored. The result is normalised to sum to 1.
     """
-    sd = np.maximum(sd, 1e-12)
-    vals = mean[:, None] + sd[:, None] * _NODES[None, :]  # (K, n)
-    z = (vals[:, :, None] - mean[None, None, :]) / sd[None, None, :]  # (K, n, K)
-    cdf = ndtr(z)
+    sd = np.maximum(np.asarray(sd, dtype=np.float64), 1e-12)
     k = len(mean)
-    cdf[np.arange(k), :, np.arange(k)] = 1.0
-    probs = np.prod(cdf, axis=2) @ _WEIGHTS
+    probs = np.empty(k)
+    gaussian_argmax(np.ascontiguousarray(mean, dtype=np.float64), sd, _NODES, _WEIGHTS, probs)
     probs = np.clip(probs, 0.0, None)
     total = probs.sum()
     return probs / total if total > 0 else np.full(k, 1.0 / k)

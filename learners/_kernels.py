@@ -14,6 +14,8 @@ the plain NumPy algebra.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -86,3 +88,34 @@ def rank_one(Mk: np.ndarray, x: np.ndarray, r: np.ndarray, w: np.ndarray, sign: 
         fu = f * u[i]
         for j in range(d):
             Mk[i, j] += fu * v[j]
+
+
+@njit(
+    "void(float64[::1], float64[::1], float64[::1], float64[::1], float64[::1])",
+    cache=True,
+    nogil=True,
+)
+def gaussian_argmax(
+    mean: np.ndarray, sd: np.ndarray, nodes: np.ndarray, weights: np.ndarray, out: np.ndarray
+) -> None:
+    """``out[k] = sum_n weights[n] prod_{j != k} Phi((mean_k + sd_k nodes[n] - mean_j) / sd_j)``.
+
+    The quadrature of ``P(draw k is the largest)`` for independent normals
+    (see :func:`learners._choice.gaussian_argmax_probs`); a product is cut short
+    once it falls below 1e-300 (its term is 0 to double precision).
+    """
+    K = len(mean)
+    inv_sqrt2 = 1.0 / np.sqrt(2.0)
+    for k in range(K):
+        total = 0.0
+        for n in range(len(nodes)):
+            v = mean[k] + sd[k] * nodes[n]
+            p = weights[n]
+            for j in range(K):
+                if j != k:
+                    p *= 0.5 * math.erfc(-(v - mean[j]) / sd[j] * inv_sqrt2)
+                    if p < 1e-300:
+                        p = 0.0
+                        break
+            total += p
+        out[k] = total

@@ -68,3 +68,21 @@ def test_kernels_refuse_arrays_they_were_not_compiled_for() -> None:
     M = np.zeros((2, D + C + 1, D), dtype=np.float32)
     with pytest.raises(TypeError):
         score_arms(M, np.zeros(D, dtype=np.float32), 1.0, np.empty((3, 2)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gaussian_argmax_matches_the_vectorised_quadrature(seed: int) -> None:
+    from scipy.special import ndtr
+
+    from learners._choice import _NODES, _WEIGHTS, gaussian_argmax_probs
+
+    rng = np.random.default_rng(seed)
+    k = 9
+    mean, sd = rng.normal(0.5, 0.2, k), rng.uniform(0.001, 0.3, k)
+    vals = mean[:, None] + sd[:, None] * _NODES[None, :]
+    cdf = ndtr((vals[:, :, None] - mean[None, None, :]) / sd[None, None, :])
+    cdf[np.arange(k), :, np.arange(k)] = 1.0
+    want = np.prod(cdf, axis=2) @ _WEIGHTS
+    got = gaussian_argmax_probs(mean, sd)
+    np.testing.assert_allclose(got, want / want.sum(), atol=1e-12)
+    assert got.sum() == pytest.approx(1.0)
