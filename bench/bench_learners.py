@@ -23,16 +23,12 @@ import os
 import time
 from collections.abc import Callable
 
-REPEATS = 5
 
-
-def _timed(
-    fn: Callable[[], int], repeats: int | None = None
-) -> tuple[int, float, float, float, float]:
+def _timed(fn: Callable[[], int], repeats: int) -> tuple[int, float, float, float, float]:
     """Operations, wall seconds and CPU seconds of the median of ``repeats`` runs (by
     wall), and the slowest and fastest run's operations per wall second."""
     runs = []
-    for _ in range(repeats or REPEATS):
+    for _ in range(max(1, repeats)):
         t0, c0 = time.perf_counter(), time.process_time()
         n = fn()
         runs.append((n, time.perf_counter() - t0, max(time.process_time() - c0, 1e-9)))
@@ -57,8 +53,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--target", type=float, default=20_000.0, help="linucb select+update/s")
     args = ap.parse_args()
-    global REPEATS
-    REPEATS = max(1, args.repeats)
+    reps = max(1, args.repeats)
     rng = np.random.default_rng(0)
     arms = [f"arm{i}" for i in range(args.arms)]
     X = rng.standard_normal((args.steps, args.dim)) / np.sqrt(args.dim)
@@ -92,7 +87,7 @@ def main() -> None:
                 learner.select(X[i], arms, rng)
             return steps
 
-        n_s, dt_s, cpu_s, *_ = _timed(select_only)
+        n_s, dt_s, cpu_s, *_ = _timed(select_only, reps)
 
         def loop(steps=steps, kind=kind) -> int:
             learner = make_learner({"kind": kind}, args.dim, W)
@@ -101,7 +96,7 @@ def main() -> None:
                 learner.update([RewardEvent(X[i], d.arm, R[i], d.propensity, meta)])
             return steps
 
-        n_l, dt_l, cpu_l, lo_l, hi_l = _timed(loop)
+        n_l, dt_l, cpu_l, lo_l, hi_l = _timed(loop, reps)
         many = "-"
         if hasattr(warm, "select_many"):
             b = args.batch
@@ -111,7 +106,7 @@ def main() -> None:
                     learner.select_many(X[i : i + b], arms, rng)
                 return steps - steps % b
 
-            n_m, dt_m, cpu_m, *_ = _timed(batched)
+            n_m, dt_m, cpu_m, *_ = _timed(batched, reps)
             many = f"{n_m / dt_m:>8,.0f} | {n_m / cpu_m:>8,.0f}"
         print(
             f"{kind:<10} {n_s / dt_s:>8,.0f} | {n_s / cpu_s:>8,.0f} "
@@ -122,7 +117,7 @@ def main() -> None:
             ok = n_l / dt_l >= args.target
             print(
                 f"  linucb select+update {n_l / dt_l:,.0f}/s wall "
-                f"({1e6 * dt_l / n_l:.1f} us each; median of {REPEATS}, slowest {lo_l:,.0f}/s, "
+                f"({1e6 * dt_l / n_l:.1f} us each; median of {reps}, slowest {lo_l:,.0f}/s, "
                 f"fastest {hi_l:,.0f}/s), {n_l / cpu_l:,.0f} per CPU-second: "
                 f"{'meets' if ok else 'below'} the {args.target:,.0f}/s target"
             )

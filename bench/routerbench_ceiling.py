@@ -53,7 +53,8 @@ def main() -> None:
         pick[test.tasks == t] = int(S_tr[train.tasks == t].mean(axis=0).argmax())
     out.append(("per_task_best (chosen on train)", float(S_te[rows, pick].mean())))
 
-    for dim in [int(d) for d in args.dims.split(",")]:
+    dims = [int(d) for d in args.dims.split(",")]
+    for dim in dims:
         feat = Featurizer(dim=dim, tasks=tuple(tasks))
         X_tr, X_te = feat.featurize_many(train.requests), feat.featurize_many(test.requests)
         for lam in [float(r) for r in args.ridges.split(",")]:
@@ -64,7 +65,7 @@ def main() -> None:
                 theta = np.linalg.solve(A, X_tr[a].T @ S_tr[a])  # (dim, K)
                 pred[b] = X_te[b] @ theta
             out.append((f"ridge d={dim} lambda={lam:g}", float(S_te[rows, pred.argmax(1)].mean())))
-        if dim == max(int(d) for d in args.dims.split(",")):
+        if dim == max(dims):  # nearest neighbours on the finest hashing only
             T_tr, T_te = X_tr[:, TEXT_START:], X_te[:, TEXT_START:]
             for k in (10, 50):
                 pred = np.empty_like(S_te)

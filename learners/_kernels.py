@@ -1,15 +1,16 @@
-"""Compiled inner loops of the linear learners (numba, compiled on first use and cached).
+"""Compiled inner loops of the linear learners (numba, cached on disk).
 
-Both kernels work on the stacked per-arm buffer ``M`` of
+:func:`score_arms` and :func:`rank_one` work on the stacked per-arm buffer ``M`` of
 :class:`learners.linear.RidgeArms`: ``M[k]`` holds ``A_k^{-1}`` (rows ``:d``),
 one ``theta`` per reward component (rows ``d:d+C``) and their combination by
 the objective's weights (row ``d+C``). A decision touches every arm's
 ``A^{-1}`` once; an update touches one arm's block once. NumPy would spend most
 of either in per-call overhead at these sizes (d = 64, a dozen arms), which is
-what these loops avoid. The signatures are explicit, so both compile (or load
+what these loops avoid. :func:`gaussian_argmax` is LinTS's propensity
+quadrature. The signatures are explicit, so every kernel compiles (or loads
 from numba's cache) when this module is imported, never on a request, and
-take C-contiguous float64 arrays only. ``tests/learners/test_kernels.py`` checks them against
-the plain NumPy algebra.
+takes C-contiguous float64 arrays only. ``tests/learners/test_kernels.py``
+checks them against the plain NumPy algebra.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ theta_k[c]``; new weights need no relearning.
 Hot path: a decision is one compiled pass over the stacked inverses (widths
 ``sqrt(x^T A_k^-1 x)``, means and UCB scores of every arm); an update is one
 compiled O(C d^2) rank-one update of the chosen arm (:mod:`learners._kernels`).
-Nothing in it loops over arms in Python or touches pydantic. :meth:`LinearLearner.select_many` scores many contexts at once.
+Nothing in it loops over arms in Python or touches pydantic.
+:meth:`LinearLearner.select_many` scores many contexts at once.
 
 Forgetting (for drifting arms): ``discount`` gamma < 1 shrinks each arm's data
 part of ``A`` and ``b`` by gamma on every update of that arm (the ridge prior

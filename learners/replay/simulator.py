@@ -204,27 +204,19 @@ def compare_best(result: ReplayResult, learners: Mapping[str, Any]) -> dict[str,
     best = max(learners, key=lambda n: learners[n]["mean_reward"])
     mine = np.array([r.rewards.mean() for r in sorted(result.traces[best], key=lambda r: r.seed)])
     lo = learners[best]["reward_ci95"][0]
+
+    def versus(theirs: np.ndarray | float, their_upper: float) -> dict[str, Any]:
+        m, dlo, dhi = mean_ci(mine - theirs)
+        return {"diff": m, "diff_ci95": [dlo, dhi], "beats": dlo > 0, "disjoint": lo > their_upper}
+
     against: dict[str, Any] = {}
     for name, runs in result.traces.items():
-        if name == best:
-            continue
-        theirs = np.array([r.rewards.mean() for r in sorted(runs, key=lambda r: r.seed)])
-        m, dlo, dhi = mean_ci(mine - theirs)
-        against[name] = {
-            "diff": m,
-            "diff_ci95": [dlo, dhi],
-            "beats": dlo > 0,
-            "disjoint": lo > learners[name]["reward_ci95"][1],
-        }
+        if name != best:
+            theirs = np.array([r.rewards.mean() for r in sorted(runs, key=lambda r: r.seed)])
+            against[name] = versus(theirs, learners[name]["reward_ci95"][1])
     for ref in ("best_fixed", "per_task_best"):
         value = float(result.references[ref]["mean_reward"])
-        m, dlo, dhi = mean_ci(mine - value)
-        against[ref] = {
-            "diff": m,
-            "diff_ci95": [dlo, dhi],
-            "beats": dlo > 0,
-            "disjoint": lo > value,
-        }
+        against[ref] = versus(value, value)
     return {"best": best, "against": against}
 
 
