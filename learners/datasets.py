@@ -120,7 +120,8 @@ def profile_latency_energy(
     return latency, energy
 
 
-def _request(prompt: Any, task: str | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
+def chat_request(prompt: Any, task: str | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """A chat request body for one data-set prompt (a string, lines, or chat messages)."""
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
         messages = prompt
     else:
@@ -138,7 +139,7 @@ def _prompt_chars(req: dict[str, Any]) -> int:
     return sum(len(str(m.get("content", ""))) for m in req["messages"])
 
 
-def _finish(
+def build_dataset(
     requests: list[dict[str, Any]],
     tasks: list[str],
     models: tuple[str, ...],
@@ -149,6 +150,8 @@ def _finish(
     response_chars: list[list[float]] | None,
     source: str,
 ) -> RoutingDataset:
+    """A :class:`RoutingDataset` from per-row requests and per-row x per-model figures;
+    latency and energy missing from the source come from the models' profiles."""
     if not requests:
         raise ValueError(f"no complete rows in {source}")
     q = np.asarray(quality, dtype=float)
@@ -200,7 +203,7 @@ def read_jsonl(path: str | Path) -> RoutingDataset:
                 for m in models
             ):
                 continue
-            requests.append(_request(row["prompt"], row.get("task"), row.get("metadata")))
+            requests.append(chat_request(row["prompt"], row.get("task"), row.get("metadata")))
             tasks.append(str(row.get("task") or ""))
             quality.append([float(per[m]["quality"]) for m in models])
             cost.append([float(per[m]["cost_usd"]) for m in models])
@@ -211,7 +214,7 @@ def read_jsonl(path: str | Path) -> RoutingDataset:
             resp.append([len(str(per[m].get("response", ""))) or np.nan for m in models])
     r = np.asarray(resp, dtype=float)
     r = np.where(np.isnan(r), DEFAULT_OUTPUT_TOKENS * CHARS_PER_TOKEN, r)
-    return _finish(
+    return build_dataset(
         requests, tasks, models or (), quality, cost,
         lat if has_lat else None, en if has_en else None, r.tolist(), str(path),
     )  # fmt: skip
@@ -257,7 +260,7 @@ def read_routerbench(path: str | Path, pattern: str = "*.csv") -> RoutingDataset
                 ):
                     continue
                 task = row.get("eval_name") or file.stem
-                requests.append(_request(_parse_list(row["prompt"]), task, None))
+                requests.append(chat_request(_parse_list(row["prompt"]), task, None))
                 tasks.append(task)
                 quality.append([float(row[m]) for m in models])
                 cost.append([float(row[f"{m}|total_cost"]) for m in models])
@@ -267,7 +270,7 @@ def read_routerbench(path: str | Path, pattern: str = "*.csv") -> RoutingDataset
                         for m in models
                     ]
                 )
-    return _finish(requests, tasks, models or (), quality, cost, None, None, resp, str(path))
+    return build_dataset(requests, tasks, models or (), quality, cost, None, None, resp, str(path))
 
 
 def load_dataset(path: str | Path, pattern: str = "*.csv") -> RoutingDataset:

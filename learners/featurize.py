@@ -86,7 +86,7 @@ class Featurizer(BaseModel):
         x = np.zeros(self.dim, dtype=np.float64)
         x[0] = 1.0
         messages = request.get("messages") or []
-        text = _last_user_text(messages)
+        text = last_user_text(messages)
         meta = request.get("metadata") or {}
         task = request.get("task") or meta.get("task") or _guess_task(text)
         x[TASK_SLICE.start + self._task_slot(str(task))] = 1.0
@@ -164,7 +164,8 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text of the last user message ('' when there is none)."""
     for m in reversed(messages):
         if m.get("role") == "user":
             return _content_text(m.get("content"))

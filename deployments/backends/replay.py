@@ -20,7 +20,7 @@ import numpy as np
 
 from deployments.backends import Generation
 from learners.datasets import CHARS_PER_TOKEN, RoutingDataset, load_dataset
-from learners.featurize import Featurizer, _last_user_text
+from learners.featurize import Featurizer, last_user_text
 
 
 @lru_cache(maxsize=4)
@@ -34,7 +34,7 @@ def dataset_for(spec: str, rows: int, seed: int) -> RoutingDataset:
 
 
 def prompt_key(body: dict[str, Any]) -> str:
-    return " ".join(_last_user_text(body.get("messages") or []).split())
+    return " ".join(last_user_text(body.get("messages") or []).split())
 
 
 class ReplayBackend:

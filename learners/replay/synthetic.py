@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from learners.datasets import RoutingDataset, _finish, _request
+from learners.datasets import RoutingDataset, build_dataset, chat_request
 
 MODELS = ("small", "coder", "mathy", "large")
 TASKS = ("code", "math", "trivia")
@@ -56,11 +56,11 @@ def synthetic_dataset(n: int = 1500, seed: int = 0) -> RoutingDataset:
         p = 1.0 / (1.0 + np.exp(-(SKILL[:, t] - HARD_DROP * hard)))
         q = (rng.random(len(MODELS)) < p).astype(float)
         tokens = len(text) / 4.0 + 200.0
-        requests.append(_request(text, task, None))
+        requests.append(chat_request(text, task, None))
         tasks.append(task)
         quality.append(q.tolist())
         cost.append((PRICE_PER_1K * tokens / 1000.0).tolist())
-    ds = _finish(
+    ds = build_dataset(
         requests, tasks, MODELS, quality, cost, None, None, None, f"synthetic(n={n}, seed={seed})"
     )
     return ds
