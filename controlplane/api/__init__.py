@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from controlplane.dashboard import dashboard_router
+from controlplane.api.dashboard import dashboard_router
 from controlplane.gateway_core import BadRequest, GatewayCore, UpstreamError
 from controlplane.metrics import install_metrics
 from controlplane.tokens import TokenError
