@@ -145,7 +145,7 @@ def test_empty_dashboard(deployed, api, page):
 
 @pytest.fixture(scope="module")
 def traffic(deployed, api):
-    from controlplane.demo import run_traffic
+    from controlplane.cli.demo import run_traffic
     from deployments.backends.replay import dataset_for
 
     r = deployed.config.replay

@@ -52,9 +52,9 @@ def _counts_since(url: str, since: datetime) -> dict[str, int]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from controlplane.cli.demo import run_traffic, summarize
+    from controlplane.cli.launch import control_plane
     from controlplane.config import ConfigError, demo_config, load_config
-    from controlplane.demo import run_traffic, summarize
-    from controlplane.runtime import control_plane
     from controlplane.settings import get_settings
     from deployments.backends.replay import dataset_for
 
