@@ -10,8 +10,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -32,7 +30,7 @@ def register(sub: Any) -> None:
 
 
 def _counts_since(url: str, since: datetime) -> dict[str, int]:
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, text
 
     eng = create_engine(url)
     try:
