@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.config import BanditConfig, demo_config
+from controlplane.cli.demo import demo_config
+from controlplane.config import BanditConfig
 
 SECRET = "e2e-test-secret-0123456789abcdef"
 FEEDBACK_KEY = "fb-key-e2e"

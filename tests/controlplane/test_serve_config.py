@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from controlplane.cli import main
-from controlplane.config import demo_config
+from controlplane.cli.demo import demo_config
 
 
 def test_serve_config_is_a_valid_serve_deploy_schema_and_builds(tmp_path, monkeypatch):

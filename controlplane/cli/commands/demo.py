@@ -50,11 +50,11 @@ def _counts_since(url: str, since: datetime) -> dict[str, int]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from controlplane.cli.demo import run_traffic, summarize
+    from controlplane.cli.demo import demo_config, run_traffic, summarize
     from controlplane.cli.launch import control_plane
-    from controlplane.config import ConfigError, demo_config, load_config
+    from controlplane.config import ConfigError, load_config
     from controlplane.settings import get_settings
-    from deployments.backends.replay import dataset_for
+    from learners.replay.dataset import dataset_for
 
     logging.basicConfig(level=logging.WARNING)
     try:
