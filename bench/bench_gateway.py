@@ -152,9 +152,8 @@ def main() -> int:
         )
 
         init_ray(None)
+        from passthrough import build_passthrough
         from ray import serve
-
-        from deployments.passthrough import build_passthrough
 
         base = deploy(cfg, url, SECRET)
         wait_ready(base, 300)
