@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scratch import scratch_database  # noqa: E402
 
-from controlplane.config import demo_config  # noqa: E402
+from controlplane.cli.demo import demo_config  # noqa: E402
+from controlplane.cli.launch import APP_NAME, deploy, init_ray, wait_ready  # noqa: E402
 from controlplane.gateway_core import GatewayCore  # noqa: E402
 from controlplane.learner_loop import LearnerLoop, arm_records  # noqa: E402
-from controlplane.runtime import APP_NAME, deploy, init_ray, wait_ready  # noqa: E402
 from controlplane.tokens import FeedbackTokens  # noqa: E402
-from deployments.backends.replay import dataset_for  # noqa: E402
 from feedback import repository as repo  # noqa: E402
 from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord  # noqa: E402
+from learners.replay.dataset import dataset_for  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef"
 
@@ -152,9 +152,8 @@ def main() -> int:
         )
 
         init_ray(None)
+        from passthrough import build_passthrough
         from ray import serve
-
-        from deployments.passthrough import build_passthrough
 
         base = deploy(cfg, url, SECRET)
         wait_ready(base, 300)

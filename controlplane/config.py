@@ -193,29 +193,3 @@ def load_config(path: str | Path) -> BanditConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: (top level): expected a mapping")
     return parse_config(data, str(p))
-
-
-def demo_config(dataset: str = "synthetic", **overrides: Any) -> BanditConfig:
-    """The bundled scenario: every model of a routing data set on a replay backend.
-
-    ``dataset``: "synthetic" (the code-generated scenario of
-    ``learners.replay.synthetic``) or a data set path.
-    """
-    from deployments.backends.replay import dataset_for
-
-    replay = ReplayConfig(dataset=dataset)
-    ds = dataset_for(replay.dataset, replay.synthetic_rows, replay.seed)
-    tasks = list(dict.fromkeys(str(t) for t in ds.tasks))[:8]
-    data: dict[str, Any] = {
-        "arms": [{"name": _arm_name(m), "model": m, "backend": "replay"} for m in ds.models],
-        "learner": {"kind": "linucb", "alpha": 0.3},
-        "featurizer": {"dim": 64, "tasks": tasks},
-        "objective": {"weights": {"quality": 1.0, "cost_usd": -30.0}, "feedback_window_s": 30.0},
-        "replay": replay.model_dump(),
-    }
-    data.update(overrides)
-    return parse_config(data, "<demo>")
-
-
-def _arm_name(model: str) -> str:
-    return "".join(c if c.isalnum() or c in "_.:/@+-" else "-" for c in model)

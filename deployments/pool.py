@@ -24,7 +24,8 @@ def pool_name(model: str) -> str:
 
 def make_backend(arm: ArmConfig, config: BanditConfig) -> Backend:
     if arm.backend == "replay":
-        from deployments.backends.replay import ReplayBackend, dataset_for
+        from deployments.backends.replay import ReplayBackend
+        from learners.replay.dataset import dataset_for
 
         r = config.replay
         ds = dataset_for(r.dataset, r.synthetic_rows, r.seed)

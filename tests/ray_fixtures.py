@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.config import BanditConfig, demo_config
+from controlplane.cli.demo import demo_config
+from controlplane.config import BanditConfig
 
 SECRET = "e2e-test-secret-0123456789abcdef"
 FEEDBACK_KEY = "fb-key-e2e"
@@ -40,7 +41,7 @@ class Deployed:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[int]:
-    from controlplane.runtime import init_ray
+    from controlplane.cli.launch import init_ray
 
     port = _free_port()
     os.environ["BANDITCTL_E2E_FEEDBACK_KEY"] = FEEDBACK_KEY
@@ -87,7 +88,7 @@ def e2e_config(port: int) -> BanditConfig:
 def deployed(ray_session: int, pg_server) -> Iterator[Deployed]:
     from ray import serve
 
-    from controlplane.runtime import APP_NAME, deploy, wait_ready
+    from controlplane.cli.launch import APP_NAME, deploy, wait_ready
     from feedback import migrate
 
     url = pg_server.create_database("banditctl_e2e")

@@ -13,24 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from deployments.backends import Generation
-from learners.datasets import CHARS_PER_TOKEN, RoutingDataset, load_dataset
+from learners.datasets import CHARS_PER_TOKEN, RoutingDataset
 from learners.featurize import Featurizer, last_user_text
-
-
-@lru_cache(maxsize=4)
-def dataset_for(spec: str, rows: int, seed: int) -> RoutingDataset:
-    """``spec``: "synthetic" or a path. Cached per process."""
-    if spec == "synthetic":
-        from learners.replay.synthetic import synthetic_dataset
-
-        return synthetic_dataset(rows, seed)
-    return load_dataset(spec)
 
 
 def prompt_key(body: dict[str, Any]) -> str:

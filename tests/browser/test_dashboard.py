@@ -145,8 +145,8 @@ def test_empty_dashboard(deployed, api, page):
 
 @pytest.fixture(scope="module")
 def traffic(deployed, api):
-    from controlplane.demo import run_traffic
-    from deployments.backends.replay import dataset_for
+    from controlplane.cli.demo import run_traffic
+    from learners.replay.dataset import dataset_for
 
     r = deployed.config.replay
     ds = dataset_for(r.dataset, r.synthetic_rows, r.seed)

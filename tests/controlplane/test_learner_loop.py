@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from controlplane.config import demo_config
+from controlplane.cli.demo import demo_config
 from controlplane.learner_loop import LearnerBusy, LearnerLoop, arm_records
 from feedback import repository as repo
 from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord

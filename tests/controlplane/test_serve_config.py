@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from controlplane.cli import main
-from controlplane.config import demo_config
+from controlplane.cli.demo import demo_config
 
 
 def test_serve_config_is_a_valid_serve_deploy_schema_and_builds(tmp_path, monkeypatch):
@@ -33,7 +33,7 @@ def test_serve_config_is_a_valid_serve_deploy_schema_and_builds(tmp_path, monkey
 def test_serve_entry_refuses_without_a_secret(monkeypatch):
     import pytest
 
-    from controlplane.commands.serve_config import build
+    from controlplane.cli.commands.serve_config import build
     from deployments.serve_entry import app_builder
 
     monkeypatch.delenv("BANDITCTL_FEEDBACK_SECRET", raising=False)

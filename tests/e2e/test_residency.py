@@ -19,8 +19,8 @@ import pytest
 from ray import serve
 from sqlalchemy import create_engine, text
 
+from controlplane.cli.launch import APP_NAME, deploy, wait_ready
 from controlplane.config import parse_config
-from controlplane.runtime import APP_NAME, deploy, wait_ready
 from deployments.pool import pool_name
 from feedback import migrate
 

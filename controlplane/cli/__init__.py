@@ -1,9 +1,14 @@
-"""The ``banditctl`` command line.
+"""What runs on the operator's machine: the ``banditctl`` command line.
 
-Each subcommand lives in its own module under ``controlplane.commands`` and
-exposes ``register(subparsers)``, which adds its parser and sets
-``func(args) -> int``. Adding a command is one module and one entry in
-:data:`COMMANDS`. Nothing is imported or started until a command runs.
+This module is the entry point (``main``, ``build_parser``). Each subcommand
+lives in its own module under ``controlplane.cli.commands`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+Adding a command is one module and one entry in :data:`COMMANDS`. Nothing is
+imported or started until a command runs. Beside the commands:
+:mod:`controlplane.cli.launch` brings the control plane up (database, schema,
+Ray, Serve) and :mod:`controlplane.cli.demo` holds the demo's scenario and
+traffic. The running core (config, API, gateway, learner loop) is the rest of
+``controlplane``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# subcommand name -> module under controlplane.commands
+# subcommand name -> module under controlplane.cli.commands
 COMMANDS: dict[str, str] = {
     "db": "db",
     "status": "status",
@@ -33,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in dict.fromkeys(COMMANDS.values()):
-        importlib.import_module(f"controlplane.commands.{module}").register(sub)
+        importlib.import_module(f"controlplane.cli.commands.{module}").register(sub)
     return parser
 
 
@@ -45,7 +50,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
 def build(
     config_path: str | None, database_url: str | None, host: str, port: int, working_dir: str | None
 ) -> dict[str, Any]:
-    from controlplane.config import demo_config, load_config
+    from controlplane.cli.demo import demo_config
+    from controlplane.config import load_config
 
     cfg = load_config(config_path) if config_path else demo_config()
     args: dict[str, Any] = {

@@ -19,8 +19,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controlplane.config import ConfigError, demo_config, load_config
-    from controlplane.runtime import control_plane
+    from controlplane.cli.demo import demo_config
+    from controlplane.cli.launch import control_plane
+    from controlplane.config import ConfigError, load_config
     from controlplane.settings import get_settings
 
     logging.basicConfig(level=logging.WARNING)

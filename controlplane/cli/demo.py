@@ -1,9 +1,10 @@
-"""The demo's traffic and its simulated users, over the HTTP API.
+"""The demo: its bundled scenario, its traffic and its simulated users.
 
-Requests go through the official ``openai`` client to the gateway; each
-answer's recorded quality (from the replay data set, for the arm that served
-it) comes back as user feedback through ``POST /v1/feedback`` with the
-answer's feedback token. ``feedback_rate`` of the users answer; the rest are
+:func:`demo_config` is the scenario: every model of a routing data set on a
+replay backend. Requests go through the official ``openai`` client to the
+gateway; each answer's recorded quality (from the replay data set, for the arm
+that served it) comes back as user feedback through ``POST /v1/feedback`` with
+the answer's feedback token. ``feedback_rate`` of the users answer; the rest are
 credited by the objective's missing-quality rule after the feedback window.
 """
 
@@ -19,7 +20,34 @@ from typing import Any
 import httpx
 import numpy as np
 
+from controlplane.config import BanditConfig, ReplayConfig, parse_config
 from learners.datasets import RoutingDataset
+
+
+def demo_config(dataset: str = "synthetic", **overrides: Any) -> BanditConfig:
+    """The bundled scenario: every model of a routing data set on a replay backend.
+
+    ``dataset``: "synthetic" (the code-generated scenario of
+    ``learners.replay.synthetic``) or a data set path.
+    """
+    from learners.replay.dataset import dataset_for
+
+    replay = ReplayConfig(dataset=dataset)
+    ds = dataset_for(replay.dataset, replay.synthetic_rows, replay.seed)
+    tasks = list(dict.fromkeys(str(t) for t in ds.tasks))[:8]
+    data: dict[str, Any] = {
+        "arms": [{"name": _arm_name(m), "model": m, "backend": "replay"} for m in ds.models],
+        "learner": {"kind": "linucb", "alpha": 0.3},
+        "featurizer": {"dim": 64, "tasks": tasks},
+        "objective": {"weights": {"quality": 1.0, "cost_usd": -30.0}, "feedback_window_s": 30.0},
+        "replay": replay.model_dump(),
+    }
+    data.update(overrides)
+    return parse_config(data, "<demo>")
+
+
+def _arm_name(model: str) -> str:
+    return "".join(c if c.isalnum() or c in "_.:/@+-" else "-" for c in model)
 
 
 @dataclass

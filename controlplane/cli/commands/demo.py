@@ -10,8 +10,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -32,7 +30,7 @@ def register(sub: Any) -> None:
 
 
 def _counts_since(url: str, since: datetime) -> dict[str, int]:
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, text
 
     eng = create_engine(url)
     try:
@@ -52,11 +50,11 @@ def _counts_since(url: str, since: datetime) -> dict[str, int]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from controlplane.config import ConfigError, demo_config, load_config
-    from controlplane.demo import run_traffic, summarize
-    from controlplane.runtime import control_plane
+    from controlplane.cli.demo import demo_config, run_traffic, summarize
+    from controlplane.cli.launch import control_plane
+    from controlplane.config import ConfigError, load_config
     from controlplane.settings import get_settings
-    from deployments.backends.replay import dataset_for
+    from learners.replay.dataset import dataset_for
 
     logging.basicConfig(level=logging.WARNING)
     try:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from controlplane.settings import get_settings
-from feedback import migrate
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("db", help="migrate and inspect the database schema")
@@ -28,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    from controlplane.settings import get_settings
+    from feedback import migrate
+
     s = get_settings()
     with s.database() as db:
         migrate.upgrade(db.url, args.revision)
@@ -36,6 +36,9 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _downgrade(args: argparse.Namespace) -> int:
+    from controlplane.settings import get_settings
+    from feedback import migrate
+
     s = get_settings()
     with s.database() as db:
         migrate.downgrade(db.url, args.revision)
@@ -44,6 +47,9 @@ def _downgrade(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
+    from controlplane.settings import get_settings
+    from feedback import migrate
+
     s = get_settings()
     with s.database() as db:
         rev = migrate.current_revision(db.url)
@@ -53,6 +59,9 @@ def _current(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from controlplane.settings import get_settings
+    from feedback import migrate
+
     s = get_settings()
     with s.database() as db:
         drift = migrate.schema_drift(db.url)

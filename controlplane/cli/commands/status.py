@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from controlplane.settings import get_settings
-from feedback import migrate
-from feedback import repository as repo
-from feedback.database import make_engine
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
@@ -19,6 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _status(args: argparse.Namespace) -> int:
+    from controlplane.settings import get_settings
+    from feedback import migrate
+    from feedback import repository as repo
+    from feedback.database import make_engine
+
     s = get_settings()
     with s.database() as db:
         if not args.no_migrate:

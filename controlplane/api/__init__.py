@@ -1,0 +1,74 @@
+"""The HTTP API, built around a :class:`GatewayCore` by :func:`create_app`.
+
+One router per resource: chat completions and models (:mod:`.chat`), feedback
+(:mod:`.feedback`), policies and rollback (:mod:`.policies`), route explain
+(:mod:`.explain`), health and stats (:mod:`.stats`), the dashboard
+(:mod:`.dashboard`); ``/metrics`` comes from :mod:`controlplane.metrics`.
+Errors have one shape, and :mod:`.errors` registers every handler. What the
+routes share lives on ``app.state`` and reaches them through the dependencies
+of :mod:`.deps` and :mod:`.auth`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from controlplane.api import chat, dashboard, explain, feedback, policies, stats
+from controlplane.api.auth import ApiKeys
+from controlplane.api.errors import install_error_handlers
+from controlplane.dashboard_data import PolicyCache
+from controlplane.gateway_core import GatewayCore
+from controlplane.metrics import install_metrics
+
+ROUTERS = (
+    stats.router,
+    chat.router,
+    feedback.router,
+    policies.router,
+    explain.router,
+    dashboard.router,
+)
+
+
+def create_app(
+    core: GatewayCore,
+    *,
+    start_background: bool = True,
+    learner_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    proxy_request_id: Callable[[], str | None] | None = None,
+) -> FastAPI:
+    """``start_background``: the lifespan starts the decision log writer and the
+    policy refresher (a Gateway deployment starts its own). ``learner_status``:
+    what ``/v1/stats`` reports for the learner. ``proxy_request_id``: the id a
+    fronting proxy (Ray Serve's) already put in ``x-request-id``; when it is a
+    UUID, the decision is logged under it."""
+    app = FastAPI(title="banditctl gateway", lifespan=_lifespan)
+    app.state.core = core
+    app.state.start_background = start_background
+    app.state.api_keys = ApiKeys(core.config.api_keys)
+    app.state.learner_status = learner_status
+    app.state.proxy_request_id = proxy_request_id
+    app.state.policy_cache = PolicyCache(core.config)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    install_metrics(app, core)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    core: GatewayCore = app.state.core
+    task = None
+    if app.state.start_background:
+        core.writer.start()
+        task = asyncio.create_task(core.policy_refresher())
+    yield
+    if task is not None:
+        task.cancel()
+    await asyncio.to_thread(core.writer.close)

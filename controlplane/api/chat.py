@@ -1,0 +1,91 @@
+"""OpenAI-compatible chat completions (JSON or server-sent events) and the model list.
+
+``app.state.proxy_request_id``: the id a fronting proxy (Ray Serve's) already put
+in ``x-request-id``; when it is a UUID, the decision is logged under it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from controlplane.api.deps import CoreDep, read_json
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def models(core: CoreDep) -> dict[str, Any]:
+    names = ["auto", *core.config.routes, *(a.name for a in core.config.arms)]
+    return {
+        "object": "list",
+        "data": [
+            {"id": n, "object": "model", "owned_by": "banditctl"} for n in dict.fromkeys(names)
+        ],
+    }
+
+
+@router.post("/v1/chat/completions")
+async def chat(request: Request, core: CoreDep) -> Any:
+    body = await read_json(request)
+    proxy_request_id = request.app.state.proxy_request_id
+    proxied = _as_uuid(proxy_request_id() if proxy_request_id else None)
+    result = await core.complete(body, proxied)
+    meta = result["banditctl"]
+    headers = {
+        "x-banditctl-request-id": meta["request_id"],
+        "x-banditctl-arm": meta["arm"],
+        "x-banditctl-policy-version": str(meta["policy_version"]),
+        "x-banditctl-feedback-token": meta["feedback_token"],
+    }
+    if proxied is None:  # else the proxy sets x-request-id to the same id
+        headers["x-request-id"] = meta["request_id"]
+    if body.get("stream"):
+        return StreamingResponse(_sse(result), media_type="text/event-stream", headers=headers)
+    return JSONResponse(result, headers=headers)
+
+
+async def _sse(result: dict[str, Any]) -> AsyncIterator[bytes]:
+    text = result["choices"][0]["message"]["content"]
+    base = {
+        "id": result["id"],
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": result["model"],
+    }
+    first = {
+        **base,
+        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
+    }
+    first["banditctl"] = result["banditctl"]
+    yield f"data: {json.dumps(first)}\n\n".encode()
+    words = text.split(" ")
+    for i, w in enumerate(words):
+        piece = w if i == 0 else " " + w
+        chunk = {
+            **base,
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+        }
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+    last = {
+        **base,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": result["usage"],
+    }
+    yield f"data: {json.dumps(last)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+def _as_uuid(value: str | None) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

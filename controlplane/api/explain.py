@@ -1,0 +1,16 @@
+"""Route explain: every arm's score for a chat body, without serving it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from controlplane.api.deps import CoreDep, read_json
+
+router = APIRouter()
+
+
+@router.post("/v1/route/explain")
+async def explain(request: Request, core: CoreDep) -> Any:
+    return core.explain(await read_json(request))
