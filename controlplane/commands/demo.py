@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import text
@@ -31,6 +33,16 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _progress_bar(**kwargs: Any) -> Any:
+    """A tqdm progress bar; without tqdm (the demo extra brings it), one that shows nothing."""
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        quiet = SimpleNamespace(update=lambda n=1: None, set_postfix=lambda **kw: None)
+        return contextlib.nullcontext(quiet)
+    return tqdm(**kwargs)
+
+
 def _counts_since(url: str, since: datetime) -> dict[str, int]:
     from sqlalchemy import create_engine
 
@@ -50,15 +62,18 @@ def _counts_since(url: str, since: datetime) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from controlplane.config import ConfigError, demo_config, load_config
-    from controlplane.demo import run_traffic, summarize
+    from controlplane.demo import require_openai, run_traffic, summarize
     from controlplane.runtime import control_plane
     from controlplane.settings import get_settings
     from deployments.backends.replay import dataset_for
 
     logging.basicConfig(level=logging.WARNING)
+    try:
+        require_openai()
+    except ModuleNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config) if args.config else demo_config(args.dataset)
     except ConfigError as exc:
@@ -79,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"policies  : {run_.api_url}/policies/current")
         n = args.requests if args.requests is not None else 1000
         arm_models = {a.name: a.model for a in config.arms}
-        with tqdm(total=n, desc="requests", unit="req") as bar:
+        with _progress_bar(total=n, desc="requests", unit="req") as bar:
             traffic = run_traffic(
                 run_.api_url, ds, arm_models, n, seed=args.seed,
                 concurrency=args.concurrency, feedback_rate=args.feedback_rate, progress=bar,
