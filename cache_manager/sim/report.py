@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,6 +112,20 @@ def write_json(
     Path(path).write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
 
 
+def require_pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or an error naming the extra that installs it."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "plots need matplotlib: pip install 'banditctl[sim]'", name=exc.name
+        ) from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot(
     path: str | Path,
     scenario: ScenarioConfig,
@@ -118,10 +133,7 @@ def plot(
     ts: np.ndarray,
     seeds: int,
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require_pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
     for name, s in summaries.items():

@@ -72,6 +72,18 @@ class TrafficResult:
     seconds: float = 0.0
 
 
+def require_openai() -> Any:
+    """The ``openai`` module, or an error naming the extra that installs it."""
+    try:
+        import openai
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "the demo sends its traffic through the openai client: pip install 'banditctl[demo]'",
+            name=exc.name,
+        ) from exc
+    return openai
+
+
 def model_index(ds: RoutingDataset, arm: str, model: str) -> int:
     return ds.models.index(arm if arm in ds.models else model)
 
@@ -87,8 +99,7 @@ def run_traffic(
     feedback_rate: float = 0.9,
     progress: Any = None,
 ) -> TrafficResult:
-    import openai
-
+    openai = require_openai()
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(ds), size=n)
     gives_feedback = rng.random(n) < feedback_rate

@@ -55,11 +55,22 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(result: ReplayResult, summary: dict[str, Any], path: str | Path) -> None:
-    import matplotlib
-
+def require_pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or an error naming the extra that installs it."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "plots need matplotlib: pip install 'banditctl[sim]'", name=exc.name
+        ) from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(result: ReplayResult, summary: dict[str, Any], path: str | Path) -> None:
+    plt = require_pyplot()
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 5.5))
     steps = np.arange(1, result.n + 1)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 
@@ -29,6 +31,16 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _progress_bar(**kwargs: Any) -> Any:
+    """A tqdm progress bar; without tqdm (the demo extra brings it), one that shows nothing."""
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        quiet = SimpleNamespace(update=lambda n=1: None, set_postfix=lambda **kw: None)
+        return contextlib.nullcontext(quiet)
+    return tqdm(**kwargs)
+
+
 def _counts_since(url: str, since: datetime) -> dict[str, int]:
     from sqlalchemy import create_engine, text
 
@@ -48,15 +60,18 @@ def _counts_since(url: str, since: datetime) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from controlplane.cli.demo import demo_config, run_traffic, summarize
+    from controlplane.cli.demo import demo_config, require_openai, run_traffic, summarize
     from controlplane.cli.launch import control_plane
     from controlplane.config import ConfigError, load_config
     from controlplane.settings import get_settings
     from learners.replay.dataset import dataset_for
 
     logging.basicConfig(level=logging.WARNING)
+    try:
+        require_openai()
+    except ModuleNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config) if args.config else demo_config(args.dataset)
     except ConfigError as exc:
@@ -77,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"policies  : {run_.api_url}/policies/current")
         n = args.requests if args.requests is not None else 1000
         arm_models = {a.name: a.model for a in config.arms}
-        with tqdm(total=n, desc="requests", unit="req") as bar:
+        with _progress_bar(total=n, desc="requests", unit="req") as bar:
             traffic = run_traffic(
                 run_.api_url, ds, arm_models, n, seed=args.seed,
                 concurrency=args.concurrency, feedback_rate=args.feedback_rate, progress=bar,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 DEFAULT_DATASET = "../shared/data/routerbench_zs"
@@ -47,17 +49,30 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _progress_bar(**kwargs: Any) -> Any:
+    """A tqdm progress bar; without tqdm (the sim extra brings it), one that shows nothing."""
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        return contextlib.nullcontext(SimpleNamespace(update=lambda n=1: None))
+    return tqdm(**kwargs)
 
+
+def run(args: argparse.Namespace) -> int:
     from learners.datasets import load_dataset
     from learners.featurize import Featurizer
     from learners.replay.objective import format_objective, parse_objective
     from learners.replay.presets import resolve
-    from learners.replay.report import format_table, plot
+    from learners.replay.report import format_table, plot, require_pyplot
     from learners.replay.simulator import run_replay, summarize
     from learners.replay.synthetic import synthetic_dataset
 
+    if args.plot:
+        try:
+            require_pyplot()  # fail before the run, not after it
+        except ModuleNotFoundError as exc:
+            print(f"simulate: {exc}", file=sys.stderr)
+            return 2
     try:
         weights = parse_objective(args.objective)
         specs = resolve([n.strip() for n in args.learners.split(",") if n.strip()])
@@ -80,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     for note in ds.notes:
         print(f"note: {note}")
     total = len(ds) * len(specs) * args.seeds
-    with tqdm(total=total, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
+    with _progress_bar(total=total, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
         result = run_replay(
             ds, specs, weights, range(args.seeds), featurizer, jobs=args.jobs, progress=bar.update
         )

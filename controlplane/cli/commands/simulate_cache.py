@@ -22,9 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     from cache_manager.config import POLICY_REGISTRY
-    from cache_manager.sim.report import plot, run_all, write_json
+    from cache_manager.sim.report import plot, require_pyplot, run_all, write_json
     from cache_manager.sim.scenarios import get_scenario
 
+    if args.plot:
+        try:
+            require_pyplot()  # fail before the runs, not after them
+        except ModuleNotFoundError as exc:
+            raise SystemExit(f"simulate-cache: {exc}") from exc
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICY_REGISTRY]
     if unknown:

