@@ -23,9 +23,10 @@ from controlplane.dashboard import dashboard_router
 from controlplane.gateway_core import BadRequest, GatewayCore, UpstreamError
 from controlplane.metrics import install_metrics
 from controlplane.tokens import TokenError
-from feedback import repository as repo
 from feedback.errors import InvalidInput, NotFound, WriterFull
 from feedback.records import FeedbackInput, parse_request_id
+from feedback.repositories import feedback as feedback_repo
+from feedback.repositories import reports, snapshots
 
 THUMBS = {"up": 1.0, "thumbs_up": 1.0, "down": 0.0, "thumbs_down": 0.0}
 
@@ -206,7 +207,7 @@ def create_app(
 
     def _store_one(fb: FeedbackInput, require_known: bool) -> Any:
         with core.engine.begin() as conn:
-            return repo.record_feedback(conn, fb, require_known=require_known)
+            return feedback_repo.record_feedback(conn, fb, require_known=require_known)
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> Any:
@@ -230,14 +231,17 @@ def create_app(
 
             def store() -> Any:
                 with core.engine.begin() as conn:
-                    return repo.record_feedback_many(conn, [fb for fb, _ in parsed])
+                    return feedback_repo.record_feedback_many(conn, [fb for fb, _ in parsed])
 
             results = await asyncio.to_thread(store)
         else:
 
             def store_tokens() -> Any:
                 with core.engine.begin() as conn:
-                    return [repo.record_feedback(conn, fb, require_known=False) for fb, _ in parsed]
+                    return [
+                        feedback_repo.record_feedback(conn, fb, require_known=False)
+                        for fb, _ in parsed
+                    ]
 
             results = await asyncio.to_thread(store_tokens)
         return {"results": _counted(results)}
@@ -274,11 +278,13 @@ def create_app(
     def _load_policy(version: int | None) -> dict[str, Any]:
         with core.engine.connect() as conn:
             snap = (
-                repo.latest_snapshot(conn) if version is None else repo.get_snapshot(conn, version)
+                snapshots.latest_snapshot(conn)
+                if version is None
+                else snapshots.get_snapshot(conn, version)
             )
             if snap is None:
                 raise NotFound("policy version", "current")
-            return _policy_view(snap, repo.traffic_by_arm(conn))
+            return _policy_view(snap, reports.traffic_by_arm(conn))
 
     @app.get("/v1/policies/current")
     async def policy_current() -> Any:
@@ -292,7 +298,7 @@ def create_app(
     async def policy_list() -> Any:
         def load() -> Any:
             with core.engine.connect() as conn:
-                return repo.list_snapshots(conn)
+                return snapshots.list_snapshots(conn)
 
         snaps = await asyncio.to_thread(load)
         return {
@@ -315,7 +321,7 @@ def create_app(
     async def stats() -> Any:
         def load() -> Any:
             with core.engine.connect() as conn:
-                return repo.table_counts(conn)
+                return reports.table_counts(conn)
 
         learner = None
         if learner_status is not None:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from controlplane import dashboard_data as data
 from controlplane.gateway_core import GatewayCore
-from feedback import repository as repo
+from feedback.repositories import snapshots
 
 ScopesOf = Callable[[Request], "set[str] | None"]
 
@@ -97,7 +97,7 @@ def dashboard_router(core: GatewayCore, scopes: ScopesOf) -> APIRouter:
 
         def publish() -> int:
             with core.engine.begin() as conn:
-                return repo.publish_rollback(conn, version)
+                return snapshots.publish_rollback(conn, version)
 
         new = await asyncio.to_thread(publish)
         return {"version": new, "rolled_back_to": version, "reason": "rollback"}

@@ -9,7 +9,7 @@ it gets :meth:`Objective.normalize` as its reward vector and
 :attr:`Objective.weights` as its coefficients.
 
 Quality arrives late, as feedback. The rule (:meth:`Objective.resolve_quality`),
-mirrored by the learner's claim query in ``feedback.repository``:
+mirrored by the learner's claim query in ``feedback.repositories.reward_stream``:
 
 1. a request whose outcome is an error or timeout is ready at once with
    quality ``error_quality`` (default 0): a failed answer is a bad answer;
