@@ -266,3 +266,16 @@ def residency_totals(conn: Connection) -> list[dict[str, Any]]:
         )
     ).all()
     return [dict(r._mapping) for r in rows]
+
+
+def counts_since(conn: Connection, since: datetime) -> dict[str, int]:
+    """Rows written since ``since``: decisions, their outcomes, feedback rows, policy
+    versions, and decisions credited to the learner."""
+    q = {
+        "decisions": "SELECT count(*) FROM decisions WHERE created_at >= :t",
+        "outcomes": "SELECT count(*) FROM outcomes o JOIN decisions d USING (request_id) WHERE d.created_at >= :t",
+        "feedback_rows": "SELECT count(*) FROM feedback WHERE created_at >= :t",
+        "policy_versions": "SELECT count(*) FROM policy_snapshots WHERE created_at >= :t",
+        "events_credited": "SELECT count(*) FROM decisions WHERE created_at >= :t AND credit_seq IS NOT NULL",
+    }
+    return {k: int(conn.execute(text(v), {"t": since}).scalar_one()) for k, v in q.items()}
