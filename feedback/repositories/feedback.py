@@ -14,11 +14,6 @@ from feedback.records import FeedbackInput, FeedbackResult
 from feedback.repositories._sql import copy_insert
 
 
-def decision_exists(conn: Connection, request_id: uuid.UUID) -> bool:
-    q = select(m.decisions.c.request_id).where(m.decisions.c.request_id == request_id)
-    return conn.execute(q).first() is not None
-
-
 def record_feedback(
     conn: Connection, fb: FeedbackInput, *, require_known: bool = True
 ) -> FeedbackResult:
@@ -29,8 +24,10 @@ def record_feedback(
     valid signed feedback token proves the request was served but its
     decision may still sit in a gateway's write buffer.
     """
-    if require_known and not decision_exists(conn, fb.request_id):
-        raise NotFound("request_id", str(fb.request_id))
+    if require_known:
+        known = select(m.decisions.c.request_id).where(m.decisions.c.request_id == fb.request_id)
+        if conn.execute(known).first() is None:
+            raise NotFound("request_id", str(fb.request_id))
     stmt = (
         pg_insert(m.feedback)
         .values(
