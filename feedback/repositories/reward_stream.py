@@ -2,7 +2,9 @@
 
 A ready decision is claimed by giving it the next ``credit_seq``, the credit
 kind and the quality it was credited with, by the rule documented in
-``feedback.objective`` (:meth:`Objective.resolve_quality`). One learner per
+``feedback.objective`` (:meth:`Objective.resolve_quality`); the SQL here is
+that rule's production form, checked against it in
+``tests/feedback/repositories/test_reward_stream.py``. One learner per
 database consumes the stream, under an advisory lock.
 """
 
