@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scratch import scratch_database  # noqa: E402
 
-from feedback import repository as repo  # noqa: E402
 from feedback.objective import Objective  # noqa: E402
 from feedback.records import ArmRecord, DecisionRecord, FeedbackInput, OutcomeRecord  # noqa: E402
+from feedback.repositories import arms as arms_repo  # noqa: E402
+from feedback.repositories import feedback, request_log, reward_stream  # noqa: E402
 
 
 def make_decisions(n: int, dim: int, arms: list[str], t0: datetime, rng: np.random.Generator):
@@ -86,7 +87,7 @@ def main() -> int:
         print(f"server: {where}, PostgreSQL {version}; context dim {args.dim}, batch {args.batch}")
         arms = [f"model-{i}" for i in range(11)]
         with engine.begin() as conn:
-            repo.upsert_arms(conn, [ArmRecord(id=a, model=a, backend="replay") for a in arms])
+            arms_repo.upsert_arms(conn, [ArmRecord(id=a, model=a, backend="replay") for a in arms])
         rng = np.random.default_rng(0)
         t0 = datetime.now(UTC) - timedelta(hours=1)
         ds = make_decisions(args.decisions, args.dim, arms, t0, rng)
@@ -94,28 +95,28 @@ def main() -> int:
         start = time.perf_counter()
         for i in range(0, len(ds), args.batch):
             with engine.begin() as conn:
-                repo.write_decisions(conn, ds[i : i + args.batch])
+                request_log.write_decisions(conn, ds[i : i + args.batch])
         batched = time.perf_counter() - start
 
         singles = make_decisions(args.single, args.dim, arms, t0, rng)
         start = time.perf_counter()
         for d in singles:
             with engine.begin() as conn:
-                repo.insert_decision(conn, d)
+                request_log.insert_decision(conn, d)
         single = time.perf_counter() - start
 
         outs = [outcome_for(d) for d in ds]
         start = time.perf_counter()
         for i in range(0, len(outs), args.batch):
             with engine.begin() as conn:
-                repo.write_outcomes(conn, outs[i : i + args.batch])
+                request_log.write_outcomes(conn, outs[i : i + args.batch])
         outcome_s = time.perf_counter() - start
 
         fb_single = [FeedbackInput.validated(str(d.request_id), 0.7) for d in ds[: args.single]]
         start = time.perf_counter()
         for fb in fb_single:
             with engine.begin() as conn:
-                repo.record_feedback(conn, fb)
+                feedback.record_feedback(conn, fb)
         fb_one = time.perf_counter() - start
         fb_batch_items = [
             FeedbackInput.validated(str(d.request_id), 0.4) for d in ds[args.single :]
@@ -123,7 +124,7 @@ def main() -> int:
         start = time.perf_counter()
         for i in range(0, len(fb_batch_items), 1000):
             with engine.begin() as conn:
-                repo.record_feedback_many(conn, fb_batch_items[i : i + 1000])
+                feedback.record_feedback_many(conn, fb_batch_items[i : i + 1000])
         fb_many = time.perf_counter() - start
 
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -134,7 +135,7 @@ def main() -> int:
         start = time.perf_counter()
         while True:
             with engine.begin() as conn:
-                got = repo.claim_reward_events(conn, objective, now, limit=args.batch)
+                got = reward_stream.claim_reward_events(conn, objective, now, limit=args.batch)
             if not got:
                 break
             claimed += len(got)

@@ -34,8 +34,9 @@ from controlplane.cli.launch import APP_NAME, deploy, init_ray, wait_ready  # no
 from controlplane.gateway_core import GatewayCore  # noqa: E402
 from controlplane.learner_loop import LearnerLoop, arm_records  # noqa: E402
 from controlplane.tokens import FeedbackTokens  # noqa: E402
-from feedback import repository as repo  # noqa: E402
 from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord  # noqa: E402
+from feedback.repositories import arms as arms_repo  # noqa: E402
+from feedback.repositories import feedback, request_log  # noqa: E402
 from learners.replay.dataset import dataset_for  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef"
@@ -93,7 +94,7 @@ def learner_events_per_s(cfg, url: str, n: int) -> float:
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE feedback, outcomes, decisions, policy_snapshots"))
-        repo.upsert_arms(conn, arm_records(cfg))
+        arms_repo.upsert_arms(conn, arm_records(cfg))
     rng = np.random.default_rng(0)
     arms = [a.name for a in cfg.arms]
     t0 = datetime.now(UTC) - timedelta(hours=1)
@@ -105,10 +106,10 @@ def learner_events_per_s(cfg, url: str, n: int) -> float:
         os_.append(OutcomeRecord(rid, t0, "ok", 300.0, energy_j=5.0, cost_usd=0.001))
         fbs.append(FeedbackInput(rid, float(rng.random())))
     with engine.begin() as conn:
-        repo.write_decisions(conn, ds)
-        repo.write_outcomes(conn, os_)
+        request_log.write_decisions(conn, ds)
+        request_log.write_outcomes(conn, os_)
         for i in range(0, n, 5000):
-            repo.record_feedback_many(conn, fbs[i : i + 5000])
+            feedback.record_feedback_many(conn, fbs[i : i + 5000])
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("ANALYZE"))
     loop = LearnerLoop(engine, cfg)
@@ -143,7 +144,7 @@ def main() -> int:
             "pools": cfg.pools.model_copy(update={"max_ongoing_requests": args.concurrency * 2}),
         })  # fmt: skip
         with create_engine(url).begin() as conn:
-            repo.upsert_arms(conn, arm_records(cfg))
+            arms_repo.upsert_arms(conn, arm_records(cfg))
 
         p50, p99, c50, c99 = decision_overhead(cfg, url, args.decisions)
         print(

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 Clock = Callable[[], float]
-
-
-def monotonic_clock() -> float:
-    return time.monotonic()
 
 
 class ManualClock:

@@ -28,8 +28,9 @@ from sqlalchemy import Connection
 
 from controlplane.config import BanditConfig
 from controlplane.learner_loop import fresh_learner
-from feedback import repository as repo
 from feedback.errors import NotFound
+from feedback.repositories import reports, reward_stream, snapshots
+from feedback.repositories import residency as residency_repo
 from learners import Learner, load_learner
 
 EXPLORATION_WINDOW = 200
@@ -47,7 +48,7 @@ class PolicyCache:
         learner = self._learners.get(version)
         if learner is None:
             try:
-                learner = load_learner(repo.get_snapshot(conn, version)["state"])
+                learner = load_learner(snapshots.get_snapshot(conn, version)["state"])
             except NotFound:  # version 0: a gateway's start-up policy
                 learner = fresh_learner(self.config)
             learner.set_weights(self.config.objective.weight_vector)
@@ -63,7 +64,7 @@ def exploration_rate(
 ) -> dict[str, Any]:
     explored = counted = 0
     methods: set[str] = set()
-    for r in repo.recent_decisions(conn, window):
+    for r in reports.recent_decisions(conn, window):
         learner = cache.get(conn, int(r["policy_version"]))
         estimates = getattr(learner, "estimates", None)
         if estimates is None:
@@ -91,7 +92,7 @@ def overview(
     conn: Connection, config: BanditConfig, cache: PolicyCache, now: datetime | None = None
 ) -> dict[str, Any]:
     now = now or datetime.now(UTC)
-    arms = repo.outcome_stats_by_arm(conn, config.objective)
+    arms = reports.outcome_stats_by_arm(conn, config.objective)
     requests = sum(a["decisions"] for a in arms)
     ok = sum(a["ok"] for a in arms)
     rewarded = sum(a["rewarded"] for a in arms)
@@ -103,14 +104,14 @@ def overview(
         else None
     )
     best = _best_arm(arms)
-    progress = repo.learner_progress(conn)
+    progress = reports.learner_progress(conn)
     return _finite(
         {
             "requests": requests,
             "answered": ok,
             "errors": sum(a["errors"] for a in arms),
             "rewarded": rewarded,
-            "feedback": sum(repo.feedback_counts(conn).values()),
+            "feedback": sum(reports.feedback_counts(conn).values()),
             "mean_reward": mean_reward,
             "mean_cost_usd": mean_cost,
             "mean_energy_j": mean_energy,
@@ -123,7 +124,7 @@ def overview(
             "energy_saved_j": _saved(best, mean_energy, "mean_energy_j"),
             "energy_saved_pct": _saved_pct(best, mean_energy, "mean_energy_j"),
             "exploration": exploration_rate(conn, config, cache),
-            "learner_lag": repo.learner_lag(conn, config.objective, now),
+            "learner_lag": reward_stream.learner_lag(conn, config.objective, now),
             "learner": {
                 "version": int(progress["version"]),
                 "watermark": int(progress["watermark"]),
@@ -162,19 +163,19 @@ def learning_curves(conn: Connection, config: BanditConfig, buckets: int = 40) -
     return _finite(
         {
             "objective": config.objective.weights,
-            "buckets": repo.reward_curve(conn, config.objective, buckets),
+            "buckets": reports.reward_curve(conn, config.objective, buckets),
         }
     )
 
 
 def recent_feedback(conn: Connection, limit: int = 50) -> dict[str, Any]:
-    return {"items": [_finite(_plain(r)) for r in repo.recent_feedback(conn, limit)]}
+    return {"items": [_finite(_plain(r)) for r in reports.recent_feedback(conn, limit)]}
 
 
 def residency(conn: Connection, limit: int = 500) -> dict[str, Any]:
     """Per replica, its epochs (oldest first) with hit rate; and totals."""
     by_replica: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in reversed(repo.list_residency_epochs(conn, limit)):
+    for r in reversed(residency_repo.list_residency_epochs(conn, limit)):
         seen = int(r["hits"]) + int(r["misses"])
         by_replica[r["replica"]].append(
             {
@@ -190,7 +191,7 @@ def residency(conn: Connection, limit: int = 500) -> dict[str, Any]:
             }
         )
     totals = []
-    for t in repo.residency_totals(conn):
+    for t in reports.residency_totals(conn):
         seen = int(t["hits"]) + int(t["misses"])
         totals.append(
             {

@@ -24,8 +24,8 @@ from controlplane.config import BanditConfig
 from controlplane.learner_loop import fresh_learner
 from controlplane.residency import paging_penalties
 from controlplane.tokens import FeedbackTokens
-from feedback import repository as repo
 from feedback.records import DecisionRecord, OutcomeRecord
+from feedback.repositories import residency, snapshots
 from feedback.writer import DecisionLogWriter
 from learners import Decision, Learner, load_learner
 
@@ -91,10 +91,10 @@ class GatewayCore:
     def refresh_policy(self) -> bool:
         """Load the latest snapshot if it is newer than ours (blocking DB call)."""
         with self.engine.connect() as conn:
-            latest = repo.latest_version(conn)
+            latest = snapshots.latest_version(conn)
             if latest <= self.policy.version:
                 return False
-            snap = repo.latest_snapshot(conn)
+            snap = snapshots.latest_snapshot(conn)
         assert snap is not None
         learner = load_learner(snap["state"])
         learner.set_weights(self.config.objective.weight_vector)
@@ -106,7 +106,7 @@ class GatewayCore:
         if self.config.cache.policy == "lru" or not self.config.adapter_arms:
             return
         with self.engine.connect() as conn:
-            held = {a for adapters in repo.resident_adapters(conn).values() for a in adapters}
+            held = {a for adapters in residency.resident_adapters(conn).values() for a in adapters}
         self.penalties = paging_penalties(self.config, held)
 
     async def policy_refresher(self) -> None:

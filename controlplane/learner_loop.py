@@ -31,8 +31,8 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from controlplane.config import BanditConfig
-from feedback import repository as repo
 from feedback.records import ArmRecord, RewardRow
+from feedback.repositories import arms, reward_stream, snapshots
 from learners import Learner, RewardEvent, load_learner, make_learner
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class LearnerLoop:
         deadline = self.monotonic() + wait_s
         while True:
             conn = self.engine.connect()
-            if repo.try_learner_lock(conn):
+            if reward_stream.try_learner_lock(conn):
                 conn.commit()
                 self._lock_conn = conn
                 break
@@ -94,10 +94,10 @@ class LearnerLoop:
                 raise LearnerBusy("another learner is consuming this database")
             time.sleep(0.1)
         with self.engine.begin() as conn:
-            repo.upsert_arms(conn, arm_records(self.config))
-            snap = repo.latest_snapshot(conn)
+            arms.upsert_arms(conn, arm_records(self.config))
+            snap = snapshots.latest_snapshot(conn)
             wm = 0 if snap is None else int(snap["watermark"])
-            self.stats["released_on_start"] = repo.release_claims_after(conn, wm)
+            self.stats["released_on_start"] = reward_stream.release_claims_after(conn, wm)
         if snap is None:
             self.learner = fresh_learner(self.config)
             self.snapshot(reason="initial")
@@ -115,7 +115,7 @@ class LearnerLoop:
         if snapshot and self.pending:
             self.snapshot()
         if self._lock_conn is not None:
-            repo.release_learner_lock(self._lock_conn)
+            reward_stream.release_learner_lock(self._lock_conn)
             self._lock_conn.close()
             self._lock_conn = None
 
@@ -147,7 +147,7 @@ class LearnerLoop:
 
     def _claim(self) -> list[RewardRow]:
         with self.engine.begin() as conn:
-            return repo.claim_reward_events(
+            return reward_stream.claim_reward_events(
                 conn, self.objective, self.clock(), self.config.learner_service.batch_size
             )
 
@@ -185,10 +185,10 @@ class LearnerLoop:
     def snapshot(self, reason: str = "update") -> int:
         assert self.learner is not None
         with self.engine.begin() as conn:
-            repo.lock_snapshots(conn)
-            overtaken = repo.newer_rollback(conn, self.version) is not None
+            snapshots.lock_snapshots(conn)
+            overtaken = snapshots.newer_rollback(conn, self.version) is not None
             if not overtaken:
-                self.version = repo.save_snapshot(
+                self.version = snapshots.save_snapshot(
                     conn,
                     learner_kind=self.learner.kind,
                     config={
@@ -215,14 +215,14 @@ class LearnerLoop:
     def adopt_rollback(self) -> bool:
         """Continue from a newer rollback snapshot, if one was published."""
         with self.engine.connect() as conn:
-            if repo.newer_rollback(conn, self.version) is None:
+            if snapshots.newer_rollback(conn, self.version) is None:
                 return False
         self._drop_ahead()  # claimed past any watermark: released below with the rest
         with self.engine.begin() as conn:
-            snap = repo.newer_rollback(conn, self.version)
+            snap = snapshots.newer_rollback(conn, self.version)
             if snap is None:
                 return False
-            released = repo.release_claims_after(conn, int(snap["watermark"]))
+            released = reward_stream.release_claims_after(conn, int(snap["watermark"]))
         learner = load_learner(snap["state"])
         learner.set_weights(self.objective.weight_vector)
         self.learner = learner

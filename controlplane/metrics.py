@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from controlplane.gateway_core import GatewayCore
-from feedback import repository as repo
+from feedback.repositories import reports, reward_stream
 
 COMPONENTS = ("quality", "energy_j", "latency_ms", "cost_usd")
 
@@ -44,12 +44,12 @@ class BanditCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self.core.engine.connect() as conn:
-            decisions = repo.decision_counts(conn)
-            rewards = repo.reward_sums_by_arm(conn)
-            feedback = repo.feedback_counts(conn)
-            progress = repo.learner_progress(conn)
-            lag = repo.learner_lag(conn, self.core.config.objective, datetime.now(UTC))
-            residency = repo.residency_totals(conn)
+            decisions = reports.decision_counts(conn)
+            rewards = reports.reward_sums_by_arm(conn)
+            feedback = reports.feedback_counts(conn)
+            progress = reports.learner_progress(conn)
+            lag = reward_stream.learner_lag(conn, self.core.config.objective, datetime.now(UTC))
+            residency = reports.residency_totals(conn)
         yield from _decisions(decisions)
         yield from _rewards(rewards)
         yield from self._feedback(feedback)

@@ -33,8 +33,8 @@ from cache_manager.plan import EpochRecord
 from controlplane.config import BanditConfig
 from controlplane.residency import paging_model
 from deployments.pool import pool_name
-from feedback import repository as repo
 from feedback.database import make_engine
+from feedback.repositories import request_log, residency, snapshots
 from learners import Learner, load_learner
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,9 @@ class SnapshotScorer:
 
     def refresh(self) -> None:
         with self.engine.connect() as conn:
-            if repo.latest_version(conn) == self.version:
+            if snapshots.latest_version(conn) == self.version:
                 return
-            snap = repo.latest_snapshot(conn)
+            snap = snapshots.latest_snapshot(conn)
         if snap is not None:
             self.learner, self.version = load_learner(snap["state"]), int(snap["version"])
             self.dim = self.learner.dim
@@ -131,7 +131,7 @@ class ResidencyTableSink:
         hits, misses = self.traffic(replica)
         last = self._last.get(replica)
         if last is not None:
-            repo.add_epoch_traffic(
+            residency.add_epoch_traffic(
                 conn, epoch=last[0], replica=replica, hits=hits - last[1], misses=misses - last[2]
             )
         self._last[replica] = (epoch, hits, misses)
@@ -141,7 +141,7 @@ class ResidencyTableSink:
         with self.engine.begin() as conn:
             for out in record.replicas or ():
                 self._settle(conn, out.replica, record.epoch)
-                repo.record_residency_epoch(
+                residency.record_residency_epoch(
                     conn,
                     epoch=record.epoch,
                     replica=out.replica,
@@ -151,12 +151,12 @@ class ResidencyTableSink:
                     status=str(record.status),
                     error=out.error,
                 )
-                repo.close_residency_epoch(
+                residency.close_residency_epoch(
                     conn, epoch=record.epoch, replica=out.replica, ended_at=self._wall(record.ends_at),
                     page_ins=len(out.prefetched), hits=0, misses=0,
                 )  # fmt: skip
             if not record.replicas:  # a missed epoch: nothing was applied anywhere
-                repo.record_residency_epoch(
+                residency.record_residency_epoch(
                     conn, epoch=record.epoch, replica="*", adapters=[],
                     started_at=self._wall(record.started_at),
                     reason=f"{policy}: {record.reason or 'missed'}"[:200], status=str(record.status),
@@ -214,7 +214,7 @@ class CacheControllerService:
 
     def _observe(self) -> None:
         with self.engine.connect() as conn:
-            X, arms, newest = repo.contexts_since(conn, self.since)
+            X, arms, newest = request_log.contexts_since(conn, self.since)
         if newest is None:
             return
         self.since = newest

@@ -4,9 +4,10 @@ Alembic migrations are generated from and checked against :data:`metadata`.
 
 Reward crediting lives on ``decisions``: the learner claims a ready decision by
 setting ``credit_seq`` from the ``reward_credit_seq`` sequence (see
-``feedback.repository.claim_reward_events``). A snapshot stores the highest
-``credit_seq`` it has applied as its watermark, so a restarted learner
-un-claims everything above its last snapshot and every event is applied once.
+``feedback.repositories.reward_stream.claim_reward_events``). A snapshot stores
+the highest ``credit_seq`` it has applied as its watermark, so a restarted
+learner un-claims everything above its last snapshot and every event is applied
+once.
 """
 
 from __future__ import annotations

@@ -8,8 +8,11 @@ that keeps one model per component applies new weights without relearning:
 it gets :meth:`Objective.normalize` as its reward vector and
 :attr:`Objective.weights` as its coefficients.
 
-Quality arrives late, as feedback. The rule (:meth:`Objective.resolve_quality`),
-mirrored by the learner's claim query in ``feedback.repository``:
+Quality arrives late, as feedback. Once a decision's outcome is logged, the
+rule (:meth:`Objective.resolve_quality`) says when and with what quality it is
+credited; the learner's claim query (``feedback.repositories.reward_stream``)
+applies the same rule in SQL, and a test on a real Postgres checks that the two
+agree:
 
 1. a request whose outcome is an error or timeout is ready at once with
    quality ``error_quality`` (default 0): a failed answer is a bad answer;

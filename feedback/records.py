@@ -1,4 +1,4 @@
-"""Plain records that cross the repository boundary (no SQL here)."""
+"""Plain records that cross the repositories' boundary (no SQL here)."""
 
 from __future__ import annotations
 

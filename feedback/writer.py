@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from feedback import repository as repo
 from feedback.errors import WriterFull
 from feedback.records import DecisionRecord, OutcomeRecord
+from feedback.repositories import request_log
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class DecisionLogWriter:
         decisions = [r for r in batch if isinstance(r, DecisionRecord)]
         outcomes = [r for r in batch if isinstance(r, OutcomeRecord)]
         with self._engine.begin() as conn:
-            nd = repo.write_decisions(conn, decisions)
-            no = repo.write_outcomes(conn, outcomes)
+            nd = request_log.write_decisions(conn, decisions)
+            no = request_log.write_outcomes(conn, outcomes)
         self.stats.written_decisions += nd
         self.stats.written_outcomes += no

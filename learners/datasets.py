@@ -28,7 +28,7 @@ import ast
 import csv
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,7 +279,3 @@ def load_dataset(path: str | Path, pattern: str = "*.csv") -> RoutingDataset:
     if p.suffix == ".jsonl":
         return read_jsonl(p)
     return read_routerbench(p, pattern)
-
-
-def iter_tasks(ds: RoutingDataset) -> Iterable[str]:
-    return sorted(set(ds.tasks.tolist()))

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request
 from controlplane.api.auth import ApiKeys, ApiKeysDep, authorise_feedback
 from controlplane.api.deps import CoreDep, read_json
 from controlplane.gateway_core import GatewayCore
-from feedback import repository as repo
 from feedback.errors import InvalidInput
 from feedback.records import FeedbackInput, parse_request_id
+from feedback.repositories import feedback as feedback_repo
 
 THUMBS = {"up": 1.0, "thumbs_up": 1.0, "down": 0.0, "thumbs_down": 0.0}
 
@@ -68,7 +68,7 @@ def _counted(core: GatewayCore, results: list[Any]) -> list[dict[str, Any]]:
 
 def _store_one(core: GatewayCore, fb: FeedbackInput, require_known: bool) -> Any:
     with core.engine.begin() as conn:
-        return repo.record_feedback(conn, fb, require_known=require_known)
+        return feedback_repo.record_feedback(conn, fb, require_known=require_known)
 
 
 @router.post("/v1/feedback")
@@ -94,14 +94,16 @@ async def feedback_batch(request: Request, core: CoreDep, keys: ApiKeysDep) -> A
 
         def store() -> Any:
             with core.engine.begin() as conn:
-                return repo.record_feedback_many(conn, [fb for fb, _ in parsed])
+                return feedback_repo.record_feedback_many(conn, [fb for fb, _ in parsed])
 
         results = await asyncio.to_thread(store)
     else:
 
         def store_tokens() -> Any:
             with core.engine.begin() as conn:
-                return [repo.record_feedback(conn, fb, require_known=False) for fb, _ in parsed]
+                return [
+                    feedback_repo.record_feedback(conn, fb, require_known=False) for fb, _ in parsed
+                ]
 
         results = await asyncio.to_thread(store_tokens)
     return {"results": _counted(core, results)}

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Request
 from controlplane.api.auth import ApiKeysDep, authorise_rollback
 from controlplane.api.deps import CoreDep
 from controlplane.gateway_core import GatewayCore
-from feedback import repository as repo
 from feedback.errors import NotFound
+from feedback.repositories import reports, snapshots
 
 router = APIRouter()
 
@@ -47,10 +47,14 @@ def _policy_view(snap: dict[str, Any], traffic: dict[str, Any]) -> dict[str, Any
 
 def _load_policy(core: GatewayCore, version: int | None) -> dict[str, Any]:
     with core.engine.connect() as conn:
-        snap = repo.latest_snapshot(conn) if version is None else repo.get_snapshot(conn, version)
+        snap = (
+            snapshots.latest_snapshot(conn)
+            if version is None
+            else snapshots.get_snapshot(conn, version)
+        )
         if snap is None:
             raise NotFound("policy version", "current")
-        return _policy_view(snap, repo.traffic_by_arm(conn))
+        return _policy_view(snap, reports.traffic_by_arm(conn))
 
 
 @router.get("/v1/policies/current")
@@ -67,7 +71,7 @@ async def policy_version(version: int, core: CoreDep) -> Any:
 async def policy_list(core: CoreDep) -> Any:
     def load() -> Any:
         with core.engine.connect() as conn:
-            return repo.list_snapshots(conn)
+            return snapshots.list_snapshots(conn)
 
     snaps = await asyncio.to_thread(load)
     return {
@@ -89,7 +93,7 @@ async def rollback(version: int, request: Request, core: CoreDep, keys: ApiKeysD
 
     def publish() -> int:
         with core.engine.begin() as conn:
-            return repo.publish_rollback(conn, version)
+            return snapshots.publish_rollback(conn, version)
 
     new = await asyncio.to_thread(publish)
     return {"version": new, "rolled_back_to": version, "reason": "rollback"}

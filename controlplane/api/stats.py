@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from controlplane.api.deps import CoreDep
-from feedback import repository as repo
+from feedback.repositories import reports
 
 router = APIRouter()
 
@@ -26,7 +26,7 @@ async def healthz(core: CoreDep) -> dict[str, Any]:
 async def stats(request: Request, core: CoreDep) -> Any:
     def load() -> Any:
         with core.engine.connect() as conn:
-            return repo.table_counts(conn)
+            return reports.table_counts(conn)
 
     learner_status = request.app.state.learner_status
     learner = None

@@ -12,7 +12,7 @@ from controlplane.config import ApiKey
 from controlplane.gateway_core import GatewayCore
 from controlplane.learner_loop import LearnerLoop
 from controlplane.tokens import FeedbackTokens
-from feedback import repository as repo
+from feedback.repositories import reports, residency, snapshots
 from tests.controlplane.test_learner_loop import _config, _traffic
 
 ADMIN, FEEDBACK = "admin-key-unit", "fb-key-unit"
@@ -73,8 +73,8 @@ def test_overview_matches_the_database(client, engine):
     _learned(engine, cfg)
     o = http.get("/v1/dashboard/overview").json()
     with engine.connect() as conn:
-        stats = repo.outcome_stats_by_arm(conn, cfg.objective)
-        counts = repo.table_counts(conn)
+        stats = reports.outcome_stats_by_arm(conn, cfg.objective)
+        counts = reports.table_counts(conn)
     assert o["requests"] == counts["decisions"] == 240
     assert o["feedback"] == counts["feedback"]
     assert o["rewarded"] == sum(a["rewarded"] for a in stats) > 0
@@ -101,7 +101,7 @@ def test_rollback_needs_the_admin_scope(client, engine):
     r = http.post(url, headers={"Authorization": f"Bearer {FEEDBACK}"})
     assert r.status_code == 403 and "admin" in r.json()["error"]["message"]
     with engine.connect() as conn:
-        assert repo.latest_version(conn) == before  # nothing published
+        assert snapshots.latest_version(conn) == before  # nothing published
     r = http.post("/v1/policies/999/rollback", headers={"Authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 404 and "error" in r.json()
     r = http.post(url, headers={"Authorization": f"Bearer {ADMIN}"})
@@ -115,16 +115,16 @@ def test_metrics_expose_the_loop(client, engine):
     http, cfg = client
     loop = _learned(engine, cfg)
     with engine.begin() as conn:
-        repo.record_residency_epoch(conn, epoch=1, replica="pool-a#0", adapters=["x"],
+        residency.record_residency_epoch(conn, epoch=1, replica="pool-a#0", adapters=["x"],
                                     started_at=datetime.now(UTC), reason="epoch", status="applied")  # fmt: skip
-        repo.close_residency_epoch(conn, epoch=1, replica="pool-a#0", ended_at=datetime.now(UTC),
+        residency.close_residency_epoch(conn, epoch=1, replica="pool-a#0", ended_at=datetime.now(UTC),
                                    page_ins=3, hits=7, misses=2)  # fmt: skip
     assert http.post("/v1/feedback", json={"request_id": "bad", "quality": 1},
                      headers={"Authorization": f"Bearer {FEEDBACK}"}).status_code == 422  # fmt: skip
     assert http.post("/v1/feedback", json={"quality": 1}).status_code == 422
     text = http.get("/metrics").text
     with engine.connect() as conn:
-        by_arm = repo.decision_counts(conn)
+        by_arm = reports.decision_counts(conn)
     for arm, route, n in by_arm:
         assert f'banditctl_decisions_total{{arm="{arm}",route="{route}"}} {float(n)}' in text
     assert f"banditctl_policy_version {float(loop.version)}" in text

@@ -10,8 +10,9 @@ from sqlalchemy import text
 
 from controlplane.cli.demo import demo_config
 from controlplane.learner_loop import LearnerBusy, LearnerLoop, arm_records
-from feedback import repository as repo
 from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord
+from feedback.repositories import arms as arms_repo
+from feedback.repositories import feedback, request_log, reward_stream, snapshots
 from learners import load_learner
 
 N = 240
@@ -53,21 +54,21 @@ def _traffic(engine, cfg, seed: int) -> None:
             fbs.append(FeedbackInput.validated(rid, float(rng.random())))
     rng.shuffle(fbs)  # feedback arrives in another order than the decisions
     with engine.begin() as conn:
-        repo.upsert_arms(conn, arm_records(cfg))
-        repo.write_decisions(conn, ds)
-        repo.write_outcomes(conn, os_)
-        repo.record_feedback_many(conn, fbs)
+        arms_repo.upsert_arms(conn, arm_records(cfg))
+        request_log.write_decisions(conn, ds)
+        request_log.write_outcomes(conn, os_)
+        feedback.record_feedback_many(conn, fbs)
 
 
 def _reset_learning(engine) -> None:
     with engine.begin() as conn:
-        repo.release_claims_after(conn, 0)
+        reward_stream.release_claims_after(conn, 0)
         conn.execute(text("DELETE FROM policy_snapshots"))
 
 
 def _final(loop: LearnerLoop):
     with loop.engine.connect() as conn:
-        snap = repo.latest_snapshot(conn)
+        snap = snapshots.latest_snapshot(conn)
         credited = conn.execute(
             text(
                 "SELECT count(*), count(DISTINCT credit_seq) FROM decisions WHERE credit_seq IS NOT NULL"

@@ -9,7 +9,7 @@ import numpy as np
 from sqlalchemy import text
 
 from controlplane.learner_loop import LearnerLoop
-from feedback import repository as repo
+from feedback.repositories import snapshots
 from learners import RewardEvent, load_learner
 from tests.controlplane.test_learner_loop import _assert_same_learner, _config, _final, _traffic
 
@@ -55,14 +55,14 @@ def test_rollback_is_adopted_and_every_event_is_applied_once(engine):
     assert loop.pending == 25
     unapplied = loop.pending + loop.claimed_ahead()  # and the next batch, claimed ahead
     with engine.connect() as conn:
-        v2 = repo.get_snapshot(conn, 2)
-        v3 = repo.get_snapshot(conn, 3)
+        v2 = snapshots.get_snapshot(conn, 2)
+        v3 = snapshots.get_snapshot(conn, 3)
 
     with engine.begin() as conn:
-        new = repo.publish_rollback(conn, 2)
+        new = snapshots.publish_rollback(conn, 2)
     assert new == 4
     with engine.connect() as conn:
-        rb = repo.get_snapshot(conn, 4)
+        rb = snapshots.get_snapshot(conn, 4)
     assert rb["reason"] == "rollback" and rb["parent_version"] == 2
     assert rb["state"] == v2["state"]
     assert (rb["watermark"], rb["events_applied"]) == (v3["watermark"], v3["events_applied"])
@@ -92,11 +92,11 @@ def test_a_snapshot_never_overwrites_a_newer_rollback(engine):
     loop.step()
     assert loop.version == 1 and loop.pending == 25
     with engine.begin() as conn:
-        rb = repo.publish_rollback(conn, 1)
+        rb = snapshots.publish_rollback(conn, 1)
     assert loop.snapshot() == rb  # adopted, nothing written over it
     with engine.connect() as conn:
-        assert repo.latest_version(conn) == rb
-        assert repo.latest_snapshot(conn)["reason"] == "rollback"  # type: ignore[index]
+        assert snapshots.latest_version(conn) == rb
+        assert snapshots.latest_snapshot(conn)["reason"] == "rollback"  # type: ignore[index]
     assert loop.watermark == 0 and loop.events_applied == 0 and loop.pending == 0
     loop.stop()
 
@@ -107,4 +107,4 @@ def test_rollback_to_an_unknown_version_is_not_found(engine):
     from feedback.errors import NotFound
 
     with pytest.raises(NotFound), engine.begin() as conn:
-        repo.publish_rollback(conn, 7)
+        snapshots.publish_rollback(conn, 7)

@@ -1,4 +1,4 @@
-"""Small builders for records used across data-layer tests."""
+"""Small builders for records, and helpers that write them, used across data-layer tests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from sqlalchemy import Connection, Engine, Table, func, select
 
 from feedback.records import ArmRecord, DecisionRecord, OutcomeRecord
+from feedback.repositories import request_log
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ARMS = [
@@ -50,3 +52,16 @@ def outcome(d: DecisionRecord, status: str = "ok", after_s: float = 0.5) -> Outc
         cost_usd=0.002,
         error=None if status == "ok" else "upstream 500",
     )
+
+
+def write_served(engine: Engine, at: datetime | None = None) -> DecisionRecord:
+    """Commit one decision (at ``at``, default now) and its ok outcome; return the decision."""
+    d = decision(at=at or datetime.now(UTC))
+    with engine.begin() as conn:
+        request_log.write_decisions(conn, [d])
+        request_log.write_outcomes(conn, [outcome(d)])
+    return d
+
+
+def count_rows(conn: Connection, table: Table) -> int:
+    return conn.execute(select(func.count()).select_from(table)).scalar_one()

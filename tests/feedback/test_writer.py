@@ -7,8 +7,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from feedback import models as m
-from feedback import repository as repo
 from feedback.errors import WriterFull
+from feedback.repositories import arms as arms_repo
+from feedback.repositories import request_log
 from feedback.writer import DecisionLogWriter
 from tests.feedback.factories import ARMS, decision, outcome
 
@@ -16,7 +17,7 @@ from tests.feedback.factories import ARMS, decision, outcome
 @pytest.fixture
 def arms(engine):
     with engine.begin() as conn:
-        repo.upsert_arms(conn, ARMS)
+        arms_repo.upsert_arms(conn, ARMS)
     return engine
 
 
@@ -42,7 +43,7 @@ def test_background_writer_lands_everything_accepted(arms):
 
 def test_transient_failure_midway_is_retried_without_half_batches(arms, monkeypatch):
     calls = {"n": 0}
-    real = repo.write_outcomes
+    real = request_log.write_outcomes
 
     def flaky(conn, records):
         calls["n"] += 1
@@ -50,7 +51,7 @@ def test_transient_failure_midway_is_retried_without_half_batches(arms, monkeypa
             raise OperationalError("INSERT", {}, Exception("server closed the connection"))
         return real(conn, records)
 
-    monkeypatch.setattr(repo, "write_outcomes", flaky)
+    monkeypatch.setattr(request_log, "write_outcomes", flaky)
     sleeps: list[float] = []
     w = DecisionLogWriter(arms, max_batch=100, sleep=sleeps.append)
     ds = [decision(seed=i) for i in range(30)]

@@ -42,19 +42,14 @@ def _progress_bar(**kwargs: Any) -> Any:
 
 
 def _counts_since(url: str, since: datetime) -> dict[str, int]:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine
+
+    from feedback.repositories import reports
 
     eng = create_engine(url)
     try:
         with eng.connect() as conn:
-            q = {
-                "decisions": "SELECT count(*) FROM decisions WHERE created_at >= :t",
-                "outcomes": "SELECT count(*) FROM outcomes o JOIN decisions d USING (request_id) WHERE d.created_at >= :t",
-                "feedback_rows": "SELECT count(*) FROM feedback WHERE created_at >= :t",
-                "policy_versions": "SELECT count(*) FROM policy_snapshots WHERE created_at >= :t",
-                "events_credited": "SELECT count(*) FROM decisions WHERE created_at >= :t AND credit_seq IS NOT NULL",
-            }
-            return {k: int(conn.execute(text(v), {"t": since}).scalar_one()) for k, v in q.items()}
+            return reports.counts_since(conn, since)
     finally:
         eng.dispose()
 

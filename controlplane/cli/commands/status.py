@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _status(args: argparse.Namespace) -> int:
     from controlplane.settings import get_settings
     from feedback import migrate
-    from feedback import repository as repo
     from feedback.database import make_engine
+    from feedback.repositories import reports, snapshots
 
     s = get_settings()
     with s.database() as db:
@@ -26,8 +26,8 @@ def _status(args: argparse.Namespace) -> int:
         engine = make_engine(db.url, pool_size=1)
         try:
             with engine.connect() as conn:
-                counts = repo.table_counts(conn)
-                version = repo.latest_version(conn)
+                counts = reports.table_counts(conn)
+                version = snapshots.latest_version(conn)
         finally:
             engine.dispose()
         where = f"embedded under {s.data_dir / 'postgres'}" if db.embedded else "DATABASE_URL"

@@ -1,0 +1,71 @@
+"""COPY helpers shared by the bulk write paths (request log, feedback batches)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+
+def copy_into(
+    conn: Connection, target: str, cols: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    statement = f"COPY {target} ({', '.join(cols)}) FROM STDIN"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:  # surface driver errors as SQLAlchemy's, like every other call
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+    finally:
+        cursor.close()
+
+
+def copy_insert(
+    conn: Connection,
+    table: str,
+    cols: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    returning: str | None = None,
+) -> list[Any]:
+    """COPY rows into a temp twin of ``table``, then insert them, skipping known keys.
+
+    Returns the ``returning`` expression of each inserted row (empty if None).
+    """
+    if not rows:
+        return []
+    tmp = f"_in_{table}"
+    collist = ", ".join(cols)
+    conn.execute(
+        text(
+            f"CREATE TEMP TABLE IF NOT EXISTS {tmp} ON COMMIT DELETE ROWS AS "
+            f"SELECT {collist} FROM {table} WITH NO DATA"
+        )
+    )
+    conn.execute(text(f"TRUNCATE {tmp}"))
+    copy_into(conn, tmp, cols, rows)
+    sql = f"INSERT INTO {table} ({collist}) SELECT {collist} FROM {tmp} ON CONFLICT DO NOTHING"
+    if returning:
+        return list(conn.execute(text(f"{sql} RETURNING {returning}")))
+    return [None] * int(conn.execute(text(sql)).rowcount)
+
+
+def bulk_insert(
+    conn: Connection, table: str, cols: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> int:
+    """COPY straight into ``table``; if a key already exists (a batch retried after
+    its commit was acknowledged late), redo it through the conflict-skipping path."""
+    if not rows:
+        return 0
+    try:
+        with conn.begin_nested():
+            copy_into(conn, table, cols, rows)
+        return len(rows)
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "23505":  # not a unique violation: bad data
+            raise
+    return len(copy_insert(conn, table, cols, rows))

@@ -1,0 +1,281 @@
+"""Read-only queries behind the dashboard, the metrics, ``status`` and ``demo``.
+
+Nothing here writes; each function is one report over the tables the other
+repositories fill.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select, text
+
+from feedback import models as m
+from feedback.objective import Objective
+
+
+def table_counts(conn: Connection) -> dict[str, int]:
+    names = ["arms", "decisions", "outcomes", "feedback", "policy_snapshots", "residency_epochs"]
+    sql = " UNION ALL ".join(f"SELECT '{n}', count(*) FROM {n}" for n in names)
+    return {r[0]: int(r[1]) for r in conn.execute(text(sql))}
+
+
+def traffic_by_arm(conn: Connection) -> dict[str, dict[str, float | None]]:
+    """Per arm: decisions, share of traffic, and mean outcome components so far."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT d.arm_id, count(*) AS n,
+                   avg(o.latency_ms) AS latency_ms, avg(o.energy_j) AS energy_j,
+                   avg(o.cost_usd) AS cost_usd, avg(d.credit_quality) AS quality
+            FROM decisions d LEFT JOIN outcomes o ON o.request_id = d.request_id
+            GROUP BY d.arm_id
+            """
+        )
+    ).all()
+    total = sum(int(r.n) for r in rows) or 1
+    return {
+        r.arm_id: {
+            "decisions": float(r.n),
+            "share": int(r.n) / total,
+            "mean_latency_ms": _f(r.latency_ms),
+            "mean_energy_j": _f(r.energy_j),
+            "mean_cost_usd": _f(r.cost_usd),
+            "mean_quality": _f(r.quality),
+        }
+        for r in rows
+    }
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def recent_feedback(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
+    q = (
+        select(m.feedback, m.decisions.c.arm_id)
+        .join(m.decisions, m.decisions.c.request_id == m.feedback.c.request_id, isouter=True)
+        .order_by(m.feedback.c.id.desc())
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def _reward_sql(objective: Objective) -> tuple[str, dict[str, float]]:
+    """The objective's scalar reward of a credited decision as SQL over ``d`` and ``o``.
+
+    Mirrors :meth:`Objective.scalarize`: weights times components, each
+    component min-max normalised and clipped when the objective bounds it.
+    """
+    cols = {
+        "quality": "d.credit_quality",
+        "energy_j": "o.energy_j",
+        "latency_ms": "o.latency_ms",
+        "cost_usd": "o.cost_usd",
+    }
+    terms, params = [], {}
+    for i, (name, col) in enumerate(cols.items()):
+        w = float(objective.weights.get(name, 0.0))
+        if w == 0.0:
+            continue
+        params[f"w{i}"] = w
+        expr = col
+        if name in objective.bounds:
+            lo, hi = objective.bounds[name]
+            params[f"lo{i}"], params[f"span{i}"] = float(lo), float(hi - lo)
+            expr = f"LEAST(GREATEST(({col} - :lo{i}) / :span{i}, 0.0), 1.0)"
+        terms.append(f"CAST(:w{i} AS double precision) * {expr}")
+    return (" + ".join(terms) or "0.0"), params
+
+
+def outcome_stats_by_arm(conn: Connection, objective: Objective) -> list[dict[str, Any]]:
+    """Per arm: decisions, answers ok, errors, credited events with and without a quality,
+    and means of reward (credited with a quality), quality, cost, energy, latency (ok answers)."""
+    reward, params = _reward_sql(objective)
+    rows = conn.execute(
+        text(
+            f"""
+            SELECT d.arm_id AS arm, count(*) AS decisions,
+                   count(*) FILTER (WHERE o.status = 'ok') AS ok,
+                   count(*) FILTER (WHERE o.status <> 'ok') AS errors,
+                   count(*) FILTER (WHERE d.credit_quality IS NOT NULL) AS rewarded,
+                   avg({reward}) FILTER (WHERE d.credit_quality IS NOT NULL) AS reward,
+                   avg(d.credit_quality) AS quality,
+                   avg(o.cost_usd) FILTER (WHERE o.status = 'ok') AS cost_usd,
+                   avg(o.energy_j) FILTER (WHERE o.status = 'ok') AS energy_j,
+                   avg(o.latency_ms) FILTER (WHERE o.status = 'ok') AS latency_ms,
+                   sum(o.cost_usd) FILTER (WHERE o.status = 'ok') AS total_cost_usd,
+                   sum(o.energy_j) FILTER (WHERE o.status = 'ok') AS total_energy_j
+            FROM decisions d LEFT JOIN outcomes o ON o.request_id = d.request_id
+            GROUP BY d.arm_id ORDER BY d.arm_id
+            """
+        ),
+        params,
+    ).all()
+    return [
+        {
+            "arm": r.arm,
+            "decisions": int(r.decisions),
+            "ok": int(r.ok),
+            "errors": int(r.errors),
+            "rewarded": int(r.rewarded),
+            "mean_reward": _f(r.reward),
+            "mean_quality": _f(r.quality),
+            "mean_cost_usd": _f(r.cost_usd),
+            "mean_energy_j": _f(r.energy_j),
+            "mean_latency_ms": _f(r.latency_ms),
+            "total_cost_usd": _f(r.total_cost_usd) or 0.0,
+            "total_energy_j": _f(r.total_energy_j) or 0.0,
+        }
+        for r in rows
+    ]
+
+
+def reward_curve(conn: Connection, objective: Objective, buckets: int = 40) -> list[dict[str, Any]]:
+    """Decisions cut into ``buckets`` equal time slices from the first to the last:
+    per slice, counts and the means of the reward and of each component."""
+    span = conn.execute(text("SELECT min(created_at), max(created_at) FROM decisions")).one()
+    if span[0] is None:
+        return []
+    t0: datetime = span[0]
+    width = max((span[1] - t0).total_seconds() / max(buckets, 1), 1e-3)
+    reward, params = _reward_sql(objective)
+    rows = conn.execute(
+        text(
+            f"""
+            SELECT LEAST(floor(extract(epoch FROM d.created_at - CAST(:t0 AS timestamptz))
+                               / :width), :last) AS k,
+                   count(*) AS n,
+                   count(*) FILTER (WHERE d.credit_quality IS NOT NULL) AS rewarded,
+                   avg({reward}) FILTER (WHERE d.credit_quality IS NOT NULL) AS reward,
+                   avg(d.credit_quality) AS quality,
+                   avg(o.energy_j) FILTER (WHERE o.status = 'ok') AS energy_j,
+                   avg(o.latency_ms) FILTER (WHERE o.status = 'ok') AS latency_ms,
+                   avg(o.cost_usd) FILTER (WHERE o.status = 'ok') AS cost_usd
+            FROM decisions d LEFT JOIN outcomes o ON o.request_id = d.request_id
+            GROUP BY 1 ORDER BY 1
+            """
+        ),
+        {**params, "t0": t0, "width": width, "last": buckets - 1},
+    ).all()
+    return [
+        {
+            "start": (t0.timestamp() + int(r.k) * width),
+            "n": int(r.n),
+            "rewarded": int(r.rewarded),
+            "reward": _f(r.reward),
+            "quality": _f(r.quality),
+            "energy_j": _f(r.energy_j),
+            "latency_ms": _f(r.latency_ms),
+            "cost_usd": _f(r.cost_usd),
+        }
+        for r in rows
+    ]
+
+
+def recent_decisions(conn: Connection, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest decisions: route, arm, propensity, policy version and context bytes."""
+    q = (
+        select(
+            m.decisions.c.request_id,
+            m.decisions.c.route,
+            m.decisions.c.arm_id,
+            m.decisions.c.propensity,
+            m.decisions.c.policy_version,
+            m.decisions.c.context,
+        )
+        .order_by(m.decisions.c.created_at.desc())
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def decision_counts(conn: Connection) -> list[tuple[str, str, int]]:
+    """(arm, route, decisions) over all decisions."""
+    rows = conn.execute(
+        text("SELECT arm_id, route, count(*) FROM decisions GROUP BY arm_id, route ORDER BY 1, 2")
+    ).all()
+    return [(r[0], r[1], int(r[2])) for r in rows]
+
+
+def reward_sums_by_arm(conn: Connection) -> list[dict[str, Any]]:
+    """Per arm and credit kind: events credited and the sums of each reward component."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT d.arm_id AS arm, d.credit_kind AS kind, count(*) AS n,
+                   coalesce(sum(d.credit_quality), 0) AS quality,
+                   coalesce(sum(o.energy_j), 0) AS energy_j,
+                   coalesce(sum(o.latency_ms), 0) AS latency_ms,
+                   coalesce(sum(o.cost_usd), 0) AS cost_usd
+            FROM decisions d JOIN outcomes o ON o.request_id = d.request_id
+            WHERE d.credit_seq IS NOT NULL
+            GROUP BY d.arm_id, d.credit_kind ORDER BY 1, 2
+            """
+        )
+    ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def feedback_counts(conn: Connection) -> dict[str, int]:
+    """Feedback rows stored, per source."""
+    rows = conn.execute(text("SELECT source, count(*) FROM feedback GROUP BY source")).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def learner_progress(conn: Connection, window_s: float = 60.0) -> dict[str, float]:
+    """The latest snapshot's version, watermark and events applied, and the events
+    applied per second between it and the oldest snapshot within ``window_s`` before it."""
+    row = conn.execute(
+        text(
+            """
+            WITH last AS (SELECT version, watermark, events_applied, created_at
+                          FROM policy_snapshots ORDER BY version DESC LIMIT 1),
+                 first AS (SELECT p.events_applied, p.created_at FROM policy_snapshots p, last
+                           WHERE p.created_at >= last.created_at - make_interval(secs => :w)
+                           ORDER BY p.version LIMIT 1)
+            SELECT last.version, last.watermark, last.events_applied,
+                   last.events_applied - first.events_applied,
+                   extract(epoch FROM last.created_at - first.created_at)
+            FROM last, first
+            """
+        ),
+        {"w": window_s},
+    ).first()
+    if row is None:
+        return {"version": 0.0, "watermark": 0.0, "events_applied": 0.0, "events_per_s": 0.0}
+    dt = float(row[4] or 0.0)
+    return {
+        "version": float(row[0]),
+        "watermark": float(row[1]),
+        "events_applied": float(row[2]),
+        "events_per_s": float(row[3]) / dt if dt > 0 else 0.0,
+    }
+
+
+def residency_totals(conn: Connection) -> list[dict[str, Any]]:
+    """Per replica: epochs recorded and the sums of page-ins, hits and misses."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT replica, count(*) AS epochs, coalesce(sum(page_ins), 0) AS page_ins,
+                   coalesce(sum(hits), 0) AS hits, coalesce(sum(misses), 0) AS misses
+            FROM residency_epochs GROUP BY replica ORDER BY replica
+            """
+        )
+    ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def counts_since(conn: Connection, since: datetime) -> dict[str, int]:
+    """Rows written since ``since``: decisions, their outcomes, feedback rows, policy
+    versions, and decisions credited to the learner."""
+    q = {
+        "decisions": "SELECT count(*) FROM decisions WHERE created_at >= :t",
+        "outcomes": "SELECT count(*) FROM outcomes o JOIN decisions d USING (request_id) WHERE d.created_at >= :t",
+        "feedback_rows": "SELECT count(*) FROM feedback WHERE created_at >= :t",
+        "policy_versions": "SELECT count(*) FROM policy_snapshots WHERE created_at >= :t",
+        "events_credited": "SELECT count(*) FROM decisions WHERE created_at >= :t AND credit_seq IS NOT NULL",
+    }
+    return {k: int(conn.execute(text(v), {"t": since}).scalar_one()) for k, v in q.items()}

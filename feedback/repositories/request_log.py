@@ -1,0 +1,112 @@
+"""The request log: one decision and one outcome per served request.
+
+Written in batches by the gateway's writer (COPY, idempotent on retry); the
+cache manager reads recent decisions' contexts back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from feedback import models as m
+from feedback.records import DecisionRecord, OutcomeRecord
+from feedback.repositories._sql import bulk_insert
+
+_DECISION_COLS = (
+    "request_id",
+    "created_at",
+    "route",
+    "arm_id",
+    "context",
+    "context_dim",
+    "propensity",
+    "policy_version",
+    "learner",
+    "tenant",
+    "task",
+)
+_OUTCOME_COLS = (
+    "request_id",
+    "created_at",
+    "status",
+    "error",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "energy_j",
+    "cost_usd",
+)
+
+
+def _decision_row(d: DecisionRecord) -> tuple[Any, ...]:
+    ctx = np.ascontiguousarray(d.context, dtype="<f4")
+    return (
+        d.request_id,
+        d.created_at,
+        d.route,
+        d.arm_id,
+        ctx.tobytes(),
+        ctx.shape[0],
+        float(d.propensity),
+        int(d.policy_version),
+        d.learner,
+        d.tenant,
+        d.task,
+    )
+
+
+def _outcome_row(o: OutcomeRecord) -> tuple[Any, ...]:
+    return (
+        o.request_id,
+        o.created_at,
+        o.status,
+        o.error,
+        float(o.latency_ms),
+        None if o.ttft_ms is None else float(o.ttft_ms),
+        int(o.prompt_tokens),
+        int(o.completion_tokens),
+        float(o.energy_j),
+        float(o.cost_usd),
+    )
+
+
+def write_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> int:
+    """Bulk insert; returns rows inserted (a retried batch inserts 0)."""
+    return bulk_insert(conn, "decisions", _DECISION_COLS, [_decision_row(d) for d in records])
+
+
+def write_outcomes(conn: Connection, records: Sequence[OutcomeRecord]) -> int:
+    return bulk_insert(conn, "outcomes", _OUTCOME_COLS, [_outcome_row(o) for o in records])
+
+
+def insert_decision(conn: Connection, d: DecisionRecord) -> None:
+    """Single-row insert (the slow path, for comparison and one-off tools)."""
+    conn.execute(
+        pg_insert(m.decisions)
+        .values(dict(zip(_DECISION_COLS, _decision_row(d), strict=True)))
+        .on_conflict_do_nothing()
+    )
+
+
+def contexts_since(
+    conn: Connection, since: datetime, limit: int = 10_000
+) -> tuple[np.ndarray, list[str], datetime | None]:
+    """Contexts and arms of decisions made after ``since`` (oldest first), and the newest time."""
+    rows = conn.execute(
+        text(
+            "SELECT context, arm_id, created_at FROM decisions WHERE created_at > :t "
+            "ORDER BY created_at LIMIT :n"
+        ),
+        {"t": since, "n": limit},
+    ).all()
+    if not rows:
+        return np.zeros((0, 0)), [], None
+    X = np.stack([np.frombuffer(r[0], dtype="<f4") for r in rows]).astype(np.float64)
+    return X, [r[1] for r in rows], rows[-1][2]

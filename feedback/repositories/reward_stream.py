@@ -1,0 +1,139 @@
+"""The learner's reward stream: decisions become reward events once their quality is known.
+
+A ready decision is claimed by giving it the next ``credit_seq``, the credit
+kind and the quality it was credited with, by the rule documented in
+``feedback.objective`` (:meth:`Objective.resolve_quality`); the SQL here is
+that rule's production form, checked against it in
+``tests/feedback/repositories/test_reward_stream.py``. One learner per
+database consumes the stream, under an advisory lock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import Connection, text
+
+from feedback.objective import Objective
+from feedback.records import RewardRow
+
+LEARNER_LOCK_KEY = 0x62616E6469  # "bandi": one learner per database
+
+_READY_SQL = """
+    FROM decisions d
+    JOIN outcomes o ON o.request_id = d.request_id
+    LEFT JOIN LATERAL (
+        -- the first feedback row (by id) that arrived before the deadline; an
+        -- aggregate, so the plan is a lookup on (request_id, source), never a
+        -- walk of the feedback table in id order
+        SELECT (array_agg(f.quality ORDER BY f.id))[1] AS quality FROM feedback f
+        WHERE f.request_id = d.request_id
+          AND f.created_at < d.created_at + make_interval(secs => :window)
+    ) fb ON true
+    WHERE d.credit_seq IS NULL
+      AND (o.status <> 'ok' OR fb.quality IS NOT NULL
+           OR d.created_at <= CAST(:now AS timestamptz) - make_interval(secs => :window))
+"""
+
+
+def claim_reward_events(
+    conn: Connection, objective: Objective, now: datetime, limit: int = 5000
+) -> list[RewardRow]:
+    """Claim up to ``limit`` ready reward events, in decision order.
+
+    Each claimed decision gets the next ``credit_seq`` (the learner's
+    watermark), the credit kind and the quality it was credited with, by the
+    rule documented in ``feedback.objective``. Call with the learner lock held.
+    """
+    sql = f"""
+    WITH ready AS (
+        SELECT d.request_id, d.created_at,
+               CASE WHEN o.status <> 'ok' THEN 'error'
+                    WHEN fb.quality IS NOT NULL THEN 'feedback'
+                    WHEN :missing = 'prior' THEN 'prior' ELSE 'skip' END AS kind,
+               CASE WHEN o.status <> 'ok' THEN CAST(:error_q AS double precision)
+                    WHEN fb.quality IS NOT NULL THEN fb.quality
+                    WHEN :missing = 'prior' THEN CAST(:prior_q AS double precision)
+                    ELSE NULL END AS quality,
+               o.latency_ms, o.energy_j, o.cost_usd
+        {_READY_SQL}
+        ORDER BY d.created_at, d.request_id
+        LIMIT :limit
+    ), numbered AS (
+        SELECT r.*, nextval('reward_credit_seq') AS seq
+        FROM (SELECT * FROM ready ORDER BY created_at, request_id) r
+    )
+    UPDATE decisions d
+       SET credit_seq = n.seq, credit_kind = n.kind, credit_quality = n.quality
+      FROM numbered n
+     WHERE d.request_id = n.request_id
+    RETURNING n.seq, d.request_id, d.created_at, d.arm_id, d.context, d.propensity,
+              d.policy_version, n.kind, n.quality, n.latency_ms, n.energy_j, n.cost_usd
+    """
+    rows = conn.execute(
+        text(sql),
+        {
+            "window": objective.feedback_window_s,
+            "now": now,
+            "missing": objective.missing_quality,
+            "prior_q": objective.prior_quality,
+            "error_q": objective.error_quality,
+            "limit": limit,
+        },
+    ).all()
+    out = [
+        RewardRow(
+            credit_seq=int(r[0]),
+            request_id=r[1],
+            created_at=r[2],
+            arm_id=r[3],
+            context=np.frombuffer(r[4], dtype="<f4"),  # float32 as stored, read-only view
+            propensity=float(r[5]),
+            policy_version=int(r[6]),
+            credit_kind=r[7],
+            quality=None if r[8] is None else float(r[8]),
+            latency_ms=float(r[9]),
+            energy_j=float(r[10]),
+            cost_usd=float(r[11]),
+        )
+        for r in rows
+    ]
+    out.sort(key=lambda e: e.credit_seq)
+    return out
+
+
+def release_claims_after(conn: Connection, watermark: int) -> int:
+    """Un-claim events credited after ``watermark`` (a restart's first step)."""
+    result = conn.execute(
+        text(
+            "UPDATE decisions SET credit_seq = NULL, credit_kind = NULL, credit_quality = NULL "
+            "WHERE credit_seq > :wm"
+        ),
+        {"wm": watermark},
+    )
+    return int(result.rowcount)
+
+
+def learner_lag(conn: Connection, objective: Objective, now: datetime) -> dict[str, float]:
+    """Events ready but not yet credited, and the age in seconds of the oldest."""
+    row = conn.execute(
+        text(f"SELECT count(*), min(d.created_at) {_READY_SQL}"),
+        {"window": objective.feedback_window_s, "now": now},
+    ).one()
+    oldest = row[1]
+    return {
+        "events_behind": float(row[0]),
+        "seconds_behind": 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds()),
+    }
+
+
+def try_learner_lock(conn: Connection) -> bool:
+    """Session-level advisory lock: at most one learner consumes the stream."""
+    return bool(
+        conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEARNER_LOCK_KEY}).scalar()
+    )
+
+
+def release_learner_lock(conn: Connection) -> None:
+    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LEARNER_LOCK_KEY})
