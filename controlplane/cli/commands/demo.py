@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
 import time
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
+
+from controlplane.cli.progress import progress_bar
 
 
 def register(sub: Any) -> None:
@@ -29,16 +29,6 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--config", help="a banditctl YAML config instead of the bundled scenario")
     p.set_defaults(func=run)
-
-
-def _progress_bar(**kwargs: Any) -> Any:
-    """A tqdm progress bar; without tqdm (the demo extra brings it), one that shows nothing."""
-    try:
-        from tqdm import tqdm
-    except ModuleNotFoundError:
-        quiet = SimpleNamespace(update=lambda n=1: None, set_postfix=lambda **kw: None)
-        return contextlib.nullcontext(quiet)
-    return tqdm(**kwargs)
 
 
 def _counts_since(url: str, since: datetime) -> dict[str, int]:
@@ -87,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"policies  : {run_.api_url}/policies/current")
         n = args.requests if args.requests is not None else 1000
         arm_models = {a.name: a.model for a in config.arms}
-        with _progress_bar(total=n, desc="requests", unit="req") as bar:
+        with progress_bar(total=n, desc="requests", unit="req") as bar:
             traffic = run_traffic(
                 run_.api_url, ds, arm_models, n, seed=args.seed,
                 concurrency=args.concurrency, feedback_rate=args.feedback_rate, progress=bar,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from types import SimpleNamespace
 from typing import Any
+
+from controlplane.cli.progress import progress_bar
 
 DEFAULT_DATASET = "../shared/data/routerbench_zs"
 
@@ -49,15 +49,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _progress_bar(**kwargs: Any) -> Any:
-    """A tqdm progress bar; without tqdm (the sim extra brings it), one that shows nothing."""
-    try:
-        from tqdm import tqdm
-    except ModuleNotFoundError:
-        return contextlib.nullcontext(SimpleNamespace(update=lambda n=1: None))
-    return tqdm(**kwargs)
-
-
 def run(args: argparse.Namespace) -> int:
     from learners.datasets import load_dataset
     from learners.featurize import Featurizer
@@ -95,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     for note in ds.notes:
         print(f"note: {note}")
     total = len(ds) * len(specs) * args.seeds
-    with _progress_bar(total=total, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
+    with progress_bar(total=total, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
         result = run_replay(
             ds, specs, weights, range(args.seeds), featurizer, jobs=args.jobs, progress=bar.update
         )
