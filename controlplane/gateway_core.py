@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
+from cache_manager.router import ArmPrices, ArmTerms
 from controlplane.config import BanditConfig
 from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
-from controlplane.residency import paging_penalties
 from controlplane.tokens import FeedbackTokens
 from feedback import repository as repo
 from feedback.records import DecisionRecord, OutcomeRecord
@@ -70,9 +70,16 @@ class GatewayCore:
         self.rng = rng or np.random.default_rng(config.gateway.seed)
         # the current snapshot's learner, swapped atomically when a new version lands
         self.policy = Policy(snapshot_learner(config, None), 0)
-        # arm -> reward lost to paging its adapter in (resident nowhere); all of them
-        # until the first residency plan says otherwise
-        self.penalties: dict[str, float] = paging_penalties(config, ())
+        # the cache policy's router rule for adapter arms (cache_manager.router): what a
+        # page-in costs and how much of the width counts for an adapter resident nowhere,
+        # which is all of them until the first residency plan says otherwise
+        adapters = config.adapter_arms
+        self.prices = ArmPrices(
+            config.cache.policy.build().rule,
+            adapters,
+            config.cache.paging_model(set(adapters.values())),
+        )
+        self.paging: ArmTerms = self.prices.terms(())
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
 
     # -- policy ---------------------------------------------------------
@@ -87,11 +94,11 @@ class GatewayCore:
 
     def refresh_residency(self) -> None:
         """Price paging for adapter arms resident nowhere (planned cache policies)."""
-        if self.config.cache.policy == "lru" or not self.config.adapter_arms:
+        if not self.prices.active:
             return
         with self.engine.connect() as conn:
             held = {a for adapters in repo.resident_adapters(conn).values() for a in adapters}
-        self.penalties = paging_penalties(self.config, held)
+        self.paging = self.prices.terms(held)
 
     async def policy_refresher(self) -> None:
         while True:
@@ -107,7 +114,14 @@ class GatewayCore:
     def _select(
         self, policy: Policy, x: np.ndarray, arms: list[str], rng: np.random.Generator
     ) -> Decision:
-        return policy.learner.select(x, arms, rng, penalties=self.penalties or None)
+        paging = self.paging
+        return policy.learner.select(
+            x,
+            arms,
+            rng,
+            penalties=paging.penalties or None,
+            width_scale=paging.width_scale or None,
+        )
 
     def route_arms(self, model: Any) -> tuple[str, ...]:
         if not isinstance(model, str) or not model:
