@@ -1,22 +1,30 @@
-"""Validated, immutable configuration of the cache policies.
+"""Validated, immutable configuration of the cache policies and the controller around them.
 
 One pydantic model per policy, joined in :data:`CachePolicyConfig`, a discriminated
 union on ``kind``; :data:`POLICY_REGISTRY` maps each kind to its model. ``build``
-returns the policy and its epoch schedule (``None``: purely reactive).
+returns the policy, its epoch schedule (``None``: purely reactive) and the router's
+paging rule. :class:`CacheConfig` adds what a controller needs besides the policy
+(slots, demand clusters, paging price, tick): the running system's ``cache:`` section
+and, built from a scenario, the simulator's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from cache_manager.demand import DemandTracker
 from cache_manager.epochs import DoublingEpochs, EpochSchedule, FixedEpochs
+from cache_manager.paging import PagingCostModel
 from cache_manager.policies.base import ResidencyPolicy
 from cache_manager.policies.baselines import LfuPolicy, LruPolicy, StaticTopKPolicy
 from cache_manager.policies.oracle import HindsightDemand, OraclePolicy
 from cache_manager.policies.polar import PolarParams, PolarPolicy
+from cache_manager.router import PagingRule
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,11 @@ class BuiltPolicy:
     policy: ResidencyPolicy
     schedule: EpochSchedule | None
     needs_truth: bool = False  # routes with the true rewards (the oracle)
+
+    @property
+    def rule(self) -> PagingRule:
+        """How the router prices arms whose adapter is resident nowhere under this policy."""
+        return PagingRule.of(self.policy)
 
 
 class _Config(BaseModel):
@@ -118,3 +131,38 @@ _ADAPTER: TypeAdapter[CachePolicyConfig] = TypeAdapter(CachePolicyConfig)
 def parse_policy(data: dict[str, object] | str) -> CachePolicyConfig:
     """A policy config from a mapping with ``kind``, or just its name."""
     return _ADAPTER.validate_python({"kind": data} if isinstance(data, str) else data)
+
+
+class CacheConfig(_Config):
+    """Adapter residency: the policy, and the controller's knobs around it.
+
+    ``policy``: a mapping with ``kind`` or just the kind's name (``polar``).
+    ``slots_per_replica``: adapters a replica holds. ``clusters`` and
+    ``demand_half_life_s``: the demand tracker (context clusters, forgetting).
+    ``adapter_rank``: the LoRA rank of the (fake) adapters, which sets their size
+    and so their load time; ``latency_weight_per_s``: the reward a second of paging
+    costs. ``tick_s``: how often a running controller observes and ticks.
+    """
+
+    policy: CachePolicyConfig = Field(default_factory=LruConfig)
+    slots_per_replica: int = Field(default=4, ge=1)
+    tick_s: float = Field(default=0.2, gt=0)
+    clusters: int = Field(default=4, ge=1)
+    demand_half_life_s: float = Field(default=60.0, gt=0)
+    adapter_rank: int = Field(default=8, ge=1)
+    latency_weight_per_s: float = Field(
+        default=0.5, ge=0, description="reward lost per second of paging"
+    )
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    def demand_tracker(self, dim: int, rng: np.random.Generator) -> DemandTracker:
+        return DemandTracker(self.clusters, dim, self.demand_half_life_s, rng)
+
+    def paging_model(self, adapters: Iterable[str]) -> PagingCostModel:
+        """Paging prices of ``adapters``, each of rank ``adapter_rank``."""
+        ranks = dict.fromkeys(adapters, self.adapter_rank)
+        return PagingCostModel.from_ranks(ranks, self.latency_weight_per_s)

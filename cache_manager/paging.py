@@ -25,6 +25,8 @@ from collections.abc import Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from cache_manager.fake_adapter import FakeAdapterSpec
+
 MEASURED_MS_PER_MIB = 0.24
 MEASURED_SIGMA_LOG = 0.25
 
@@ -56,6 +58,12 @@ class PagingCostModel(BaseModel):
 
     def sample_s(self, adapter: str, rng: np.random.Generator) -> float:
         return self.median_s(adapter) * float(np.exp(self.sigma_log * rng.standard_normal()))
+
+    @classmethod
+    def from_ranks(cls, ranks: Mapping[str, int], latency_weight_per_s: float) -> PagingCostModel:
+        """Fake adapters of these LoRA ranks (:class:`FakeAdapterSpec`'s other defaults)."""
+        mib = {a: FakeAdapterSpec(a, rank=int(r)).nbytes / 2**20 for a, r in ranks.items()}
+        return cls(adapter_mib=mib, latency_weight_per_s=latency_weight_per_s)
 
     @classmethod
     def from_measured(

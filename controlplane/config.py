@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cache_manager.config import CacheConfig
 from feedback.objective import Objective
 from learners.config import LearnerConfig
 from learners.featurize import Featurizer
@@ -21,6 +22,9 @@ from learners.featurize import Featurizer
 
 class ConfigError(ValueError):
     pass
+
+
+SERVED_CACHE_POLICIES = ("lru", "polar", "polar+")
 
 
 class _Strict(BaseModel):
@@ -79,32 +83,6 @@ class PoolConfig(_Strict):
     max_ongoing_requests: int = Field(default=64, ge=1)
 
 
-class CacheConfig(_Strict):
-    """LoRA adapter residency on the pools.
-
-    ``lru``: Ray Serve multiplexing's own per-replica LRU (no controller).
-    ``polar`` / ``polar+``: the cache controller plans residency in epochs
-    (cache_manager), replicas keep their adapters in their own registry, and the
-    router subtracts the paging cost from arms whose adapter is resident nowhere.
-    Planned policies address each pool as one replica: run adapter pools with
-    ``pools.replicas: 1``.
-    """
-
-    policy: Literal["lru", "polar", "polar+"] = "lru"
-    slots_per_replica: int = Field(default=4, ge=1)
-    epoch_s: float = Field(
-        default=10.0, gt=0, description="polar: epoch length; polar+: first epoch"
-    )
-    max_epoch_s: float = Field(default=40.0, gt=0, description="polar+: cap on the doubling")
-    tick_s: float = Field(default=0.2, gt=0)
-    clusters: int = Field(default=4, ge=1)
-    demand_half_life_s: float = Field(default=60.0, gt=0)
-    adapter_rank: int = Field(default=8, ge=1)
-    latency_weight_per_s: float = Field(
-        default=0.5, ge=0, description="reward lost per second of paging"
-    )
-
-
 class ApiKey(_Strict):
     name: str
     key_env: str = Field(description="environment variable holding the key")
@@ -121,17 +99,35 @@ class BanditConfig(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     learner_service: LearnerServiceConfig = Field(default_factory=LearnerServiceConfig)
     pools: PoolConfig = Field(default_factory=PoolConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
+    cache: CacheConfig = Field(
+        default_factory=CacheConfig,
+        description="adapter residency (cache_manager): lru, polar or polar+ and the"
+        " controller's knobs",
+    )
     api_keys: tuple[ApiKey, ...] = ()
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("cache")
+    @classmethod
+    def _served_policy(cls, cache: CacheConfig) -> CacheConfig:
+        """``lru``: Ray Serve multiplexing's own per-replica LRU (no controller).
+        ``polar`` / ``polar+``: the cache controller plans residency in epochs, replicas
+        keep their adapters in their own registry, and gateways price paging into
+        routing. The simulator's other policies do not run here."""
+        if cache.policy.kind not in SERVED_CACHE_POLICIES:
+            raise ValueError(
+                f"policy {cache.policy.kind!r} is for the simulator; serve one of"
+                f" {', '.join(SERVED_CACHE_POLICIES)}"
+            )
+        return cache
 
     @model_validator(mode="after")
     def _check_refs(self) -> BanditConfig:
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError("arm names must be unique")
-        if self.cache.policy != "lru" and self.pools.replicas != 1 and self.adapter_arms:
+        if self.cache_planned and self.pools.replicas != 1:
             raise ValueError("cache.policy polar/polar+ plans per pool: set pools.replicas to 1")
         for route, arms in self.routes.items():
             unknown = sorted(set(arms) - set(names))
@@ -155,6 +151,12 @@ class BanditConfig(_Strict):
     def adapter_arms(self) -> dict[str, str]:
         """Arm name -> adapter, for arms served through a LoRA adapter."""
         return {a.name: a.adapter for a in self.arms if a.adapter}
+
+    @property
+    def cache_planned(self) -> bool:
+        """Whether a cache controller plans adapter residency (a planned policy, and arms
+        served through adapters)."""
+        return self.cache.policy.kind != "lru" and bool(self.adapter_arms)
 
     @property
     def base_models(self) -> tuple[str, ...]:

@@ -12,7 +12,8 @@ Definitions the page's tooltips repeat:
 - *exploration rate*: over the newest decisions, the share whose arm was not
   the one with the highest mean reward estimate under the policy version that
   made the decision (its snapshot is replayed on the logged context); for a
-  learner without mean estimates, the share logged with propensity < 0.5.
+  learner that does not choose by its mean estimates (``greedy_by_estimates``
+  false: the baselines, VW), the share logged with propensity < 0.5.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import numpy as np
 from sqlalchemy import Connection
 
 from controlplane.config import BanditConfig
-from controlplane.learner_loop import fresh_learner
+from controlplane.learner_loop import snapshot_learner
 from feedback.errors import NotFound
 from feedback.repositories import reports, reward_stream, snapshots
 from feedback.repositories import residency as residency_repo
-from learners import Learner, load_learner
+from learners import Learner
 
 EXPLORATION_WINDOW = 200
 
@@ -48,10 +49,10 @@ class PolicyCache:
         learner = self._learners.get(version)
         if learner is None:
             try:
-                learner = load_learner(snapshots.get_snapshot(conn, version)["state"])
+                state: bytes | None = snapshots.get_snapshot(conn, version)["state"]
             except NotFound:  # version 0: a gateway's start-up policy
-                learner = fresh_learner(self.config)
-            learner.set_weights(self.config.objective.weight_vector)
+                state = None
+            learner = snapshot_learner(self.config, state)
             self._learners[version] = learner
             while len(self._learners) > self.size:
                 self._learners.popitem(last=False)
@@ -66,8 +67,7 @@ def exploration_rate(
     methods: set[str] = set()
     for r in reports.recent_decisions(conn, window):
         learner = cache.get(conn, int(r["policy_version"]))
-        estimates = getattr(learner, "estimates", None)
-        if estimates is None:
+        if not learner.greedy_by_estimates:
             methods.add("propensity")
             explored += r["propensity"] < 0.5
             counted += 1
@@ -77,7 +77,7 @@ def exploration_rate(
         except KeyError:  # a route since removed from the config
             continue
         x = np.frombuffer(r["context"], dtype="<f4").astype(np.float64)
-        mean, _ = estimates(x, arms)
+        mean, _ = learner.estimates(x, arms)
         methods.add("greedy")
         explored += arms[int(np.argmax(mean))] != r["arm_id"]
         counted += 1

@@ -9,7 +9,6 @@ learner or on a database round trip per request.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 import uuid
@@ -20,14 +19,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
+from cache_manager.router import ArmPrices, ArmTerms
 from controlplane.config import BanditConfig
-from controlplane.learner_loop import fresh_learner
-from controlplane.residency import paging_penalties
+from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
 from controlplane.tokens import FeedbackTokens
 from feedback.records import DecisionRecord, OutcomeRecord
-from feedback.repositories import residency, snapshots
+from feedback.repositories import residency as residency_repo
 from feedback.writer import DecisionLogWriter
-from learners import Decision, Learner, load_learner
+from learners import Decision
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +44,6 @@ class BadRequest(ValueError):
 
 class UpstreamError(RuntimeError):
     pass
-
-
-class Policy:
-    """The current snapshot's learner, swapped atomically when a new version lands."""
-
-    def __init__(self, learner: Learner, version: int) -> None:
-        self.learner = learner
-        self.version = version
-        self.loaded_at = time.time()
-        # linear learners take per-arm penalties (POLAR's paging cost) in select()
-        self.takes_penalties = "penalties" in inspect.signature(learner.select).parameters
 
 
 class GatewayCore:
@@ -80,34 +68,39 @@ class GatewayCore:
             flush_interval_s=config.gateway.log_flush_s,
         )
         self.rng = rng or np.random.default_rng(config.gateway.seed)
-        self.policy = Policy(fresh_learner(config), 0)
-        # arm -> reward lost to paging its adapter in (resident nowhere); all of them
-        # until the first residency plan says otherwise
-        self.penalties: dict[str, float] = paging_penalties(config, ())
+        # the current snapshot's learner, swapped atomically when a new version lands
+        self.policy = Policy(snapshot_learner(config, None), 0)
+        # the cache policy's router rule for adapter arms (cache_manager.router): what a
+        # page-in costs and how much of the width counts for an adapter resident nowhere,
+        # which is all of them until the first residency plan says otherwise
+        adapters = config.adapter_arms
+        self.prices = ArmPrices(
+            config.cache.policy.build().rule,
+            adapters,
+            config.cache.paging_model(set(adapters.values())),
+        )
+        self.paging: ArmTerms = self.prices.terms(())
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
 
     # -- policy ---------------------------------------------------------
 
     def refresh_policy(self) -> bool:
         """Load the latest snapshot if it is newer than ours (blocking DB call)."""
-        with self.engine.connect() as conn:
-            latest = snapshots.latest_version(conn)
-            if latest <= self.policy.version:
-                return False
-            snap = snapshots.latest_snapshot(conn)
-        assert snap is not None
-        learner = load_learner(snap["state"])
-        learner.set_weights(self.config.objective.weight_vector)
-        self.policy = Policy(learner, int(snap["version"]))
+        policy = latest_policy(self.engine, self.config, self.policy.version)
+        if policy is None:
+            return False
+        self.policy = policy
         return True
 
     def refresh_residency(self) -> None:
         """Price paging for adapter arms resident nowhere (planned cache policies)."""
-        if self.config.cache.policy == "lru" or not self.config.adapter_arms:
+        if not self.prices.active:
             return
         with self.engine.connect() as conn:
-            held = {a for adapters in residency.resident_adapters(conn).values() for a in adapters}
-        self.penalties = paging_penalties(self.config, held)
+            held = {
+                a for adapters in residency_repo.resident_adapters(conn).values() for a in adapters
+            }
+        self.paging = self.prices.terms(held)
 
     async def policy_refresher(self) -> None:
         while True:
@@ -123,10 +116,14 @@ class GatewayCore:
     def _select(
         self, policy: Policy, x: np.ndarray, arms: list[str], rng: np.random.Generator
     ) -> Decision:
-        if self.penalties and policy.takes_penalties:
-            penalties = {a: p for a, p in self.penalties.items() if a in arms}
-            return policy.learner.select(x, arms, rng, penalties=penalties)  # type: ignore[call-arg]
-        return policy.learner.select(x, arms, rng)
+        paging = self.paging
+        return policy.learner.select(
+            x,
+            arms,
+            rng,
+            penalties=paging.penalties or None,
+            width_scale=paging.width_scale or None,
+        )
 
     def route_arms(self, model: Any) -> tuple[str, ...]:
         if not isinstance(model, str) or not model:
@@ -250,10 +247,7 @@ class GatewayCore:
         learner = policy.learner
         decision = self._select(policy, x, arms, np.random.default_rng(0))
         rows = []
-        estimates = getattr(learner, "estimates", None)
-        mean = width = None
-        if estimates is not None:
-            mean, width = estimates(x, arms)
+        mean, width = learner.estimates(x, arms)
         summary = learner.arm_summary()
         for i, arm in enumerate(arms):
             rows.append(
@@ -261,8 +255,8 @@ class GatewayCore:
                     "arm": arm,
                     "score": _finite(decision.scores.get(arm)),
                     "propensity": float(decision.propensities.get(arm, 0.0)),
-                    "mean": None if mean is None else float(mean[i]),
-                    "uncertainty": None if width is None else float(width[i]),
+                    "mean": float(mean[i]),
+                    "uncertainty": float(width[i]),
                     "pulls": float(summary.get(arm, {}).get("pulls", 0.0)),
                 }
             )

@@ -24,8 +24,8 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine
@@ -49,8 +49,34 @@ def arm_records(config: BanditConfig) -> list[ArmRecord]:
     ]
 
 
-def fresh_learner(config: BanditConfig) -> Learner:
-    return make_learner(config.learner, config.featurizer.dim, config.objective.weight_vector)
+def snapshot_learner(config: BanditConfig, state: bytes | None) -> Learner:
+    """The learner a snapshot's ``state`` bytes hold, deciding by the config's objective
+    weights; with no snapshot (``None``), a fresh learner of the config."""
+    weights = config.objective.weight_vector
+    if state is None:
+        return make_learner(config.learner, config.featurizer.dim, weights)
+    learner = load_learner(state)
+    learner.set_weights(weights)
+    return learner
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A learner ready to decide, and the snapshot version it came from (0: none)."""
+
+    learner: Learner
+    version: int
+
+
+def latest_policy(engine: Engine, config: BanditConfig, newer_than: int) -> Policy | None:
+    """The latest snapshot's policy, if its version is above ``newer_than``."""
+    with engine.connect() as conn:
+        if snapshots.latest_version(conn) <= newer_than:
+            return None
+        snap = snapshots.latest_snapshot(conn)
+    if snap is None:
+        return None
+    return Policy(snapshot_learner(config, snap["state"]), int(snap["version"]))
 
 
 class LearnerLoop:
@@ -99,11 +125,10 @@ class LearnerLoop:
             wm = 0 if snap is None else int(snap["watermark"])
             self.stats["released_on_start"] = reward_stream.release_claims_after(conn, wm)
         if snap is None:
-            self.learner = fresh_learner(self.config)
+            self.learner = snapshot_learner(self.config, None)
             self.snapshot(reason="initial")
         else:
-            self.learner = load_learner(snap["state"])
-            self.learner.set_weights(self.objective.weight_vector)
+            self.learner = snapshot_learner(self.config, snap["state"])
             self.version = int(snap["version"])
             self.watermark = wm
             self.events_applied = int(snap["events_applied"])
@@ -192,7 +217,7 @@ class LearnerLoop:
                     conn,
                     learner_kind=self.learner.kind,
                     config={
-                        "learner": _dump(self.config.learner),
+                        "learner": self.config.learner.model_dump(mode="json"),
                         "objective": self.objective.model_dump(mode="json"),
                         "objective_version": self.objective.version,
                         "featurizer": self.config.featurizer.model_dump(mode="json"),
@@ -223,9 +248,7 @@ class LearnerLoop:
             if snap is None:
                 return False
             released = reward_stream.release_claims_after(conn, int(snap["watermark"]))
-        learner = load_learner(snap["state"])
-        learner.set_weights(self.objective.weight_vector)
-        self.learner = learner
+        self.learner = snapshot_learner(self.config, snap["state"])
         self.version = int(snap["version"])
         self.watermark = int(snap["watermark"])
         self.events_applied = int(snap["events_applied"])
@@ -249,7 +272,3 @@ class LearnerLoop:
             if n == 0:
                 break
         return total
-
-
-def _dump(cfg: Any) -> dict[str, Any]:
-    return cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)

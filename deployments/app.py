@@ -21,7 +21,7 @@ def build_app(config: BanditConfig, database_url: str, secret: str) -> Any:
     }
     learner = LearnerService.bind(config, database_url)  # type: ignore[attr-defined]
     cache = None
-    if config.cache.policy != "lru" and config.adapter_arms:
+    if config.cache_planned:
         from deployments.cache import CacheControllerService
 
         cache = CacheControllerService.bind(config, database_url, pools)  # type: ignore[attr-defined]

@@ -27,10 +27,11 @@ class Gateway:
         learner: DeploymentHandle,
         cache: DeploymentHandle | None = None,
     ) -> None:
+        # ``cache``: the cache controller, bound here only so that Serve deploys it with
+        # the application; gateways read residency from Postgres, never call it
         self.config = config
         self.pools = pools
         self.learner = learner
-        self.cache = cache
         self.model_of = {a.name: a.model for a in config.arms}
         self.adapter_of = {a.name: a.adapter for a in config.arms}
         engine = make_engine(database_url, pool_size=4)

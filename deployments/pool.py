@@ -46,9 +46,9 @@ class ModelPool:
     (``cache_manager.fake_adapter`` here: allocate and copy the weights).
 
     Under ``cache.policy: lru`` adapters go through ``@serve.multiplexed`` (Serve's
-    own LRU, ``slots_per_replica`` per replica); under a planned policy through the
-    replica's :class:`AdapterRegistry`, which the cache controller drives with
-    :meth:`prefetch` and :meth:`evict`.
+    own LRU, ``slots_per_replica`` per replica); under a planned policy (polar,
+    polar+) through the replica's :class:`AdapterRegistry`, which the cache
+    controller drives with :meth:`prefetch` and :meth:`evict`.
     """
 
     def __init__(self, config: BanditConfig, model: str) -> None:
@@ -61,6 +61,7 @@ class ModelPool:
         self.arms = {a.name: a for a in config.arms if a.model == model}
         self.backends = {name: make_backend(a, config) for name, a in self.arms.items()}
         self.cache = config.cache
+        self.planned = config.cache_planned
         self._store = FakeAdapterStore(specs={}, rng=np.random.default_rng(0))
         self.registry = AdapterRegistry(config.cache.slots_per_replica, self._load)
         self.mux_loaded: dict[str, float] = {}  # what Serve's multiplexing LRU holds now
@@ -88,7 +89,7 @@ class ModelPool:
         return _MuxResident(self, adapter, loaded)
 
     async def _acquire(self, adapter: str) -> None:
-        if self.cache.policy == "lru":
+        if not self.planned:
             before = self.registry.stats.page_ins
             await self._mux(adapter)
             if self.registry.stats.page_ins == before:
@@ -112,7 +113,7 @@ class ModelPool:
     # -- residency, for the cache controller and the dashboard ---------------
 
     def resident(self) -> tuple[str, ...]:
-        if self.cache.policy == "lru":
+        if not self.planned:
             return tuple(self.mux_loaded)
         return self.registry.resident()
 
@@ -125,7 +126,7 @@ class ModelPool:
     def residency_stats(self) -> dict[str, Any]:
         s = self.registry.stats
         return {
-            "policy": self.cache.policy,
+            "policy": self.cache.policy.kind,
             "capacity": self.registry.capacity,
             "resident": list(self.resident()),
             "hits": s.hits,

@@ -13,9 +13,9 @@ next decision without relearning.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -68,12 +68,44 @@ class RewardEvent:
 
 @runtime_checkable
 class Learner(Protocol):
-    kind: str
+    """What every learner implements, and all that callers may use.
+
+    ``estimates`` gives, per arm, the mean reward the learner expects for a context
+    under the current weights and the width of its confidence in that mean. A
+    learner that keeps no confidence (the baselines, VW) returns its best estimate,
+    each arm's mean reward so far (0 for an arm never pulled), and a width of 1
+    for every arm. ``greedy_by_estimates`` says whether the arm with the highest
+    ``estimates`` mean is the one the learner picks when it does not explore (the
+    linear learners); the others choose by something else (chance, a fixed arm,
+    VW's own model, or an optimism for untried arms that the means do not show).
+
+    ``select`` takes the router's per-arm terms for adapters resident nowhere
+    (see ``cache_manager.router``): ``penalties`` (reward units) are subtracted
+    from the arm's score and ``width_scale`` multiplies its confidence width.
+    Arms missing from either mapping get 0 and 1; entries for arms not among
+    ``arms`` are ignored. Learners that choose by a score apply both (width:
+    the linear learners; penalties: also epsilon-greedy's means); random, fixed
+    and VW choose by no score and ignore them.
+    """
+
+    kind: ClassVar[str]
+    greedy_by_estimates: ClassVar[bool]
     dim: int
     version: int
 
-    def select(self, x: np.ndarray, arms: Sequence[str], rng: np.random.Generator) -> Decision:
+    def select(
+        self,
+        x: np.ndarray,
+        arms: Sequence[str],
+        rng: np.random.Generator,
+        penalties: Mapping[str, float] | None = None,
+        width_scale: Mapping[str, float] | None = None,
+    ) -> Decision:
         """Choose one of ``arms`` for context ``x``. Unknown arms start optimistic."""
+        ...
+
+    def estimates(self, x: np.ndarray, arms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per arm of ``arms``: (mean reward estimate, confidence width), each shaped (len(arms),)."""
         ...
 
     def update(self, batch: Sequence[RewardEvent]) -> None:
@@ -86,6 +118,11 @@ class Learner(Protocol):
 
     def state_bytes(self) -> bytes:
         """Serialize the whole state; ``from_bytes`` must reproduce next decisions exactly."""
+        ...
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Learner:
+        """Rebuild a learner of this kind from :meth:`state_bytes` output."""
         ...
 
     def arm_summary(self) -> dict[str, dict[str, float]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,10 +15,15 @@ from learners.state import pack, unpack
 
 
 class _MeanLearner:
-    """Per-arm pull counts and reward sums; subclasses implement :meth:`_choose`."""
+    """Per-arm pull counts and reward sums; subclasses implement :meth:`_choose`.
+
+    No confidence widths: :meth:`estimates` gives each arm's mean reward so far
+    (0 for an arm never pulled) and a width of 1, and ``width_scale`` is ignored.
+    """
 
     kind: ClassVar[str] = ""
     config_cls: ClassVar[Any] = None
+    greedy_by_estimates: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, dim: int = 0, weights: Any = None):
         self.config = config if config is not None else self.config_cls()
@@ -45,10 +50,21 @@ class _MeanLearner:
                 out[i] = float(self.sums[a] @ self.weights) / n
         return out
 
-    def select(self, x: np.ndarray, arms: Sequence[str], rng: np.random.Generator) -> Decision:
+    def estimates(self, x: np.ndarray, arms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.mean_rewards(arms)
+        return np.where(np.isinf(mean), 0.0, mean), np.ones(len(arms))
+
+    def select(
+        self,
+        x: np.ndarray,
+        arms: Sequence[str],
+        rng: np.random.Generator,
+        penalties: Mapping[str, float] | None = None,
+        width_scale: Mapping[str, float] | None = None,
+    ) -> Decision:
         if not arms:
             raise ValueError("no live arms")
-        i, props, scores = self._choose(arms, rng)
+        i, props, scores = self._choose(arms, rng, penalties)
         return Decision(
             arm=arms[i],
             propensities=dict(zip(arms, props.tolist(), strict=True)),
@@ -58,8 +74,12 @@ class _MeanLearner:
         )
 
     def _choose(
-        self, arms: Sequence[str], rng: np.random.Generator
+        self,
+        arms: Sequence[str],
+        rng: np.random.Generator,
+        penalties: Mapping[str, float] | None = None,
     ) -> tuple[int, np.ndarray, np.ndarray]:
+        """Index chosen, propensities and scores; ``penalties`` as in ``select``."""
         raise NotImplementedError
 
     def update(self, batch: Sequence[RewardEvent]) -> None:
@@ -115,20 +135,24 @@ class _MeanLearner:
 
 
 class RandomLearner(_MeanLearner):
-    """Uniform over the live arms: propensity 1/K."""
+    """Uniform over the live arms: propensity 1/K (penalties ignored)."""
 
     kind: ClassVar[str] = "random"
     config_cls: ClassVar[Any] = RandomConfig
 
     def _choose(
-        self, arms: Sequence[str], rng: np.random.Generator
+        self,
+        arms: Sequence[str],
+        rng: np.random.Generator,
+        penalties: Mapping[str, float] | None = None,
     ) -> tuple[int, np.ndarray, np.ndarray]:
         k = len(arms)
         return int(rng.integers(k)), np.full(k, 1.0 / k), np.zeros(k)
 
 
 class FixedArm(_MeanLearner):
-    """Always ``config.arm``; uniform over the live arms while it is not live."""
+    """Always ``config.arm``; uniform over the live arms while it is not live (penalties
+    ignored)."""
 
     kind: ClassVar[str] = "fixed"
     config_cls: ClassVar[Any] = FixedConfig
@@ -137,7 +161,10 @@ class FixedArm(_MeanLearner):
         super().__init__(config, dim, weights)
 
     def _choose(
-        self, arms: Sequence[str], rng: np.random.Generator
+        self,
+        arms: Sequence[str],
+        rng: np.random.Generator,
+        penalties: Mapping[str, float] | None = None,
     ) -> tuple[int, np.ndarray, np.ndarray]:
         k = len(arms)
         if self.config.arm in arms:
@@ -149,7 +176,7 @@ class FixedArm(_MeanLearner):
 
 
 class EpsilonGreedy(_MeanLearner):
-    """The best empirical mean with probability 1 - epsilon, else uniform.
+    """The best empirical mean (less any penalty) with probability 1 - epsilon, else uniform.
 
     Never-pulled arms have an infinite mean, so each is tried first.
     """
@@ -158,10 +185,15 @@ class EpsilonGreedy(_MeanLearner):
     config_cls: ClassVar[Any] = EpsilonGreedyConfig
 
     def _choose(
-        self, arms: Sequence[str], rng: np.random.Generator
+        self,
+        arms: Sequence[str],
+        rng: np.random.Generator,
+        penalties: Mapping[str, float] | None = None,
     ) -> tuple[int, np.ndarray, np.ndarray]:
         k = len(arms)
         means = self.mean_rewards(arms)
+        if penalties:
+            means = means - np.array([penalties.get(a, 0.0) for a in arms])
         eps = self.config.epsilon
         greedy_i, greedy_p = argmax_ties(means, rng)
         props = (1.0 - eps) * greedy_p + eps / k

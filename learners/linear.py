@@ -291,18 +291,20 @@ class RidgeArms:
 class LinearLearner:
     """Common machinery of LinUCB and linear Thompson sampling.
 
-    Subclasses set ``kind`` and implement :meth:`_choose`. ``penalties`` (per
-    arm, in reward units) are subtracted from scores before choosing; POLAR
-    uses them for the paging cost of non-resident adapters.
+    Subclasses set ``kind`` and implement :meth:`_choose`. ``width_scale`` (per
+    arm) multiplies widths and ``penalties`` (per arm, in reward units) are
+    subtracted from means and scores before choosing; POLAR prices adapters
+    resident nowhere with them (``cache_manager.router``).
     """
 
     kind: ClassVar[str] = ""
+    greedy_by_estimates: ClassVar[bool] = True
     _bonus: float = 0.0  # weight of the width in the third row of the estimates (UCB)
 
     def __init__(self, config: Any, dim: int, weights: Any = None):
         self.config = config
         self.full_dim = int(dim)
-        cols = getattr(config, "context_indices", None)
+        cols = config.context_indices
         if cols is not None and max(cols) >= self.full_dim:
             raise ValueError(f"context_indices exceed the context dimension {dim}")
         self._cols = None if cols is None else np.array(cols, dtype=np.intp)
@@ -314,8 +316,8 @@ class LinearLearner:
             config.ridge,
             config.discount,
             config.window,
-            getattr(config, "prior_mean", None),
-            getattr(config, "ridge_scale", None),
+            config.prior_mean,
+            config.ridge_scale,
         )
         self._idx_cache: dict[tuple[str, ...], tuple[np.ndarray, bool]] = {}
         # plain copies of config values read on every decision (no pydantic access there)
@@ -405,12 +407,13 @@ class LinearLearner:
         arms: Sequence[str],
         rng: np.random.Generator,
         penalties: Mapping[str, float] | None = None,
+        width_scale: Mapping[str, float] | None = None,
     ) -> Decision:
         if not arms:
             raise ValueError("no live arms")
         idx, full = self._indices(arms)
         est = self._scored(self._context(x), idx, full)
-        return self._decide(arms, idx, est, rng, penalties)
+        return self._decide(arms, idx, est, rng, penalties, width_scale)
 
     def select_many(
         self,
@@ -418,6 +421,7 @@ class LinearLearner:
         arms: Sequence[str],
         rng: np.random.Generator,
         penalties: Mapping[str, float] | None = None,
+        width_scale: Mapping[str, float] | None = None,
     ) -> list[Decision]:
         """Decisions for many contexts (rows of ``X``) under the current state.
 
@@ -431,7 +435,7 @@ class LinearLearner:
         Z = np.atleast_2d(self._context(X))
         mean, width = self._estimates_many(Z, idx)
         est = np.stack([mean, width, mean + self._bonus * width], axis=1)  # (n, 3, arms)
-        return [self._decide(arms, idx, est[i], rng, penalties) for i in range(len(Z))]
+        return [self._decide(arms, idx, est[i], rng, penalties, width_scale) for i in range(len(Z))]
 
     def _decide(
         self,
@@ -440,12 +444,17 @@ class LinearLearner:
         est: np.ndarray,
         rng: np.random.Generator,
         penalties: Mapping[str, float] | None,
+        width_scale: Mapping[str, float] | None = None,
     ) -> Decision:
-        if penalties:
-            pen = np.array([penalties.get(a, 0.0) for a in arms])
+        if width_scale or penalties:
             est = est.copy()
-            est[0] -= pen
-            est[2] -= pen
+            if width_scale:
+                est[1] *= np.array([width_scale.get(a, 1.0) for a in arms])
+                est[2] = est[0] + self._bonus * est[1]
+            if penalties:
+                pen = np.array([penalties.get(a, 0.0) for a in arms])
+                est[0] -= pen
+                est[2] -= pen
         untried = None if self._all_tried else self.store.pulls[idx] < self._min_pulls
         i, props, scores = self._choose(est, untried, rng)
         return Decision.make(
@@ -460,8 +469,8 @@ class LinearLearner:
         self, est: np.ndarray, untried: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[int, list[float], list[float]]:
         """Index chosen, propensities and scores (as lists) from ``est`` (rows: means,
-        widths, ``mean + bonus width``, penalties already subtracted); ``untried``
-        None: none."""
+        widths, ``mean + bonus width``, widths already scaled and penalties
+        subtracted); ``untried`` None: none."""
         raise NotImplementedError
 
     def update(self, batch: Sequence[RewardEvent]) -> None:

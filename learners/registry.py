@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from learners.linucb import LinUCB
 from learners.state import peek_kind
 from learners.vw import VWLearner
 
-LEARNERS: dict[str, Any] = {
+LEARNERS: dict[str, type[Learner]] = {
     "linucb": LinUCB,
     "lints": LinTS,
     "greenserv": GreenServ,
@@ -41,11 +41,10 @@ def make_learner(
     ones are 0) or a vector in that order; default quality only.
     """
     cfg = parse_config(dict(config) if isinstance(config, Mapping) else config)
-    learner: Learner = LEARNERS[cfg.kind](cfg, dim, weights)
-    return learner
+    build: Callable[..., Learner] = LEARNERS[cfg.kind]  # each takes (config, dim, weights)
+    return build(cfg, dim, weights)
 
 
 def load_learner(data: bytes) -> Learner:
     """Rebuild a learner from :meth:`Learner.state_bytes` output, of any kind."""
-    learner: Learner = LEARNERS[peek_kind(data)].from_bytes(data)
-    return learner
+    return LEARNERS[peek_kind(data)].from_bytes(data)

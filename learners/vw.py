@@ -13,12 +13,14 @@ so after a reload their decisions are equivalent in law but not identical.
 
 VW learns a scalar cost, so the reward vector is scalarized with the weights
 in force at update time; new weights apply to what is learned afterwards.
+``estimates`` are each arm's mean reward so far (width 1), as for the baselines:
+the exploration reductions give a pmf, not VW's predicted rewards.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -106,7 +108,16 @@ class VWLearner(_MeanLearner):
         total = probs.sum()
         return probs / total if total > 0 else np.full(len(arms), 1.0 / len(arms))
 
-    def select(self, x: np.ndarray, arms: Sequence[str], rng: np.random.Generator) -> Decision:
+    def select(
+        self,
+        x: np.ndarray,
+        arms: Sequence[str],
+        rng: np.random.Generator,
+        penalties: Mapping[str, float] | None = None,
+        width_scale: Mapping[str, float] | None = None,
+    ) -> Decision:
+        """VW's pmf and a draw from it; ``penalties`` and ``width_scale`` are ignored (the
+        pmf is VW's exploration, and its propensities must stay VW's)."""
         if not arms:
             raise ValueError("no live arms")
         for a in arms:

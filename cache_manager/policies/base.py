@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from cache_manager.plan import ResidencyPlan
-from cache_manager.scorer import ArmScorer
+
+if TYPE_CHECKING:  # the scorers import the learners (compiled kernels): not for a config
+    from cache_manager.scorer import ArmScorer
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import numpy as np
 from cache_manager.clock import ManualClock
 from cache_manager.config import CachePolicyConfig
 from cache_manager.controller import CacheController
-from cache_manager.demand import DemandTracker
 from cache_manager.executor import InMemoryExecutor
 from cache_manager.plan import PlanStatus
 from cache_manager.router import CacheAwareRouter
@@ -59,27 +58,23 @@ def run_policy(world: World, config: CachePolicyConfig, seed: int) -> RunResult:
     s = world.scenario
     rng = np.random.default_rng([seed, 1])
     paging_rng = np.random.default_rng([seed, 2])
-    built = config.build(hindsight=world.hindsight)
+    cache = s.cache_config(config)
+    built = cache.policy.build(hindsight=world.hindsight)
     policy = built.policy
     scorer = make_scorer(world, built.needs_truth)
     clock = ManualClock(float(world.times[0]))
-    replicas = {f"replica-{r}": s.slots for r in range(s.replicas)}
+    replicas = {f"replica-{r}": cache.slots_per_replica for r in range(s.replicas)}
     paging = world.paging
     executor = InMemoryExecutor(replicas, load=lambda _r, a: paging.sample_s(a, paging_rng))
-    demand = DemandTracker(s.n_clusters, world.theta.shape[1], half_life_s=s.period_s / 8, rng=rng)
+    demand = cache.demand_tracker(world.theta.shape[1], rng)
     controller = CacheController(
         policy, executor, built.schedule, clock, demand, scorer, world.arms, paging, rng
     )
-    alpha = 0.0 if built.needs_truth else s.alpha
-    router = CacheAwareRouter(
-        alpha=alpha,
-        cache_aware=policy.cache_aware,
-        nonresident_alpha=alpha * policy.nonresident_width,
-    )
+    router = CacheAwareRouter(alpha=0.0 if built.needs_truth else s.alpha, rule=built.rule)
     arms = world.arms
     index = {a: i for i, a in enumerate(arms)}
     penalty = controller.penalty
-    weight = s.latency_weight_per_s
+    weight = cache.latency_weight_per_s
 
     t_total = s.horizon
     expected = np.empty(t_total)
@@ -155,5 +150,5 @@ def run_policy(world: World, config: CachePolicyConfig, seed: int) -> RunResult:
         epochs=len(controller.history),
         epochs_failed=sum(rec.status is PlanStatus.FAILED for rec in controller.history),
         max_resident=max_resident,
-        capacity=s.slots,
+        capacity=cache.slots_per_replica,
     )

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cache_manager.fake_adapter import FakeAdapterSpec
+from cache_manager.config import CacheConfig, CachePolicyConfig
 from cache_manager.paging import PagingCostModel
 
 
@@ -53,6 +53,17 @@ class ScenarioConfig(BaseModel):
     alpha: float = Field(default=1.0, ge=0, description="router's UCB width multiplier")
     ridge: float = Field(default=1.0, gt=0)
     batch: int = Field(default=32, ge=1, description="requests between learner updates")
+
+    def cache_config(self, policy: CachePolicyConfig) -> CacheConfig:
+        """The controller's knobs in this scenario: its slots and clusters, demand
+        forgotten with a half-life of an eighth of the popularity period."""
+        return CacheConfig(
+            policy=policy,
+            slots_per_replica=self.slots,
+            clusters=self.n_clusters,
+            demand_half_life_s=self.period_s / 8,
+            latency_weight_per_s=self.latency_weight_per_s,
+        )
 
 
 SCENARIOS: dict[str, ScenarioConfig] = {
@@ -149,8 +160,7 @@ def build_world(s: ScenarioConfig, seed: int) -> World:
     contexts[:, 1:] += s.context_noise * rng.standard_normal((t, c))
     noise = s.reward_noise * rng.standard_normal(t)
     ranks = rng.choice(np.array(s.ranks), size=n)
-    mib = {
-        a: FakeAdapterSpec(a, rank=int(r)).nbytes / 2**20 for a, r in zip(arms, ranks, strict=True)
-    }
-    paging = PagingCostModel(adapter_mib=mib, latency_weight_per_s=s.latency_weight_per_s)
+    paging = PagingCostModel.from_ranks(
+        dict(zip(arms, ranks.tolist(), strict=True)), s.latency_weight_per_s
+    )
     return World(s, arms, theta, centers, share, times, clusters, contexts, noise, paging)

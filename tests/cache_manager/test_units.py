@@ -3,13 +3,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cache_manager.config import POLICY_REGISTRY, PolarPlusConfig, parse_policy
+from cache_manager.config import (
+    POLICY_REGISTRY,
+    CacheConfig,
+    LruConfig,
+    PolarConfig,
+    PolarPlusConfig,
+    parse_policy,
+)
 from cache_manager.epochs import DoublingEpochs, FixedEpochs
 from cache_manager.executor import CapacityError, InMemoryExecutor
 from cache_manager.fake_adapter import FakeAdapterSpec, FakeAdapterStore
+from cache_manager.paging import PagingCostModel
 from cache_manager.planner import greedy_plan
 from cache_manager.policies.baselines import LfuPolicy, LruPolicy
-from cache_manager.router import CacheAwareRouter, paging_penalties
+from cache_manager.router import ArmPrices, ArmTerms, CacheAwareRouter, PagingRule
 from cache_manager.scorer import LinUCBScorer
 
 
@@ -18,19 +26,48 @@ def test_router_subtracts_penalty_only_off_cache() -> None:
     width = np.zeros(3)
     resident = np.array([False, True, True])
     penalty = np.array([0.1, 0.1, 0.1])
-    assert CacheAwareRouter(cache_aware=True).choose(mean, width, resident, penalty) == 1
-    assert CacheAwareRouter(cache_aware=False).choose(mean, width, resident, penalty) == 0
-    assert paging_penalties(resident, penalty).tolist() == [0.1, 0.0, 0.0]
+    aware, plain = PagingRule(cache_aware=True), PagingRule(cache_aware=False)
+    assert CacheAwareRouter(rule=aware).choose(mean, width, resident, penalty) == 1
+    assert CacheAwareRouter(rule=plain).choose(mean, width, resident, penalty) == 0
+    assert aware.terms(resident, penalty)[0].tolist() == [0.1, 0.0, 0.0]
+    assert plain.terms(resident, penalty)[0].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_router_can_explore_only_within_the_cache() -> None:
     mean, width = np.array([0.5, 0.5]), np.array([1.0, 0.0])
     resident, penalty = np.array([False, True]), np.array([0.05, 0.05])
     assert CacheAwareRouter(alpha=1.0).choose(mean, width, resident, penalty) == 0
-    assert (
-        CacheAwareRouter(alpha=1.0, nonresident_alpha=0.0).choose(mean, width, resident, penalty)
-        == 1
-    )
+    narrow = PagingRule(nonresident_width=0.0)
+    assert CacheAwareRouter(alpha=1.0, rule=narrow).choose(mean, width, resident, penalty) == 1
+
+
+def test_policies_carry_their_paging_rule() -> None:
+    assert parse_policy("polar").build().rule == PagingRule(True, 0.5)
+    assert parse_policy("polar+").build().rule == PagingRule(True, 0.5)
+    assert parse_policy("lru").build().rule == PagingRule(False, 1.0)
+
+
+def test_arm_prices_name_the_arms_the_rule_changes() -> None:
+    paging = PagingCostModel(adapter_mib={"x": 100.0, "y": 200.0}, latency_weight_per_s=5.0)
+    prices = ArmPrices(PagingRule(True, 0.5), {"m:x": "x", "m:y": "y", "n:x": "x"}, paging)
+    terms = prices.terms({"y"})
+    assert terms.penalties == {"m:x": paging.penalty("x"), "n:x": paging.penalty("x")}
+    assert terms.width_scale == {"m:x": 0.5, "n:x": 0.5}
+    assert prices.terms({"x", "y"}) == ArmTerms()
+    plain = ArmPrices(PagingRule(False), {"m:x": "x"}, paging)
+    assert not plain.active and plain.terms(()) == ArmTerms()
+
+
+def test_cache_config_takes_a_policy_by_name_or_mapping() -> None:
+    assert isinstance(CacheConfig().policy, LruConfig)
+    assert isinstance(CacheConfig.model_validate({"policy": "polar"}).policy, PolarConfig)
+    cfg = CacheConfig.model_validate({"policy": {"kind": "polar+", "initial_epoch_s": 10}})
+    assert isinstance(cfg.policy, PolarPlusConfig) and cfg.policy.initial_epoch_s == 10
+    with pytest.raises(ValueError):
+        CacheConfig.model_validate({"policy": {"kind": "polar", "epoch_s": 0}})
+    paging = cfg.paging_model(["a"])
+    assert paging.adapter_mib["a"] == FakeAdapterSpec("a", rank=cfg.adapter_rank).nbytes / 2**20
+    assert paging.latency_weight_per_s == cfg.latency_weight_per_s
 
 
 def test_epoch_schedules() -> None:

@@ -58,3 +58,45 @@ def test_errors_name_the_file_and_the_key(tmp_path, text, needle):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_cache_embeds_the_simulators_policy_config(tmp_path):
+    from cache_manager.config import LruConfig, PolarConfig, PolarPlusConfig
+
+    arms = "arms: [{name: m, model: m}, {name: 'm:a', model: m, adapter: a}]\n"
+    assert isinstance(load_config(_write(tmp_path, arms)).cache.policy, LruConfig)
+    cfg = load_config(_write(tmp_path, arms + "cache: {policy: polar, slots_per_replica: 2}\n"))
+    assert isinstance(cfg.cache.policy, PolarConfig) and cfg.cache.policy.epoch_s == 10.0
+    assert cfg.cache.slots_per_replica == 2 and cfg.cache_planned
+    text = arms + "cache:\n  policy: {kind: polar+, initial_epoch_s: 10, max_epoch_s: 40}\n"
+    cfg = load_config(_write(tmp_path, text))
+    assert isinstance(cfg.cache.policy, PolarPlusConfig)
+    assert (cfg.cache.policy.initial_epoch_s, cfg.cache.policy.max_epoch_s) == (10, 40)
+    assert not load_config(
+        _write(tmp_path, "arms: [{name: m, model: m}]\ncache: {policy: polar}\n")
+    ).cache_planned
+
+
+@pytest.mark.parametrize(
+    ("cache", "needle"),
+    [
+        ("{policy: {kind: polar, epoch_s: 0}}", "cache.policy.polar.epoch_s"),
+        ("{policy: {kind: polar, epoch: 5}}", "cache.policy.polar.epoch"),
+        ("{policy: oracle}", "cache: Value error, policy 'oracle' is for the simulator"),
+        ("{policy: lfu}", "serve one of lru, polar, polar+"),
+        ("{policy: nope}", "cache.policy"),
+        ("{epoch_s: 10}", "cache.epoch_s"),
+        ("{slots_per_replica: 0}", "cache.slots_per_replica"),
+    ],
+)
+def test_cache_errors_name_the_key(tmp_path, cache, needle):
+    path = _write(tmp_path, f"arms: [{{name: a, model: a, adapter: x}}]\ncache: {cache}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert needle in str(err.value), str(err.value)
+
+
+def test_planned_cache_needs_one_replica_per_pool(tmp_path):
+    text = "arms: [{name: a, model: a, adapter: x}]\npools: {replicas: 2}\ncache: {policy: polar}\n"
+    with pytest.raises(ConfigError, match="set pools.replicas to 1"):
+        load_config(_write(tmp_path, text))

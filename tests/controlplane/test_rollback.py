@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import numpy as np
 from sqlalchemy import text
 
-from controlplane.learner_loop import LearnerLoop
+from controlplane.learner_loop import LearnerLoop, snapshot_learner
 from feedback.repositories import snapshots
-from learners import RewardEvent, load_learner
+from learners import RewardEvent
 from tests.controlplane.test_learner_loop import _assert_same_learner, _config, _final, _traffic
 
 
@@ -78,8 +78,7 @@ def test_rollback_is_adopted_and_every_event_is_applied_once(engine):
     assert credited == (rated, rated)  # each credited once
     assert snap["events_applied"] == rated
     # the final state is v2's state plus exactly the events credited after v3's watermark
-    want = load_learner(v2["state"])
-    want.set_weights(cfg.objective.weight_vector)
+    want = snapshot_learner(cfg, v2["state"])
     want.update(_events_after(loop, int(v3["watermark"])))
     _assert_same_learner(want.state_bytes(), snap["state"], cfg.featurizer.dim)
 

@@ -32,7 +32,7 @@ TASKS = [f"task{i}" for i in range(6)]
 HOT = (0, 1)
 
 
-def _config(policy: str, port: int):
+def _config(policy: str | dict, port: int):
     return parse_config(
         {
             "arms": [{"name": f"small:{a}", "model": "small", "adapter": a} for a in ADAPTERS],
@@ -42,8 +42,8 @@ def _config(policy: str, port: int):
             "gateway": {"policy_refresh_s": 0.2},
             "learner_service": {"poll_interval_s": 0.05, "snapshot_every_events": 5, "snapshot_every_s": 0.2},
             "replay": {"latency_scale": 0.0},
-            "cache": {"policy": policy, "slots_per_replica": 2, "epoch_s": 1.0, "max_epoch_s": 2.0,
-                      "tick_s": 0.1, "clusters": 6, "adapter_rank": 16},
+            "cache": {"policy": policy, "slots_per_replica": 2, "tick_s": 0.1, "clusters": 6,
+                      "adapter_rank": 16},
             "http_port": port,
         },
         "test",
@@ -76,7 +76,7 @@ def _stats() -> dict:
     return h.residency_stats.remote().result(timeout_s=30)
 
 
-def _run(policy: str, port: int, pg_server) -> dict:
+def _run(policy: str | dict, port: int, pg_server) -> dict:
     url = pg_server.create_database("banditctl_res")
     migrate.upgrade(url)
     base = deploy(_config(policy, port), url, SECRET)
@@ -116,7 +116,7 @@ def _run(policy: str, port: int, pg_server) -> dict:
 
 def test_polar_pages_in_less_than_serve_lru_on_the_same_trace(ray_session, pg_server):
     lru = _run("lru", ray_session, pg_server)
-    polar = _run("polar", ray_session, pg_server)
+    polar = _run({"kind": "polar", "epoch_s": 1.0}, ray_session, pg_server)
     print(f"\nresidency trace of 200 requests, 6 adapters, 2 slots: lru {lru}\npolar {polar}")
     assert lru["epochs"] == {}  # plain multiplexing: no controller, no plans
     assert polar["epochs"].get("applied", 0) >= 2  # plans reached the replica and were recorded

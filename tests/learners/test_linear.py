@@ -138,6 +138,33 @@ def test_penalties_are_subtracted_from_scores(kind):
     assert d.scores["a"] == pytest.approx(learner.estimates(x, ["a"])[0][0] - 0.5)
 
 
+def test_width_scale_narrows_only_the_named_arms():
+    learner = make_learner({"kind": "linucb", "alpha": 1.0}, 1)
+    x = np.ones(1)
+    learner.update([_event(x, "a", 0.6), _event(x, "b", 0.5)])  # "b" is less certain after
+    learner.update([_event(x, "a", 0.6)] * 20)
+    rng = np.random.default_rng(0)
+    mean, width = learner.estimates(x, ["a", "b"])
+    assert learner.select(x, ["a", "b"], rng).arm == "b"  # its width wins
+    d = learner.select(x, ["a", "b"], rng, width_scale={"b": 0.0, "gone": 5.0})
+    assert d.arm == "a"
+    assert d.scores["b"] == pytest.approx(mean[1])
+    assert d.scores["a"] == pytest.approx(mean[0] + width[0])
+    both = learner.select(x, ["a", "b"], rng, penalties={"b": 0.1}, width_scale={"b": 0.5})
+    assert both.scores["b"] == pytest.approx(mean[1] + 0.5 * width[1] - 0.1)
+
+
+def test_thompson_width_scale_narrows_the_sampled_arm():
+    learner = make_learner({"kind": "lints", "v": 1.0}, 1)
+    x = np.ones(1)
+    learner.update([_event(x, "a", 0.6)] * 50 + [_event(x, "b", 0.5)])
+    rng = np.random.default_rng(0)
+    plain = learner.select(x, ["a", "b"], rng)
+    d = learner.select(x, ["a", "b"], rng, width_scale={"b": 0.0})
+    assert d.propensities["b"] < plain.propensities["b"] / 10
+    assert d.scores["b"] == pytest.approx(learner.estimates(x, ["b"])[0][0])  # no draw left
+
+
 def test_thompson_closed_form_propensity_matches_sampling():
     rng = np.random.default_rng(0)
     for _ in range(5):
