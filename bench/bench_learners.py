@@ -43,6 +43,7 @@ def main() -> None:
     import numpy as np
 
     from learners import RewardEvent, make_learner
+    from learners.linear import LinearLearner
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dim", type=int, default=64)
@@ -98,7 +99,7 @@ def main() -> None:
 
         n_l, dt_l, cpu_l, lo_l, hi_l = _timed(loop, reps)
         many = "-"
-        if hasattr(warm, "select_many"):
+        if isinstance(warm, LinearLearner):  # batched selection: the linear learners only
             b = args.batch
 
             def batched(learner=warm, steps=steps, b=b) -> int:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from typing_extensions import override
 
 from cache_manager.demand import DemandTracker
 from cache_manager.epochs import DoublingEpochs, EpochSchedule, FixedEpochs
@@ -42,6 +43,10 @@ class BuiltPolicy:
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
+        """The policy and its epoch schedule; ``hindsight``: the oracle's true demand."""
+        raise NotImplementedError
+
 
 class PolarConfig(_Config):
     kind: Literal["polar"] = "polar"
@@ -49,6 +54,7 @@ class PolarConfig(_Config):
     bonus: float = Field(default=1.0, ge=0)
     churn_weight: float = Field(default=1.0, ge=0)
 
+    @override
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         params = PolarParams(bonus=self.bonus, churn_weight=self.churn_weight)
         return BuiltPolicy(PolarPolicy(params, name=self.kind), FixedEpochs(self.epoch_s))
@@ -71,6 +77,7 @@ class PolarPlusConfig(_Config):
         " (see cache_manager.policies.polar)",
     )
 
+    @override
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         params = PolarParams(
             bonus=self.bonus,
@@ -86,6 +93,7 @@ class PolarPlusConfig(_Config):
 class LruConfig(_Config):
     kind: Literal["lru"] = "lru"
 
+    @override
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         return BuiltPolicy(LruPolicy(), None)
 
@@ -93,6 +101,7 @@ class LruConfig(_Config):
 class LfuConfig(_Config):
     kind: Literal["lfu"] = "lfu"
 
+    @override
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         return BuiltPolicy(LfuPolicy(), None)
 
@@ -101,6 +110,7 @@ class StaticConfig(_Config):
     kind: Literal["static"] = "static"
     warmup_s: float = Field(default=10.0, gt=0)
 
+    @override
     def build(self, hindsight: HindsightDemand | None = None) -> BuiltPolicy:
         return BuiltPolicy(StaticTopKPolicy(), FixedEpochs(self.warmup_s))
 

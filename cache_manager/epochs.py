@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from typing_extensions import override
+
 
 class EpochSchedule(Protocol):
     def length(self, epoch: int) -> float:
@@ -17,19 +19,20 @@ class EpochSchedule(Protocol):
 
 
 @dataclass(frozen=True)
-class FixedEpochs:
+class FixedEpochs(EpochSchedule):
     length_s: float
 
     def __post_init__(self) -> None:
         if self.length_s <= 0:
             raise ValueError("epoch length must be positive")
 
+    @override
     def length(self, epoch: int) -> float:
         return self.length_s
 
 
 @dataclass(frozen=True)
-class DoublingEpochs:
+class DoublingEpochs(EpochSchedule):
     initial_s: float
     factor: float = 2.0
     max_s: float | None = None

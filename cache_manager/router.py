@@ -66,7 +66,8 @@ class CacheAwareRouter:
         penalty: np.ndarray,
     ) -> np.ndarray:
         paging, scale = self.rule.terms(resident_anywhere, penalty)
-        return mean + (self.alpha * scale) * width - paging
+        scores: np.ndarray = mean + (self.alpha * scale) * width - paging
+        return scores
 
     def choose(
         self,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+from typing_extensions import override
 
 from learners.base import N_COMPONENTS, RewardEvent
 from learners.config import LinUCBConfig
@@ -35,7 +36,7 @@ class ArmScorer(Protocol):
         ...
 
 
-class LinUCBScorer:
+class LinUCBScorer(ArmScorer):
     """Arm indices over a :class:`LinUCB` learner: disjoint ridge per arm.
 
     ``arms`` fixes the order of the estimate columns. Rewards learned here are the
@@ -83,7 +84,7 @@ class LinUCBScorer:
         return self._pulls.copy()
 
 
-class FixedScorer:
+class FixedScorer(ArmScorer):
     """Known linear parameters, zero width: the oracle's scorer."""
 
     def __init__(self, theta: np.ndarray) -> None:
@@ -94,6 +95,7 @@ class FixedScorer:
         mean = np.atleast_2d(X) @ self._theta.T
         return mean, np.zeros_like(mean)
 
+    @override
     def update(self, X: np.ndarray, arms: np.ndarray, rewards: np.ndarray) -> None:
         return None
 

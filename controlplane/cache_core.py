@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import Engine
+from typing_extensions import override
 
 from cache_manager.clock import Clock
 from cache_manager.controller import CacheController, EpochSink
@@ -51,7 +52,7 @@ class PoolCalls(Protocol):
     def residency_stats(self) -> Mapping[str, Any]: ...
 
 
-class PoolExecutor:
+class PoolExecutor(ResidencyExecutor):
     """``ResidencyExecutor`` over pools of one replica each; blocking calls, made from the
     controller's own thread."""
 
@@ -62,6 +63,7 @@ class PoolExecutor:
     def replicas(self) -> Sequence[str]:
         return tuple(self.pools)
 
+    @override
     def capacity(self, replica: str) -> int:
         return self._capacity
 

@@ -105,7 +105,7 @@ def overview(
     )
     best = _best_arm(arms)
     progress = reports.learner_progress(conn)
-    return _finite(
+    return _finite_dict(
         {
             "requests": requests,
             "answered": ok,
@@ -160,7 +160,7 @@ def _saved_pct(best: dict[str, Any] | None, mean: float | None, key: str) -> flo
 
 
 def learning_curves(conn: Connection, config: BanditConfig, buckets: int = 40) -> dict[str, Any]:
-    return _finite(
+    return _finite_dict(
         {
             "objective": config.objective.weights,
             "buckets": reports.reward_curve(conn, config.objective, buckets),
@@ -218,6 +218,11 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
             out[k] = str(v)
         else:
             out[k] = v
+    return out
+
+
+def _finite_dict(obj: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = _finite(obj)
     return out
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class _PoolCalls:
     """``PoolCalls`` through a pool deployment's handle (blocking, with a timeout)."""
 
-    def __init__(self, handle: DeploymentHandle, timeout_s: float = 30.0) -> None:
+    def __init__(self, handle: DeploymentHandle[Any], timeout_s: float = 30.0) -> None:
         self.handle = handle
         self.timeout_s = timeout_s
 
@@ -46,7 +46,7 @@ class _PoolCalls:
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
 class CacheControllerService:
     def __init__(
-        self, config: BanditConfig, database_url: str, pools: dict[str, DeploymentHandle]
+        self, config: BanditConfig, database_url: str, pools: dict[str, DeploymentHandle[Any]]
     ) -> None:
         self.config = config
         self.engine = make_engine(database_url, pool_size=2)

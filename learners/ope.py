@@ -54,7 +54,8 @@ class LoggedData:
 
 
 def _weights(logs: LoggedData, pi: np.ndarray) -> np.ndarray:
-    return pi[np.arange(len(logs.actions)), logs.actions] / logs.propensities
+    w: np.ndarray = pi[np.arange(len(logs.actions)), logs.actions] / logs.propensities
+    return w
 
 
 def ips(logs: LoggedData, pi: np.ndarray) -> Estimate:

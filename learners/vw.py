@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import vowpal_wabbit_next as vw
+from typing_extensions import override
 
 from learners.base import Decision, RewardEvent
 from learners.baselines import _MeanLearner
@@ -108,6 +109,7 @@ class VWLearner(_MeanLearner):
         total = probs.sum()
         return probs / total if total > 0 else np.full(len(arms), 1.0 / len(arms))
 
+    @override
     def select(
         self,
         x: np.ndarray,

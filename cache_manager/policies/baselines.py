@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from typing_extensions import override
 
 from cache_manager.plan import ResidencyPlan
 from cache_manager.planner import assign_to_replicas
-from cache_manager.policies.base import AccessBook, PlanInputs, random_replica
+from cache_manager.policies.base import AccessBook, PlanInputs, ResidencyPolicy, random_replica
 
 
-class _Reactive:
+class _Reactive(ResidencyPolicy):
     name = "reactive"
     cache_aware = False
     nonresident_width = 1.0
@@ -26,12 +27,15 @@ class _Reactive:
     def __init__(self) -> None:
         self.book = AccessBook()
 
+    @override
     def plan(self, inputs: PlanInputs, rng: np.random.Generator) -> ResidencyPlan | None:
         return None
 
+    @override
     def on_access(self, replica: str, adapter: str, now: float, hit: bool) -> None:
         self.book.record(replica, adapter, now)
 
+    @override
     def miss_replica(
         self,
         adapter: str,
@@ -41,11 +45,13 @@ class _Reactive:
     ) -> str:
         return random_replica(residency, rng)
 
+    @override
     def victim(
         self, replica: str, adapter: str, resident: tuple[str, ...], now: float
     ) -> str | None:
         return self.book.least_recent(replica, resident)
 
+    @override
     def forced_arm(self, rng: np.random.Generator) -> str | None:
         return None
 
@@ -57,6 +63,7 @@ class LruPolicy(_Reactive):
 class LfuPolicy(_Reactive):
     name = "lfu"
 
+    @override
     def victim(
         self, replica: str, adapter: str, resident: tuple[str, ...], now: float
     ) -> str | None:
@@ -70,6 +77,7 @@ class StaticTopKPolicy(_Reactive):
         super().__init__()
         self._pinned: dict[str, tuple[str, ...]] | None = None
 
+    @override
     def plan(self, inputs: PlanInputs, rng: np.random.Generator) -> ResidencyPlan | None:
         if self._pinned is None:
             if inputs.epoch == 0:
@@ -82,6 +90,7 @@ class StaticTopKPolicy(_Reactive):
             self._pinned = {r: tuple(inputs.arms[i] for i in arms) for r, arms in placed.items()}
         return ResidencyPlan(inputs.epoch, inputs.start, dict(self._pinned), policy=self.name)
 
+    @override
     def victim(
         self, replica: str, adapter: str, resident: tuple[str, ...], now: float
     ) -> str | None:

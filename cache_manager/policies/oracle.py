@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from typing_extensions import override
 
 from cache_manager.plan import ResidencyPlan
 from cache_manager.policies.base import PlanInputs
@@ -33,6 +34,7 @@ class OraclePolicy(PolarPolicy):
         self._epoch_share = expected / total if total > 0 else expected
         return mean, expected
 
+    @override
     def _refresh_gain(self, now: float) -> None:
         return None  # the truth does not change within an epoch
 

@@ -38,14 +38,15 @@ the schedule's cap.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from typing_extensions import override
 
 from cache_manager.plan import ResidencyPlan
 from cache_manager.planner import fallback_value, greedy_plan
-from cache_manager.policies.base import AccessBook, PlanInputs
+from cache_manager.policies.base import AccessBook, PlanInputs, ResidencyPolicy
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class PolarParams:
     drift_tv: float | None = None  # demand drift (TV distance) an epoch may span; None: unbounded
 
 
-class PolarPolicy:
+class PolarPolicy(ResidencyPolicy):
     cache_aware = True
 
     def __init__(self, params: PolarParams, name: str = "polar") -> None:
@@ -73,7 +74,7 @@ class PolarPolicy:
         self._utility: np.ndarray | None = None  # (N,) at plan time
         self._inputs: PlanInputs | None = None
         self._gain_at = -np.inf
-        self._live_share = lambda: np.zeros(0)
+        self._live_share: Callable[[], np.ndarray] = _no_share
         self._forced: str | None = None
         self._forced_left = 0
         self._forced_p = 0.0
@@ -116,6 +117,7 @@ class PolarPolicy:
             return inputs.length_s
         return min(inputs.length_s, self.params.drift_tv / self.drift_rate)
 
+    @override
     def plan(self, inputs: PlanInputs, rng: np.random.Generator) -> ResidencyPlan | None:
         self._arms = inputs.arms
         self._index = {a: i for i, a in enumerate(inputs.arms)}
@@ -191,9 +193,11 @@ class PolarPolicy:
             return 0.0
         return float(live[self._index[adapter]])
 
+    @override
     def on_access(self, replica: str, adapter: str, now: float, hit: bool) -> None:
         self.book.record(replica, adapter, now)
 
+    @override
     def miss_replica(
         self,
         adapter: str,
@@ -228,3 +232,8 @@ class PolarPolicy:
             return None
         self._forced_left -= 1
         return self._forced
+
+
+def _no_share() -> np.ndarray:
+    """The demand share before the first plan: nothing observed yet."""
+    return np.zeros(0)

@@ -40,11 +40,13 @@ def create_app(
     *,
     start_background: bool = True,
     learner_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    cache_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     proxy_request_id: Callable[[], str | None] | None = None,
 ) -> FastAPI:
     """``start_background``: the lifespan starts the decision log writer and the
     policy refresher (a Gateway deployment starts its own). ``learner_status``:
-    what ``/v1/stats`` reports for the learner. ``proxy_request_id``: the id a
+    what ``/v1/stats`` reports for the learner; ``cache_status``: for the cache
+    controller, when a planned cache policy runs. ``proxy_request_id``: the id a
     fronting proxy (Ray Serve's) already put in ``x-request-id``; when it is a
     UUID, the decision is logged under it."""
     app = FastAPI(title="banditctl gateway", lifespan=_lifespan)
@@ -52,6 +54,7 @@ def create_app(
     app.state.start_background = start_background
     app.state.api_keys = ApiKeys(core.config.api_keys)
     app.state.learner_status = learner_status
+    app.state.cache_status = cache_status
     app.state.proxy_request_id = proxy_request_id
     app.state.policy_cache = PolicyCache(core.config)
     install_error_handlers(app)

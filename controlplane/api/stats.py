@@ -1,12 +1,14 @@
 """Liveness (``/healthz``) and the gateway's statistics (``/v1/stats``).
 
-``app.state.learner_status``: an async callable that asks the learner for its
-status (the Gateway deployment's handle call), or None.
+``app.state.learner_status`` and ``app.state.cache_status``: async callables that
+ask the learner and the cache controller for their status (the Gateway
+deployment's handle calls), or None.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -28,17 +30,21 @@ async def stats(request: Request, core: CoreDep) -> Any:
         with core.engine.connect() as conn:
             return reports.table_counts(conn)
 
-    learner_status = request.app.state.learner_status
-    learner = None
-    if learner_status is not None:
-        try:
-            learner = await asyncio.wait_for(learner_status(), timeout=5)
-        except Exception as exc:  # the stats page must not fail with the learner
-            learner = {"error": repr(exc)}
     return {
-        "learner": learner,
+        "learner": await _service_status(request.app.state.learner_status),
+        "cache": await _service_status(request.app.state.cache_status),
         "tables": await asyncio.to_thread(load),
         "gateway": dict(core.counters),
         "writer": core.writer.stats.as_dict(),
         "policy_version": core.policy.version,
     }
+
+
+async def _service_status(ask: Callable[[], Awaitable[dict[str, Any]]] | None) -> Any:
+    """A service's status, or its error: the stats page must not fail with a service."""
+    if ask is None:
+        return None
+    try:
+        return await asyncio.wait_for(ask(), timeout=5)
+    except Exception as exc:
+        return {"error": repr(exc)}

@@ -118,7 +118,7 @@ def control_plane(config: BanditConfig, settings: Settings) -> Iterator[Running]
             yield Running(config=config, db=db, base_url=base)
         finally:
             with contextlib.suppress(Exception):
-                serve.shutdown()
+                serve.shutdown()  # type: ignore[no-untyped-call]
             import ray
 
             with contextlib.suppress(Exception):

@@ -13,6 +13,6 @@ def progress_bar(**kwargs: Any) -> Any:
     try:
         from tqdm import tqdm
     except ModuleNotFoundError:
-        quiet = SimpleNamespace(update=lambda n=1: None, set_postfix=lambda **kw: None)
+        quiet = SimpleNamespace(update=lambda *_args: None, set_postfix=lambda **_kwargs: None)
         return contextlib.nullcontext(quiet)
     return tqdm(**kwargs)

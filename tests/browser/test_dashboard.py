@@ -131,7 +131,8 @@ _wait = functools.partial(wait_for, timeout=60.0)
 # ---------------------------------------------------------------- real deployment
 
 
-def test_empty_dashboard(deployed, api, page):
+@pytest.mark.usefixtures("api")
+def test_empty_dashboard(deployed, page):
     _open(page, deployed.base_url)
     assert _text(page, '[data-metric="requests"]') == "0"
     assert _text(page, '[data-metric="mean_reward"]') == "–"
@@ -210,7 +211,8 @@ def test_figures_shown_equal_the_api(deployed, api, page, traffic):
     _shot(page, "dashboard.png")
 
 
-def test_try_a_prompt_shows_the_explain_answer(deployed, api, page, traffic):
+@pytest.mark.usefixtures("traffic")
+def test_try_a_prompt_shows_the_explain_answer(deployed, api, page):
     _open(page, deployed.base_url)
     prompt = "Prove that the square root of 2 is irrational."
     page.fill("#try-prompt", prompt)
@@ -230,7 +232,8 @@ def test_try_a_prompt_shows_the_explain_answer(deployed, api, page, traffic):
     _shot(page, "dashboard-try.png")
 
 
-def test_rollback_only_with_the_admin_scope(deployed, api, page, traffic):
+@pytest.mark.usefixtures("traffic")
+def test_rollback_only_with_the_admin_scope(deployed, api, page):
     _open(page, deployed.base_url)
     page.uncheck("#live")
     before = api.get("/v1/policies").json()["versions"]
@@ -314,7 +317,8 @@ def _mock(page, n_arms: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("n_arms", [1, 50])
-def test_one_and_fifty_arms_render(deployed, page, traffic, n_arms):
+@pytest.mark.usefixtures("traffic")
+def test_one_and_fifty_arms_render(deployed, page, n_arms):
     policy = _mock(page, n_arms)
     _open(page, deployed.base_url)
     assert page.locator("#arms-body tr").count() == n_arms

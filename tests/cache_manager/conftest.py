@@ -14,7 +14,7 @@ ARMS = tuple(f"a{i}" for i in range(6))
 
 @pytest.fixture
 def paging() -> PagingCostModel:
-    return PagingCostModel(adapter_mib={a: 64.0 for a in ARMS}, latency_weight_per_s=5.0)
+    return PagingCostModel(adapter_mib=dict.fromkeys(ARMS, 64.0), latency_weight_per_s=5.0)
 
 
 @pytest.fixture

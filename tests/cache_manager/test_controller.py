@@ -19,7 +19,7 @@ class FixedPlanPolicy(LruPolicy):
         super().__init__()
         self.residency = residency
 
-    def plan(self, inputs, rng):  # type: ignore[no-untyped-def]
+    def plan(self, inputs, _rng):  # type: ignore[no-untyped-def]
         return ResidencyPlan(inputs.epoch, inputs.start, self.residency, policy=self.name)
 
 
@@ -66,7 +66,7 @@ def test_missed_epochs_are_recorded_failed(executor, clock, tracker, scorer, pag
 
 
 def test_a_failing_replica_fails_the_epoch_not_the_others(clock, tracker, scorer, paging) -> None:  # type: ignore[no-untyped-def]
-    def fail(op: str, replica: str, adapter: str) -> bool:
+    def fail(op: str, replica: str, _adapter: str) -> bool:
         return replica == "r1" and op == "prefetch"
 
     ex = InMemoryExecutor({"r0": 2, "r1": 2}, load=lambda _r, _a: 0.0, fail=fail)

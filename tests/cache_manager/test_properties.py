@@ -71,11 +71,11 @@ def test_controller_records_every_epoch_and_respects_capacity(caps, doubling, st
     rng = np.random.default_rng(seed)
     failing = {"now": False}
     ex = InMemoryExecutor(
-        caps, load=lambda _r, _a: 0.001, fail=lambda op, r, a: failing["now"] and op == "prefetch"
+        caps, load=lambda _r, _a: 0.001, fail=lambda op, _r, _a: failing["now"] and op == "prefetch"
     )
     clock = ManualClock()
     schedule = DoublingEpochs(2.0) if doubling else FixedEpochs(3.0)
-    paging = PagingCostModel(adapter_mib={a: 32.0 for a in ARMS})
+    paging = PagingCostModel(adapter_mib=dict.fromkeys(ARMS, 32.0))
     ctl = CacheController(
         PolarPolicy(PolarParams(forced_exploration=True)),
         ex,

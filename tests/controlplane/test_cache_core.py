@@ -171,5 +171,5 @@ def test_pool_executor_makes_the_injected_calls():
     assert executor.resident(POOL) == () and executor.traffic(POOL) == (3, 1)
 
 
-async def _no_pool(arm: str, body: dict) -> dict:
+async def _no_pool(_arm: str, _body: dict) -> dict:
     raise AssertionError("no completion in these tests")

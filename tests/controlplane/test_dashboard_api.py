@@ -13,12 +13,12 @@ from controlplane.gateway_core import GatewayCore
 from controlplane.learner_loop import LearnerLoop
 from controlplane.tokens import FeedbackTokens
 from feedback.repositories import reports, residency, snapshots
-from tests.controlplane.test_learner_loop import _config, _traffic
+from tests.controlplane.learning import learning_config, write_traffic
 
 ADMIN, FEEDBACK = "admin-key-unit", "fb-key-unit"
 
 
-async def _no_pool(arm: str, body: dict) -> dict:
+async def _no_pool(_arm: str, _body: dict) -> dict:
     raise AssertionError("no completion in these tests")
 
 
@@ -30,13 +30,13 @@ def client(engine, monkeypatch):
         ApiKey(name="admin", key_env="BANDITCTL_UNIT_ADMIN", scopes=("admin",)),
         ApiKey(name="fb", key_env="BANDITCTL_UNIT_FEEDBACK", scopes=("feedback",)),
     )
-    cfg = _config().model_copy(update={"api_keys": keys})
+    cfg = learning_config().model_copy(update={"api_keys": keys})
     core = GatewayCore(cfg, engine, _no_pool, FeedbackTokens("unit-secret-0123456789", 60))
     return TestClient(create_app(core, start_background=False)), cfg
 
 
 def _learned(engine, cfg) -> LearnerLoop:
-    _traffic(engine, cfg, 11)
+    write_traffic(engine, cfg, 11)
     loop = LearnerLoop(engine, cfg, clock=lambda: datetime.now(UTC))
     loop.start()
     loop.run_until_idle()

@@ -2,100 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-import numpy as np
 import pytest
-from sqlalchemy import text
 
-from controlplane.cli.demo import demo_config
-from controlplane.learner_loop import LearnerBusy, LearnerLoop, arm_records
-from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord
-from feedback.repositories import arms as arms_repo
-from feedback.repositories import feedback, request_log, reward_stream, snapshots
-from learners import load_learner
-
-N = 240
-
-
-def _config(**svc):
-    cfg = demo_config()
-    return cfg.model_copy(
-        update={
-            "learner_service": cfg.learner_service.model_copy(
-                update={
-                    "batch_size": 25,
-                    "snapshot_every_events": 60,
-                    "snapshot_every_s": 1e9,
-                    **svc,
-                }
-            )
-        }
-    )
-
-
-def _traffic(engine, cfg, seed: int) -> None:
-    """N decided, served requests; 80% get feedback (some before others: out of order)."""
-    rng = np.random.default_rng(seed)
-    arms = [a.name for a in cfg.arms]
-    t0 = datetime.now(UTC) - timedelta(seconds=5)
-    ds, os_, fbs = [], [], []
-    for i in range(N):
-        import uuid
-
-        rid = uuid.UUID(int=int(rng.integers(1, 2**62)) + i)
-        x = rng.normal(size=cfg.featurizer.dim).astype(np.float32)
-        arm = arms[int(rng.integers(len(arms)))]
-        at = t0 + timedelta(milliseconds=i)
-        ds.append(DecisionRecord(rid, at, "auto", arm, x, 0.25, 1, "linucb"))
-        os_.append(OutcomeRecord(rid, at, "ok", latency_ms=float(rng.uniform(50, 500)),
-                                 energy_j=float(rng.uniform(1, 9)), cost_usd=float(rng.uniform(0, 0.01))))  # fmt: skip
-        if rng.random() < 0.8:
-            fbs.append(FeedbackInput.validated(rid, float(rng.random())))
-    rng.shuffle(fbs)  # feedback arrives in another order than the decisions
-    with engine.begin() as conn:
-        arms_repo.upsert_arms(conn, arm_records(cfg))
-        request_log.write_decisions(conn, ds)
-        request_log.write_outcomes(conn, os_)
-        feedback.record_feedback_many(conn, fbs)
-
-
-def _reset_learning(engine) -> None:
-    with engine.begin() as conn:
-        reward_stream.release_claims_after(conn, 0)
-        conn.execute(text("DELETE FROM policy_snapshots"))
-
-
-def _final(loop: LearnerLoop):
-    with loop.engine.connect() as conn:
-        snap = snapshots.latest_snapshot(conn)
-        credited = conn.execute(
-            text(
-                "SELECT count(*), count(DISTINCT credit_seq) FROM decisions WHERE credit_seq IS NOT NULL"
-            )
-        ).one()
-    return snap, tuple(credited)
-
-
-def _assert_same_learner(a: bytes, b: bytes, dim: int) -> None:
-    la, lb = load_learner(a), load_learner(b)
-    sa, sb = la.arm_summary(), lb.arm_summary()
-    assert sa.keys() == sb.keys()
-    for arm in sa:
-        np.testing.assert_allclose(
-            [v for v in sa[arm].values()], [v for v in sb[arm].values()], rtol=1e-9, equal_nan=True
-        )
-    xs = np.random.default_rng(7).normal(size=(5, dim))
-    arms = sorted(sa)
-    for x in xs:
-        for got, want in zip(lb.estimates(x, arms), la.estimates(x, arms), strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-9)
+from controlplane.learner_loop import LearnerBusy, LearnerLoop
+from tests.controlplane.learning import (
+    N,
+    assert_same_learner,
+    final_state,
+    learning_config,
+    reset_learning,
+    write_traffic,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_crash_and_restart_applies_every_event_once(engine, seed):
-    cfg = _config()
-    _traffic(engine, cfg, seed)
+    cfg = learning_config()
+    write_traffic(engine, cfg, seed)
     now = lambda: datetime.now(UTC)  # noqa: E731  (feedback window 30 s: unrated ones wait)
 
     # the reference: one uninterrupted learner
@@ -103,11 +28,11 @@ def test_crash_and_restart_applies_every_event_once(engine, seed):
     ref.start()
     ref.run_until_idle()
     ref.stop()
-    ref_snap, ref_credited = _final(ref)
+    ref_snap, ref_credited = final_state(ref)
     rated = ref_credited[0]
     assert rated == ref_snap["events_applied"] and 0.7 * N < rated < 0.9 * N
 
-    _reset_learning(engine)
+    reset_learning(engine)
     first = LearnerLoop(engine, cfg, clock=now)
     first.start()
     for _ in range(5):  # 125 events claimed, snapshots at 60 and 120: 5 claimed past it
@@ -122,14 +47,14 @@ def test_crash_and_restart_applies_every_event_once(engine, seed):
     assert second.stats["released_on_start"] == unapplied
     second.run_until_idle()
     second.stop()
-    snap, credited = _final(second)
+    snap, credited = final_state(second)
     assert credited == (rated, rated)  # each rated decision credited once, none lost
     assert snap["events_applied"] == rated
-    _assert_same_learner(ref_snap["state"], snap["state"], cfg.featurizer.dim)
+    assert_same_learner(ref_snap["state"], snap["state"], cfg.featurizer.dim)
 
 
 def test_only_one_learner_consumes_a_database(engine):
-    cfg = _config()
+    cfg = learning_config()
     a = LearnerLoop(engine, cfg)
     a.start()
     with pytest.raises(LearnerBusy):
@@ -138,8 +63,8 @@ def test_only_one_learner_consumes_a_database(engine):
 
 
 def test_snapshots_publish_on_event_count_and_on_time(engine):
-    cfg = _config(snapshot_every_events=100, snapshot_every_s=5.0)
-    _traffic(engine, cfg, 3)
+    cfg = learning_config(snapshot_every_events=100, snapshot_every_s=5.0)
+    write_traffic(engine, cfg, 3)
     t = {"now": 0.0}
     loop = LearnerLoop(engine, cfg, clock=lambda: datetime.now(UTC), monotonic=lambda: t["now"])
     loop.start()

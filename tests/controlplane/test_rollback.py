@@ -11,7 +11,12 @@ from sqlalchemy import text
 from controlplane.learner_loop import LearnerLoop, snapshot_learner
 from feedback.repositories import snapshots
 from learners import RewardEvent
-from tests.controlplane.test_learner_loop import _assert_same_learner, _config, _final, _traffic
+from tests.controlplane.learning import (
+    assert_same_learner,
+    final_state,
+    learning_config,
+    write_traffic,
+)
 
 
 def _now() -> datetime:
@@ -41,8 +46,8 @@ def _events_after(loop: LearnerLoop, watermark: int) -> list[RewardEvent]:
 
 
 def test_rollback_is_adopted_and_every_event_is_applied_once(engine):
-    cfg = _config()  # batches of 25, a snapshot every 60 events
-    _traffic(engine, cfg, 5)
+    cfg = learning_config()  # batches of 25, a snapshot every 60 events
+    write_traffic(engine, cfg, 5)
     loop = LearnerLoop(engine, cfg, clock=_now)
     loop.start()
     for _ in range(3):
@@ -72,7 +77,7 @@ def test_rollback_is_adopted_and_every_event_is_applied_once(engine):
     loop.run_until_idle()
     loop.stop()
 
-    snap, credited = _final(loop)
+    snap, credited = final_state(loop)
     assert snap["version"] > 4 and snap["reason"] == "update"
     rated = credited[0]
     assert credited == (rated, rated)  # each credited once
@@ -80,12 +85,12 @@ def test_rollback_is_adopted_and_every_event_is_applied_once(engine):
     # the final state is v2's state plus exactly the events credited after v3's watermark
     want = snapshot_learner(cfg, v2["state"])
     want.update(_events_after(loop, int(v3["watermark"])))
-    _assert_same_learner(want.state_bytes(), snap["state"], cfg.featurizer.dim)
+    assert_same_learner(want.state_bytes(), snap["state"], cfg.featurizer.dim)
 
 
 def test_a_snapshot_never_overwrites_a_newer_rollback(engine):
-    cfg = _config(snapshot_every_events=1000)
-    _traffic(engine, cfg, 6)
+    cfg = learning_config(snapshot_every_events=1000)
+    write_traffic(engine, cfg, 6)
     loop = LearnerLoop(engine, cfg, clock=_now)
     loop.start()
     loop.step()

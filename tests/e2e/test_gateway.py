@@ -198,7 +198,7 @@ def test_feedback_bad_inputs(deployed, client, http):
     )
 
 
-def test_feedback_batch(deployed, client, http):
+def test_feedback_batch(client, http):
     metas = [_chat(client)[2] for _ in range(3)]
     items = [
         {"request_id": m["request_id"], "quality": 0.2, "feedback_token": m["feedback_token"]}

@@ -90,6 +90,7 @@ def _run(policy: str | dict, port: int, pg_server) -> dict:
             for task in _trace(2, 200):
                 _send(http, task, feedback=False)
             after = _stats()
+            cache_status = http.get("/stats").json()["cache"]
         eng = create_engine(url)
         with eng.connect() as conn:
             epochs = conn.execute(
@@ -106,9 +107,10 @@ def _run(policy: str | dict, port: int, pg_server) -> dict:
             "hits": after["hits"] - before["hits"],
             "resident": after["resident"],
             "capacity": after["capacity"],
-            "epochs": dict((str(s), int(n)) for s, n in epochs),
+            "epochs": {str(s): int(n) for s, n in epochs},
             "epoch_hits": epoch_hits,
             "all_hits": after["hits"],
+            "cache_status": cache_status,
         }
     finally:
         serve.delete(APP_NAME)
@@ -119,6 +121,10 @@ def test_polar_pages_in_less_than_serve_lru_on_the_same_trace(ray_session, pg_se
     polar = _run({"kind": "polar", "epoch_s": 1.0}, ray_session, pg_server)
     print(f"\nresidency trace of 200 requests, 6 adapters, 2 slots: lru {lru}\npolar {polar}")
     assert lru["epochs"] == {}  # plain multiplexing: no controller, no plans
+    assert lru["cache_status"] is None
+    # /v1/stats reports the controller: its epochs and what it holds, no error
+    assert polar["cache_status"]["epochs"] >= 2 and polar["cache_status"]["error"] is None
+    assert len(polar["cache_status"]["residency"][pool_name("small")]) <= polar["capacity"]
     assert polar["epochs"].get("applied", 0) >= 2  # plans reached the replica and were recorded
     assert len(polar["resident"]) <= polar["capacity"] and len(lru["resident"]) <= lru["capacity"]
     assert set(polar["resident"]) == {ADAPTERS[i] for i in HOT}

@@ -79,7 +79,7 @@ def test_simulate_command_writes_json_and_plot(tmp_path, capsys):
     assert "regret vs oracle" in printed and "per-model profile" in printed
 
 
-def test_simulate_rejects_unknown_learner(capsys):
+def test_simulate_rejects_unknown_learner():
     assert main(["simulate", "--dataset", "synthetic", "--learners", "nope"]) == 2
 
 

@@ -46,7 +46,7 @@ def _downgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _current(args: argparse.Namespace) -> int:
+def _current(_args: argparse.Namespace) -> int:
     from controlplane.settings import get_settings
     from feedback import migrate
 
@@ -58,7 +58,7 @@ def _current(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(_args: argparse.Namespace) -> int:
     from controlplane.settings import get_settings
     from feedback import migrate
 
