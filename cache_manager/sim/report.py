@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cache_manager.config import parse_policy
 from cache_manager.sim.engine import RunResult, run_policy
 from cache_manager.sim.scenarios import ScenarioConfig, build_world
+from learners.replay.report import require_pyplot
 
 ORACLE = "oracle"
 
@@ -110,20 +110,6 @@ def write_json(
         "policies": {name: s.as_json() for name, s in summaries.items()},
     }
     Path(path).write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
-
-
-def require_pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend, or an error naming the extra that installs it."""
-    try:
-        import matplotlib
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            "plots need matplotlib: pip install 'banditctl[sim]'", name=exc.name
-        ) from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot(

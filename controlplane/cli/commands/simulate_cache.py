@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     from cache_manager.config import POLICY_REGISTRY
-    from cache_manager.sim.report import plot, require_pyplot, run_all, write_json
+    from cache_manager.sim.report import plot, run_all, write_json
     from cache_manager.sim.scenarios import get_scenario
+    from learners.replay.report import require_pyplot
 
     if args.plot:
         try:
