@@ -23,7 +23,7 @@ from cache_manager.router import ArmPrices, ArmTerms
 from controlplane.config import BanditConfig
 from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
 from controlplane.tokens import FeedbackTokens
-from feedback.records import DecisionRecord, OutcomeRecord
+from feedback.records import COMPLETION_ID_PREFIX, DecisionRecord, OutcomeRecord
 from feedback.repositories import residency as residency_repo
 from feedback.writer import DecisionLogWriter
 from learners import Decision
@@ -211,7 +211,7 @@ class GatewayCore:
             )
         )
         return {
-            "id": f"chatcmpl-{rid.hex}",
+            "id": f"{COMPLETION_ID_PREFIX}{rid.hex}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": decision.arm,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,25 @@ def _ensure_database(admin_url: str, database: str) -> None:
                 conn.execute(text(f'CREATE DATABASE "{database}"'))
     finally:
         engine.dispose()
+
+
+def recreate_database(url: str) -> None:
+    """Drop the database ``url`` names (closing its connections) and create it empty,
+    through the server's ``postgres`` database."""
+    target = make_url(url)
+    name = target.database
+    if not name or name == "postgres":
+        raise ValueError(f"refusing to recreate database {name!r}")
+    admin = create_engine(
+        target.set(database="postgres").render_as_string(hide_password=False),
+        isolation_level="AUTOCOMMIT",
+    )
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
 
 
 @contextlib.contextmanager

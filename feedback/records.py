@@ -105,13 +105,18 @@ class RewardRow:
     cost_usd: float
 
 
+COMPLETION_ID_PREFIX = "chatcmpl-"  # the gateway's completion id: this prefix + the id's hex
+
+
 def parse_request_id(value: object) -> uuid.UUID:
+    """A request id: the UUID (``x-request-id``, ``banditctl.request_id``) or the
+    completion's own id (``chatcmpl-<hex>``, the ``id`` an OpenAI client reads)."""
     if isinstance(value, uuid.UUID):
         return value
     if not isinstance(value, str):
         raise InvalidInput("request_id", "must be a UUID string")
     try:
-        return uuid.UUID(value)
+        return uuid.UUID(value.removeprefix(COMPLETION_ID_PREFIX))
     except ValueError:
         raise InvalidInput("request_id", f"malformed request id {value[:64]!r}") from None
 

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 
 from controlplane.config import BanditConfig, ReplayConfig, parse_config
+from controlplane.settings import Settings
 from learners.datasets import RoutingDataset
 
 
@@ -41,9 +42,40 @@ def demo_config(dataset: str = "synthetic", **overrides: Any) -> BanditConfig:
         "featurizer": {"dim": 64, "tasks": tasks},
         "objective": {"weights": {"quality": 1.0, "cost_usd": -30.0}, "feedback_window_s": 30.0},
         "replay": replay.model_dump(),
+        # a short run: publish and pick up policies often, so that it learns while it serves
+        "learner_service": {"snapshot_every_events": 50, "snapshot_every_s": 0.5},
+        "gateway": {"policy_refresh_s": 0.25},
     }
     data.update(overrides)
     return parse_config(data, "<demo>")
+
+
+DEMO_DATABASE = "banditctl_demo"
+
+
+def demo_settings(settings: Settings, *, fresh: bool) -> Settings:
+    """The demo's own database, so that a demo never continues another run's policy by
+    accident nor touches ``banditctl up``'s data: ``banditctl_demo`` on the embedded
+    server, or ``<database>_demo`` on ``DATABASE_URL``'s server. ``fresh``: emptied first."""
+    from sqlalchemy import make_url
+
+    from feedback.database import recreate_database
+
+    if settings.database_url:
+        url = make_url(settings.database_url)
+        url = url.set(database=f"{url.database}_demo")
+        demo = settings.model_copy(
+            update={"database_url": url.render_as_string(hide_password=False)}
+        )
+    else:
+        demo = settings.model_copy(update={"embedded_database": DEMO_DATABASE})
+    if fresh:
+        if settings.database_url:
+            recreate_database(demo.database_url or "")
+        else:
+            with demo.database() as db:
+                recreate_database(db.url)
+    return demo
 
 
 def _arm_name(model: str) -> str:
@@ -175,18 +207,23 @@ def summarize(ds: RoutingDataset, result: TrafficResult, weights: np.ndarray) ->
     energy = np.array([s.energy_j for s in served])
     reward = q * weights[0] + energy * weights[1] + cost * weights[3]
     half = len(served) // 2
-    share: dict[str, dict[str, float]] = defaultdict(dict)
-    by_task: dict[str, list[str]] = defaultdict(list)
-    for s in served:
-        by_task[s.task].append(s.arm)
-    for task, arms in sorted(by_task.items()):
-        for arm in sorted(set(arms)):
-            share[task][arm] = arms.count(arm) / len(arms)
+    objective = ds.rewards() @ weights  # (rows, K)
+    tasks = np.array([s.task for s in served])
+    best_by_task = {  # the per-task best model in hindsight, on the rows served
+        t: ds.models[int(np.argmax(objective[rows[tasks == t]].mean(axis=0)))]
+        for t in sorted(set(tasks))
+    }
+    second = served[half:]
     overall = [s.arm for s in served]
     return {
         "served": len(served),
         "traffic_share": {a: overall.count(a) / len(overall) for a in sorted(set(overall))},
-        "traffic_share_by_task": dict(share),
+        "traffic_share_by_task": _share_by_task(served),
+        "traffic_share_by_task_second_half": _share_by_task(second),
+        "best_arm_by_task": best_by_task,
+        "best_arm_share_second_half": float(
+            np.mean([ds.models.index(best_by_task[s.task]) == _model_index(ds, s) for s in second])
+        ),
         "mean_reward": float(reward.mean()),
         "mean_reward_first_half": float(reward[:half].mean()) if half else None,
         "mean_reward_second_half": float(reward[half:].mean()),
@@ -205,3 +242,20 @@ def summarize(ds: RoutingDataset, result: TrafficResult, weights: np.ndarray) ->
             100 * (1 - energy.mean() / max(ds.energy_j[rows, best].mean(), 1e-12))
         ),
     }
+
+
+def _share_by_task(served: list[Served]) -> dict[str, dict[str, float]]:
+    by_task: dict[str, list[str]] = defaultdict(list)
+    for s in served:
+        by_task[s.task].append(s.arm)
+    return {
+        task: {arm: arms.count(arm) / len(arms) for arm in sorted(set(arms))}
+        for task, arms in sorted(by_task.items())
+    }
+
+
+def _model_index(ds: RoutingDataset, s: Served) -> int:
+    """The data set's column of the model that served ``s`` (arm names are model names
+    made safe for the config: see :func:`_arm_name`)."""
+    names = [_arm_name(m) for m in ds.models]
+    return names.index(s.arm) if s.arm in names else -1

@@ -145,6 +145,18 @@ def test_repeat_feedback_is_a_duplicate_counted_once(deployed, client, http):
     )
 
 
+def test_feedback_in_three_lines_with_the_openai_sdk(client, http):
+    # as in the README: the completion's own id and the token the SDK keeps in model_extra
+    completion = client.chat.completions.create(model="auto", messages=CODE_PROMPT)
+    token = completion.model_extra["banditctl"]["feedback_token"]
+    r = http.post(
+        "/feedback",
+        json={"request_id": completion.id, "rating": "up", "feedback_token": token},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["request_id"] == completion.model_extra["banditctl"]["request_id"]
+
+
 def test_feedback_bad_inputs(deployed, client, http):
     meta = _chat(client)[2]
     rid, token = meta["request_id"], meta["feedback_token"]

@@ -25,7 +25,18 @@ def register(sub: Any) -> None:
     p.add_argument("--json", dest="json_out", help="write the summary as JSON")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--feedback-rate", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the traffic's seed (first seed)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="runs, each from a fresh policy, seeds SEED..; prints ranges",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the demo database's policy instead of starting from a fresh one",
+    )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--config", help="a banditctl YAML config instead of the bundled scenario")
     p.set_defaults(func=run)
@@ -45,11 +56,8 @@ def _counts_since(url: str, since: datetime) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controlplane.cli.demo import demo_config, require_openai, run_traffic, summarize
-    from controlplane.cli.launch import control_plane
+    from controlplane.cli.demo import demo_config, require_openai
     from controlplane.config import ConfigError, load_config
-    from controlplane.settings import get_settings
-    from learners.replay.dataset import dataset_for
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -57,18 +65,53 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.seeds < 1:
+        print("error: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    if args.resume and args.seeds > 1:
+        print("error: --resume continues one policy: it takes no --seeds", file=sys.stderr)
+        return 2
+    if args.seeds > 1 and args.requests is None:
+        print("error: --seeds needs --requests (each seed's run must end)", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config) if args.config else demo_config(args.dataset)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = config.model_copy(update={"http_port": args.port})
+    reports = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        report = _run_one(args, config, seed)
+        if report is None:
+            return 1
+        reports.append(report)
+    if len(reports) > 1:
+        _print_range(reports)
+    if args.json_out:
+        doc = reports[0] if len(reports) == 1 else {"runs": reports}
+        with open(args.json_out, "w") as f:
+            json.dump(doc, f, indent=2)
+        print(f"wrote {args.json_out}")
+    return 0 if all(r["errors"] == 0 for r in reports) else 1
+
+
+def _run_one(args: argparse.Namespace, config: Any, seed: int) -> dict[str, Any] | None:
+    """One demo run: a fresh demo database (unless ``--resume``), the control plane, the
+    traffic of ``seed``, and its summary; ``--requests`` unset: serve until Ctrl-C."""
+    from controlplane.cli.demo import demo_settings, run_traffic, summarize
+    from controlplane.cli.launch import control_plane
+    from controlplane.settings import get_settings
+    from learners.replay.dataset import dataset_for
+
     r = config.replay
     ds = dataset_for(r.dataset, r.synthetic_rows, r.seed)
-    settings = get_settings()
+    settings = demo_settings(get_settings(), fresh=not args.resume)
     since = datetime.now(UTC)
     print(
-        f"banditctl demo: {len(config.arms)} arms on replay backends over {ds.source or r.dataset}"
+        f"banditctl demo (seed {seed}): {len(config.arms)} arms on replay backends over "
+        f"{ds.source or r.dataset}; "
+        + ("continuing the policy in the demo database" if args.resume else "a fresh policy")
     )
     print("starting the database, Ray Serve and the control plane ...", flush=True)
     with control_plane(config, settings) as run_:
@@ -79,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         arm_models = {a.name: a.model for a in config.arms}
         with progress_bar(total=n, desc="requests", unit="req") as bar:
             traffic = run_traffic(
-                run_.api_url, ds, arm_models, n, seed=args.seed,
+                run_.api_url, ds, arm_models, n, seed=seed,
                 concurrency=args.concurrency, feedback_rate=args.feedback_rate, progress=bar,
             )  # fmt: skip
         summary = summarize(ds, traffic, config.objective.weight_vector)
@@ -92,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
             counts = _counts_since(run_.db.url, since)
         report: dict[str, Any] = {
+            "seed": seed,
             "requests": n,
             "served": len(traffic.served),
             "errors": len(traffic.errors),
@@ -104,10 +148,6 @@ def run(args: argparse.Namespace) -> int:
         _print_summary(report)
         for e in traffic.errors[:5]:
             print(f"  error: {e}", file=sys.stderr)
-        if args.json_out:
-            with open(args.json_out, "w") as f:
-                json.dump(report, f, indent=2)
-            print(f"wrote {args.json_out}")
         if args.requests is None:
             print(f"serving on {run_.base_url}; open {run_.base_url}/dashboard. Ctrl-C stops.")
             try:
@@ -115,7 +155,28 @@ def run(args: argparse.Namespace) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-    return 0 if not traffic.errors else 1
+    return report
+
+
+def _print_range(reports: list[dict[str, Any]]) -> None:
+    """Each figure's range over the seeds' runs."""
+
+    def span(key: str, fmt: str = "{:.3f}") -> str:
+        vals = [r["summary"][key] for r in reports]
+        return f"{fmt.format(min(vals))}-{fmt.format(max(vals))}"
+
+    s0 = reports[0]["summary"]
+    print(f"\nover {len(reports)} seeds ({reports[0]['seed']}-{reports[-1]['seed']}):")
+    print(
+        f"  mean reward {span('mean_reward')} (first half {span('mean_reward_first_half')}, "
+        f"second half {span('mean_reward_second_half')}); always {s0['best_model']}: "
+        f"{span('best_model_mean_reward')}"
+    )
+    print(
+        f"  second half to each task's best arm: {span('best_arm_share_second_half', '{:.0%}')}; "
+        f"cost saved {span('cost_saved_vs_best_pct', '{:.0f}')}%, "
+        f"energy saved {span('energy_saved_vs_best_pct', '{:.0f}')}%"
+    )
 
 
 def _print_summary(rep: dict[str, Any]) -> None:
@@ -130,8 +191,10 @@ def _print_summary(rep: dict[str, Any]) -> None:
     print(
         "traffic share per arm: " + ", ".join(f"{a} {v:.0%}" for a, v in s["traffic_share"].items())
     )
-    for task, arms in s["traffic_share_by_task"].items():
-        print(f"  {task:<14} " + ", ".join(f"{a} {v:.0%}" for a, v in arms.items()))
+    print("second half, per task (its best arm in hindsight in brackets):")
+    for task, arms in s["traffic_share_by_task_second_half"].items():
+        best = s["best_arm_by_task"].get(task, "")
+        print(f"  {task:<14} " + ", ".join(f"{a} {v:.0%}" for a, v in arms.items()) + f"  [{best}]")
     print(
         f"mean reward {s['mean_reward']:.3f} (first half {s['mean_reward_first_half']:.3f}, "
         f"second half {s['mean_reward_second_half']:.3f}); always {s['best_model']}: "

@@ -36,6 +36,16 @@ def test_feedback_is_stored_once_and_repeat_reports_duplicate(db):
     assert [tuple(r) for r in qs] == [("user", 0.8), ("judge", 0.3)]
 
 
+def test_the_completion_id_is_accepted_as_the_request_id(db):
+    d = write_served(db)
+    by_completion_id = FeedbackInput.validated(f"chatcmpl-{d.request_id.hex}", 1.0, "user")
+    assert by_completion_id.request_id == d.request_id
+    with db.begin() as conn:
+        assert not feedback.record_feedback(conn, by_completion_id).duplicate
+    with pytest.raises(InvalidInput):
+        FeedbackInput.validated("chatcmpl-not-hex", 1.0, "user")
+
+
 @pytest.mark.parametrize(
     ("request_id", "quality", "source", "field"),
     [
