@@ -42,6 +42,20 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _totals(url: str) -> dict[str, int]:
+    """Rows in the demo database's tables (a fresh run holds only its own)."""
+    from sqlalchemy import create_engine
+
+    from feedback.repositories import reports
+
+    eng = create_engine(url)
+    try:
+        with eng.connect() as conn:
+            return reports.table_counts(conn)
+    finally:
+        eng.dispose()
+
+
 def _counts_since(url: str, since: datetime) -> dict[str, int]:
     from sqlalchemy import create_engine
 
@@ -143,6 +157,7 @@ def _run_one(args: argparse.Namespace, config: Any, seed: int) -> dict[str, Any]
             "seconds": round(traffic.seconds, 2),
             "requests_per_s": round(len(traffic.served) / max(traffic.seconds, 1e-9), 1),
             **counts,
+            "database_totals": _totals(run_.db.url),
             "summary": summary,
         }
         _print_summary(report)
