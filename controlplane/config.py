@@ -69,6 +69,14 @@ class GatewayConfig(_Strict):
     log_buffer: int = Field(default=50_000, ge=100)
     log_flush_s: float = Field(default=0.2, gt=0)
     seed: int = 0
+    budget_refresh_s: float = Field(
+        default=10.0, gt=0, description="how often a replica re-reads budget spend from Postgres"
+    )
+    expected_completion_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="completion tokens a budget expects of a request without max_tokens",
+    )
 
 
 class LearnerServiceConfig(_Strict):
@@ -83,10 +91,74 @@ class PoolConfig(_Strict):
     max_ongoing_requests: int = Field(default=64, ge=1)
 
 
+Scope = Literal["chat", "feedback", "admin"]
+
+
 class ApiKey(_Strict):
-    name: str
-    key_env: str = Field(description="environment variable holding the key")
-    scopes: tuple[Literal["feedback", "admin"], ...] = ("feedback",)
+    """An API key, known by its id (``name``): logs and decision rows carry the id, never
+    the key. The raw key is not in the config: ``key_env`` names the environment variable
+    holding it, or ``key_sha256`` is its hex SHA-256 (``printf %s "$KEY" | sha256sum``).
+
+    ``chat`` lets a key call ``/v1/chat/completions``, ``/v1/models`` and
+    ``/v1/route/explain``; ``feedback`` post feedback; ``admin`` everything, rollback too.
+    ``requests_per_minute`` and ``tokens_per_minute`` limit the key's chat traffic
+    (token buckets in each gateway replica: see :class:`AuthConfig`). ``tenant``: the key's
+    requests count as this tenant, whatever their ``metadata.tenant`` says."""
+
+    name: str = Field(min_length=1, max_length=200)
+    key_env: str | None = Field(default=None, description="environment variable holding the key")
+    key_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256 of the key"
+    )
+    scopes: tuple[Scope, ...] = ("feedback",)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    tenant: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        if (self.key_env is None) == (self.key_sha256 is None):
+            raise ValueError(f"API key {self.name!r}: give exactly one of key_env, key_sha256")
+        return self
+
+
+class AuthConfig(_Strict):
+    """``open_chat``: chat, models and route explain need no API key (a known key shown
+    anyway is still identified, logged and limited; an unknown one is ignored).
+    ``limits_scope``: where the rate limits count; ``replica`` (the only one built): each
+    gateway replica keeps its own token buckets, so with N replicas a key may send up to
+    N times its limit; divide the limits by ``gateway.replicas`` to share them out."""
+
+    open_chat: bool = False
+    limits_scope: Literal["replica"] = "replica"
+
+
+BudgetPeriod = Literal["hour", "day", "month"]
+
+
+class Budget(_Strict):
+    """A spend budget for one API key (``key``: its name) or one tenant (``tenant``: the
+    requests' ``metadata.tenant``), in US dollars and/or joules per calendar period in UTC."""
+
+    key: str | None = Field(default=None, min_length=1)
+    tenant: str | None = Field(default=None, min_length=1)
+    usd: float | None = Field(default=None, gt=0)
+    joules: float | None = Field(default=None, gt=0)
+    period: BudgetPeriod = "day"
+
+    @model_validator(mode="after")
+    def _shape(self) -> Budget:
+        if (self.key is None) == (self.tenant is None):
+            raise ValueError("a budget names exactly one of key, tenant")
+        if self.usd is None and self.joules is None:
+            raise ValueError(f"budget {self.name}: give usd, joules or both")
+        return self
+
+    @property
+    def name(self) -> str:
+        """``key:evals/day``, ``tenant:team-a/hour``."""
+        who = f"key:{self.key}" if self.key is not None else f"tenant:{self.tenant}"
+        return f"{who}/{self.period}"
 
 
 class BanditConfig(_Strict):
@@ -105,6 +177,8 @@ class BanditConfig(_Strict):
         " controller's knobs",
     )
     api_keys: tuple[ApiKey, ...] = ()
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    budgets: tuple[Budget, ...] = ()
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
 
@@ -135,6 +209,15 @@ class BanditConfig(_Strict):
                 raise ValueError(f"route {route!r} names unknown arm(s) {unknown}")
             if not arms:
                 raise ValueError(f"route {route!r} has no arms")
+        keys = [k.name for k in self.api_keys]
+        if len(set(keys)) != len(keys):
+            raise ValueError("API key names must be unique")
+        budgets = [b.name for b in self.budgets]
+        if len(set(budgets)) != len(budgets):
+            raise ValueError("one budget per key or tenant and period")
+        for b in self.budgets:
+            if b.key is not None and b.key not in keys:
+                raise ValueError(f"budget {b.name} names unknown API key {b.key!r}")
         return self
 
     def route_arms(self, route: str) -> tuple[str, ...]:

@@ -45,6 +45,8 @@ def demo_config(dataset: str = "synthetic", **overrides: Any) -> BanditConfig:
         # a short run: publish and pick up policies often, so that it learns while it serves
         "learner_service": {"snapshot_every_events": 50, "snapshot_every_s": 0.5},
         "gateway": {"policy_refresh_s": 0.25},
+        # a local demo: chat needs no API key (a real deployment gives clients chat keys)
+        "auth": {"open_chat": True},
     }
     data.update(overrides)
     return parse_config(data, "<demo>")
