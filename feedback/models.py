@@ -72,6 +72,7 @@ decisions = Table(
     Column("learner", Text, nullable=False),
     Column("tenant", Text, nullable=True),
     Column("task", Text, nullable=True),
+    Column("key_id", Text, nullable=True, comment="the API key's name (never the key)"),
     Column("credit_seq", BigInteger, nullable=True),
     Column("credit_kind", Text, nullable=True),
     Column("credit_quality", Float, nullable=True),

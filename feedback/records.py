@@ -37,6 +37,7 @@ class DecisionRecord:
     learner: str
     tenant: str | None = None
     task: str | None = None
+    key_id: str | None = None  # the API key's name, never the key
 
 
 @dataclass(frozen=True)

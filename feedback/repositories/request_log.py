@@ -30,6 +30,7 @@ _DECISION_COLS = (
     "learner",
     "tenant",
     "task",
+    "key_id",
 )
 _OUTCOME_COLS = (
     "request_id",
@@ -59,6 +60,7 @@ def _decision_row(d: DecisionRecord) -> tuple[Any, ...]:
         d.learner,
         d.tenant,
         d.task,
+        d.key_id,
     )
 
 
