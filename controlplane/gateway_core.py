@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,14 +149,24 @@ class GatewayCore:
         return body
 
     def decide(
-        self, body: dict[str, Any], request_id: uuid.UUID | None = None
+        self,
+        body: dict[str, Any],
+        request_id: uuid.UUID | None = None,
+        *,
+        key_id: str | None = None,
+        exclude: Collection[str] = (),
     ) -> tuple[uuid.UUID, np.ndarray, Decision, int, str]:
-        """Featurize, select, and enqueue the decision log (the in-process overhead)."""
+        """Featurize, select, and enqueue the decision log (the in-process overhead).
+
+        ``exclude``: arms the request may not go to (its budgets); the policy selects
+        among the route's other arms. ``key_id``: the API key's name, logged."""
         route = body.get("model") or "auto"
-        arms = self.route_arms(route)
+        arms = [a for a in self.route_arms(route) if a not in exclude]
+        if not arms:
+            raise BadRequest("model", f"no arm of {route!r} is allowed for this request", 429)
         x = self.featurizer.featurize(body)
         policy = self.policy
-        decision = self._select(policy, x, list(arms), self.rng)
+        decision = self._select(policy, x, arms, self.rng)
         rid = request_id or uuid.uuid4()
         meta = body.get("metadata") or {}
         self.writer.log_decision(
@@ -171,16 +181,25 @@ class GatewayCore:
                 learner=decision.learner,
                 tenant=_opt_str(meta.get("tenant")),
                 task=_opt_str(body.get("task") or meta.get("task")),
+                key_id=key_id,
             )
         )
         return rid, x, decision, policy.version, route
 
     async def complete(
-        self, body: dict[str, Any], request_id: uuid.UUID | None = None
+        self,
+        body: dict[str, Any],
+        request_id: uuid.UUID | None = None,
+        *,
+        key_id: str | None = None,
+        exclude: Collection[str] = (),
     ) -> dict[str, Any]:
-        """Serve one chat completion; ``request_id`` (e.g. the proxy's) else a new UUID."""
+        """Serve one chat completion; ``request_id`` (e.g. the proxy's) else a new UUID;
+        ``key_id`` and ``exclude`` as for :meth:`decide`."""
         body = self.validate_body(body)
-        rid, _x, decision, version, route = self.decide(body, request_id)
+        rid, _x, decision, version, route = self.decide(
+            body, request_id, key_id=key_id, exclude=exclude
+        )
         self.counters["requests"] += 1
         start = time.perf_counter()
         try:
