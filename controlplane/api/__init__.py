@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from controlplane.admission import Admission
 from controlplane.api import chat, dashboard, explain, feedback, policies, stats
 from controlplane.api.auth import ApiKeys
 from controlplane.api.errors import install_error_handlers
@@ -42,17 +43,20 @@ def create_app(
     learner_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     cache_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     proxy_request_id: Callable[[], str | None] | None = None,
+    admission: Admission | None = None,
 ) -> FastAPI:
     """``start_background``: the lifespan starts the decision log writer and the
     policy refresher (a Gateway deployment starts its own). ``learner_status``:
     what ``/v1/stats`` reports for the learner; ``cache_status``: for the cache
     controller, when a planned cache policy runs. ``proxy_request_id``: the id a
     fronting proxy (Ray Serve's) already put in ``x-request-id``; when it is a
-    UUID, the decision is logged under it."""
+    UUID, the decision is logged under it. ``admission``: rate limits and budgets (by
+    default built from the core's config, on the real clocks)."""
     app = FastAPI(title="banditctl gateway", lifespan=_lifespan)
     app.state.core = core
     app.state.start_background = start_background
     app.state.api_keys = ApiKeys(core.config.api_keys)
+    app.state.admission = admission or Admission(core.config, core.engine)
     app.state.learner_status = learner_status
     app.state.cache_status = cache_status
     app.state.proxy_request_id = proxy_request_id
@@ -68,6 +72,7 @@ def create_app(
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     core: GatewayCore = app.state.core
     task = None
+    await app.state.admission.keep_fresh()  # seed the budgets' spend from Postgres
     if app.state.start_background:
         core.writer.start()
         task = asyncio.create_task(core.policy_refresher())

@@ -1,7 +1,10 @@
 """OpenAI-compatible chat completions (JSON or server-sent events) and the model list.
 
-``app.state.proxy_request_id``: the id a fronting proxy (Ray Serve's) already put
-in ``x-request-id``; when it is a UUID, the decision is logged under it.
+Both need an API key with the chat scope unless ``auth.open_chat`` (:mod:`.auth`).
+``app.state.admission`` (:class:`controlplane.admission.Admission`) applies the key's
+rate limits and the budgets before a request is decided, and learns its real usage
+after. ``app.state.proxy_request_id``: the id a fronting proxy (Ray Serve's) already
+put in ``x-request-id``; when it is a UUID, the decision is logged under it.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from controlplane.admission import Admission
+from controlplane.api.auth import ChatKeyDep
 from controlplane.api.deps import CoreDep, read_json
 
 router = APIRouter()
 
 
 @router.get("/v1/models")
-async def models(core: CoreDep) -> dict[str, Any]:
+async def models(core: CoreDep, _key: ChatKeyDep) -> dict[str, Any]:
     names = ["auto", *core.config.routes, *(a.name for a in core.config.arms)]
     return {
         "object": "list",
@@ -32,11 +37,25 @@ async def models(core: CoreDep) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions")
-async def chat(request: Request, core: CoreDep) -> Any:
-    body = await read_json(request)
+async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
+    body = core.validate_body(await read_json(request))
     proxy_request_id = request.app.state.proxy_request_id
     proxied = _as_uuid(proxy_request_id() if proxy_request_id else None)
-    result = await core.complete(body, proxied)
+    if key is not None and key.tenant is not None:  # the key's tenant, whatever the body says
+        body = {**body, "metadata": {**(body.get("metadata") or {}), "tenant": key.tenant}}
+    admission: Admission = request.app.state.admission
+    arms = core.route_arms(body.get("model") or "auto")
+    ticket = await admission.admit(key, body, arms, core.policy.learner, proxied or uuid.uuid4())
+    result = None
+    try:
+        result = await core.complete(
+            body,
+            ticket.request_id,
+            key_id=key.name if key is not None else None,
+            exclude=ticket.exclude,
+        )
+    finally:
+        admission.settle(ticket, result)
     meta = result["banditctl"]
     headers = {
         "x-banditctl-request-id": meta["request_id"],

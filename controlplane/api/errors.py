@@ -1,12 +1,16 @@
 """The API's one error shape and every exception handler, registered in one place.
 
-Errors are JSON ``{"error": {"message", "type", "param"}}`` with 4xx/5xx codes:
+Errors are JSON ``{"error": {"message", "type", "param", "code"}}`` (OpenAI's shape)
+with 4xx/5xx codes:
 
 - ``BadRequest``: its status; ``invalid_request_error`` (``model_not_found`` when
   404); param: the field.
 - ``InvalidInput``: 422 ``invalid_request_error``; param: the field.
 - ``NotFound``: 404 ``not_found``; param: the resource.
-- ``AuthError``: its status (401, 403) ``authentication_error``.
+- ``AuthError``: its status (401, 403) ``authentication_error``; code
+  ``invalid_api_key`` (no key, an unknown one) or ``insufficient_scope``.
+- ``LimitExceeded``: 429 ``rate_limit_exceeded`` or ``budget_exceeded``; code: the
+  limit's or the budget's name; a ``Retry-After`` header (seconds).
 - ``WriterFull``: 503 ``overloaded``; ``UpstreamError``: 502 ``upstream_error``.
 
 FastAPI's own answers (a path or query parameter that fails validation, an
@@ -15,6 +19,7 @@ unknown route or method) keep FastAPI's ``{"detail": ...}`` shape.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,19 +27,33 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from controlplane.gateway_core import BadRequest, UpstreamError
+from controlplane.limits import LimitExceeded
 from feedback.errors import InvalidInput, NotFound, WriterFull
+
+log = logging.getLogger(__name__)
 
 
 class AuthError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
 
 
-def error_response(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    kind: str,
+    param: str | None = None,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param}}, status_code=status
+        {"error": {"message": message, "type": kind, "param": param, "code": code}},
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -52,7 +71,13 @@ async def _nf(_: Request, exc: NotFound) -> JSONResponse:
 
 
 async def _auth(_: Request, exc: AuthError) -> JSONResponse:
-    return error_response(exc.status, exc.message, "authentication_error")
+    return error_response(exc.status, exc.message, "authentication_error", code=exc.code)
+
+
+async def _limit(_: Request, exc: LimitExceeded) -> JSONResponse:
+    log.info("429 %s: %s", exc.kind, exc.message)  # names the key's id, never the key
+    headers = {"Retry-After": str(exc.retry_after)}
+    return error_response(429, exc.message, exc.kind, code=exc.code, headers=headers)
 
 
 async def _full(_: Request, exc: WriterFull) -> JSONResponse:
@@ -68,6 +93,7 @@ _HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse
     InvalidInput: _invalid,
     NotFound: _nf,
     AuthError: _auth,
+    LimitExceeded: _limit,
     WriterFull: _full,
     UpstreamError: _upstream,
 }

@@ -1,4 +1,4 @@
-"""Route explain: every arm's score for a chat body, without serving it."""
+"""Route explain: every arm's score for a chat body, without serving it (chat scope)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from controlplane.api.auth import ChatKeyDep
 from controlplane.api.deps import CoreDep, read_json
 
 router = APIRouter()
 
 
 @router.post("/v1/route/explain")
-async def explain(request: Request, core: CoreDep) -> Any:
+async def explain(request: Request, core: CoreDep, _key: ChatKeyDep) -> Any:
     return core.explain(await read_json(request))

@@ -1,4 +1,4 @@
-"""Liveness (``/healthz``) and the gateway's statistics (``/v1/stats``).
+"""Liveness (``/healthz``) and the gateway's statistics (``/v1/stats``, with the budgets).
 
 ``app.state.learner_status`` and ``app.state.cache_status``: async callables that
 ask the learner and the cache controller for their status (the Gateway
@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from controlplane.admission import Admission
 from controlplane.api.deps import CoreDep
 from feedback.repositories import reports
 
@@ -37,7 +38,16 @@ async def stats(request: Request, core: CoreDep) -> Any:
         "gateway": dict(core.counters),
         "writer": core.writer.stats.as_dict(),
         "policy_version": core.policy.version,
+        "budgets": await _budgets(request),
     }
+
+
+async def _budgets(request: Request) -> list[dict[str, Any]]:
+    """Each budget's limits, spend this period, remaining and reset time (this replica's
+    view: Postgres at the last refresh plus what it spent since)."""
+    admission: Admission = request.app.state.admission
+    await admission.keep_fresh()
+    return admission.budgets.report()
 
 
 async def _service_status(ask: Callable[[], Awaitable[dict[str, Any]]] | None) -> Any:
