@@ -20,6 +20,8 @@ SECRET = "e2e-test-secret-0123456789abcdef"
 FEEDBACK_KEY = "fb-key-e2e"
 ADMIN_KEY = "admin-key-e2e"
 READONLY_KEY = "ro-key-e2e"
+CHAT_KEY = "chat-key-e2e"  # two requests a minute
+BUDGET_TENANT = "e2e-budget"  # a budget that the first answer exhausts
 
 
 def _free_port() -> int:
@@ -47,6 +49,7 @@ def ray_session() -> Iterator[int]:
     os.environ["BANDITCTL_E2E_FEEDBACK_KEY"] = FEEDBACK_KEY
     os.environ["BANDITCTL_E2E_ADMIN_KEY"] = ADMIN_KEY
     os.environ["BANDITCTL_E2E_READONLY_KEY"] = READONLY_KEY
+    os.environ["BANDITCTL_E2E_CHAT_KEY"] = CHAT_KEY
     init_ray(None)
     yield port
     import ray
@@ -79,7 +82,15 @@ def e2e_config(port: int) -> BanditConfig:
                 },
                 {"name": "admin", "key_env": "BANDITCTL_E2E_ADMIN_KEY", "scopes": ["admin"]},
                 {"name": "readonly", "key_env": "BANDITCTL_E2E_READONLY_KEY", "scopes": []},
+                {
+                    "name": "chat",
+                    "key_env": "BANDITCTL_E2E_CHAT_KEY",
+                    "scopes": ["chat"],
+                    "requests_per_minute": 2,
+                },
             ),
+            # chat stays open (demo_config's auth.open_chat): known keys are still limited
+            "budgets": ({"tenant": BUDGET_TENANT, "usd": 1e-9, "period": "day"},),
         }
     )
 

@@ -10,7 +10,15 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from controlplane.tokens import FeedbackTokens
-from tests.ray_fixtures import ADMIN_KEY, FEEDBACK_KEY, READONLY_KEY, SECRET, wait_for
+from tests.ray_fixtures import (
+    ADMIN_KEY,
+    BUDGET_TENANT,
+    CHAT_KEY,
+    FEEDBACK_KEY,
+    READONLY_KEY,
+    SECRET,
+    wait_for,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -232,6 +240,33 @@ def test_chat_bad_inputs(http):
         "/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert r.status_code == 400
+
+
+def test_a_keys_rate_limit_and_a_tenants_budget_through_serve(deployed, http):
+    body = {"model": "auto", "messages": CODE_PROMPT}
+    key = {"Authorization": f"Bearer {CHAT_KEY}"}
+    served = [http.post("/chat/completions", json=body, headers=key) for _ in range(2)]
+    assert [r.status_code for r in served] == [200, 200]
+    r = http.post("/chat/completions", json=body, headers=key)
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_exceeded"
+    assert r.json()["error"]["code"] == "requests_per_minute"
+    assert 1 <= int(r.headers["retry-after"]) <= 30
+    ids = [s.json()["banditctl"]["request_id"] for s in served]
+    _wait(
+        lambda: _db_count(deployed, "SELECT count(*) FROM decisions WHERE key_id = 'chat'") == 2,
+        what="the key's two decisions",
+    )
+    assert _db_count(deployed, "SELECT count(*) FROM decisions WHERE key_id = 'chat' "
+                     "AND request_id::text = ANY(:ids)", ids=ids) == 2  # fmt: skip
+
+    tenant = {**body, "metadata": {"tenant": BUDGET_TENANT}}
+    assert http.post("/chat/completions", json=tenant).status_code == 200
+    r = http.post("/chat/completions", json=tenant)
+    assert r.status_code == 429 and r.json()["error"]["type"] == "budget_exceeded"
+    assert r.json()["error"]["code"] == f"tenant:{BUDGET_TENANT}/day"
+    assert int(r.headers["retry-after"]) <= 24 * 3600
+    [budget] = http.get("/stats").json()["budgets"]
+    assert budget["spent_usd"] > budget["usd"] and budget["remaining_usd"] < 0
 
 
 def test_explain_scores_every_arm_without_serving(deployed, http):
