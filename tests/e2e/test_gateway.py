@@ -259,14 +259,19 @@ def test_a_keys_rate_limit_and_a_tenants_budget_through_serve(deployed, http):
     assert _db_count(deployed, "SELECT count(*) FROM decisions WHERE key_id = 'chat' "
                      "AND request_id::text = ANY(:ids)", ids=ids) == 2  # fmt: skip
 
+    # the first answer spends the budget, unless the learner already expects every arm to
+    # cost more than it (once other tests have taught it): then the first is refused
     tenant = {**body, "metadata": {"tenant": BUDGET_TENANT}}
-    assert http.post("/chat/completions", json=tenant).status_code == 200
-    r = http.post("/chat/completions", json=tenant)
-    assert r.status_code == 429 and r.json()["error"]["type"] == "budget_exceeded"
+    statuses = []
+    while not statuses or statuses[-1] == 200 and len(statuses) < 3:
+        r = http.post("/chat/completions", json=tenant)
+        statuses.append(r.status_code)
+    assert statuses in ([429], [200, 429]), statuses
+    assert r.json()["error"]["type"] == "budget_exceeded"
     assert r.json()["error"]["code"] == f"tenant:{BUDGET_TENANT}/day"
-    assert int(r.headers["retry-after"]) <= 24 * 3600
+    assert 1 <= int(r.headers["retry-after"]) <= 24 * 3600
     [budget] = http.get("/stats").json()["budgets"]
-    assert budget["spent_usd"] > budget["usd"] and budget["remaining_usd"] < 0
+    assert (budget["spent_usd"] > budget["usd"]) == (statuses[0] == 200)
 
 
 def test_explain_scores_every_arm_without_serving(deployed, http):
