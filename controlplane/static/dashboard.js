@@ -92,12 +92,12 @@ function S(parent, tag, attrs, text) {
 }
 function tip(el, text) { S(el, "title", {}, text); return el; }
 
-function niceTicks(lo, hi, count = 5) {
+function niceTicks(lo, hi, count = 5, minStep = 0) {
   const span = hi - lo || Math.abs(hi) || 1;
   const raw = span / count;
   const mag = 10 ** Math.floor(Math.log10(raw));
   const norm = raw / mag;
-  const step = (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10) * mag;
+  const step = Math.max(minStep, (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10) * mag);
   const out = [];
   for (let v = Math.floor(lo / step) * step; v <= hi + step * 0.5; v += step) out.push(Number(v.toPrecision(12)));
   if (out.length && out[out.length - 1] < hi) out.push(Number((out[out.length - 1] + step).toPrecision(12)));
@@ -124,7 +124,7 @@ function defaultFmt(v) {
   if (a === 0) return "0";
   if (a >= 1000) return int(v);
   if (a >= 100) return v.toFixed(0);
-  if (a < 0.001) return v.toExponential(1);
+  if (a < 1e-5) return v.toExponential(1);
   return Number(v.toPrecision(3)).toString();
 }
 
@@ -161,8 +161,9 @@ function plot(o) {
   if (o.stacked) { y0 = 0; y1 = 1; yt = [0, 0.25, 0.5, 0.75, 1]; } else {
     y0 = Math.min(...ys); y1 = Math.max(...ys);
     if (o.yZero) y0 = Math.min(0, y0);
-    if (y1 === y0) { const pad = Math.abs(y0) * 0.1 || 0.5; y0 -= pad; y1 += pad; }
-    yt = niceTicks(y0, y1, 5);
+    if (y1 === y0 && o.yZero && y0 === 0) y1 = o.integer ? 1 : 0.001;
+    else if (y1 === y0) { const pad = Math.abs(y0) * 0.1 || 0.5; y0 -= pad; y1 += pad; }
+    yt = niceTicks(y0, y1, 5, o.integer ? 1 : 0);
     y0 = Math.min(y0, yt[0]); y1 = Math.max(y1, yt[yt.length - 1]);
   }
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
@@ -272,6 +273,7 @@ function renderOverview(o) {
     el.dataset.arm = b.arm;
     el.append("Baseline of the cards: ", h("b", {}, b.arm), `, the best arm ${w.seconds === null ? "over all time" : `in the ${w.label}`}: ${b.rule}. `,
       `Its mean reward ${fixed(b.mean_reward, 3)}${b.reward_ci ? ` (95% CI ${fixed(b.reward_ci[0], 3)}–${fixed(b.reward_ci[1], 3)})` : ""} over ${int(b.reward_n)} credited decisions. `,
+      h("span", { id: "baseline-mix" }),
       h("span", { class: "muted" }, "It served its own mix of requests, not all of them, so this is an estimate, not a replay (the demo's \"always <model>\" replays every model on every request)."));
   } else {
     delete el.dataset.arm;
@@ -352,6 +354,14 @@ function renderRouting(r) {
       cells,
       h("td", { class: "best-observed" }, t.best_observed ? `[${t.best_observed}]` : "–")));
   }
+  const mix = $("baseline-mix");
+  const b = lastOverview && lastOverview.baseline;
+  if (mix && b) {
+    const n = tasks.map((t) => [t.task, (t.cells.find((c) => c.arm === b.arm) || {}).decisions || 0]).filter(([, k]) => k > 0);
+    const total = n.reduce((acc, [, k]) => acc + k, 0);
+    n.sort((x, y) => y[1] - x[1]);
+    mix.textContent = total ? `Its decisions by task: ${n.map(([t, k]) => `${t} ${pct(k / total, 0)}`).join(", ")}. ` : "";
+  }
   $("routing-scope").textContent = tasks.length
     ? `${int(r.decisions)} decisions` + (r.capped ? `: the newest ${int(r.limit)} of the window` : ` in the ${r.window.seconds === null ? "whole log" : r.window.label}`)
       + `; policy v${r.policy_version} (${r.learner}). Interval of an estimate: ± 1.96 × ${fixed(r.noise_sd, 3)} (standard deviation of the credited rewards) × the model's width at the task's mean context.`
@@ -372,7 +382,7 @@ function renderVersions(list) {
   $("versions-chart").replaceChildren(
     legend([{ name: "a version: events it had learned from", color: PALETTE[0] }, { name: "rollback", color: "#b91c1c" }]),
     plot({ width: 1000, height: 200, series: [{ name: "versions", color: PALETTE[0], points: pts }],
-      yLabel: "events applied", xLabel: "time published", fmtY: (v) => int(v), yZero: true, label: "policy versions" }));
+      yLabel: "events applied", xLabel: "time published", fmtY: (v) => int(v), yZero: true, integer: true, label: "policy versions" }));
   const body = $("versions-body");
   body.replaceChildren();
   for (const v of versions) {
