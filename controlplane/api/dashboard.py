@@ -1,13 +1,16 @@
 """The dashboard: its page and assets (package data, no CDN) and the JSON it reads.
 
-The figures come from :mod:`controlplane.dashboard_data` (no HTTP there);
-``app.state.policy_cache`` holds the snapshot learners it replays.
+The figures come from :mod:`controlplane.dashboard_data` and
+:mod:`controlplane.dashboard_routing` (no HTTP there); ``app.state.policy_cache``
+holds the snapshot learners they replay. Every JSON endpoint takes ``window_s``:
+the figures cover the decisions of its last seconds (absent: all time).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated, Any
 
@@ -15,8 +18,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from controlplane import dashboard_data as data
+from controlplane import dashboard_routing
 from controlplane.api.deps import CoreDep
 from controlplane.api.errors import error_response
+from controlplane.dashboard_stats import Window
 from controlplane.gateway_core import GatewayCore
 
 ASSETS = {
@@ -33,6 +38,20 @@ async def get_policy_cache(request: Request) -> data.PolicyCache:
 
 
 PolicyCacheDep = Annotated[data.PolicyCache, Depends(get_policy_cache)]
+
+MAX_WINDOW_S = 366 * 86400.0
+
+
+async def get_window(
+    window_s: Annotated[
+        float | None,
+        Query(gt=0, le=MAX_WINDOW_S, description="the last seconds covered (absent: all time)"),
+    ] = None,
+) -> Window:
+    return Window(window_s, datetime.now(UTC))
+
+
+WindowDep = Annotated[Window, Depends(get_window)]
 
 
 def _asset(name: str) -> bytes:
@@ -62,8 +81,8 @@ async def asset(name: str) -> Response:
 
 
 @router.get("/v1/dashboard/overview")
-async def overview(core: CoreDep, cache: PolicyCacheDep) -> Any:
-    result = await _read(core, data.overview, core.config, cache)
+async def overview(core: CoreDep, cache: PolicyCacheDep, window: WindowDep) -> Any:
+    result = await _read(core, data.overview, core.config, cache, window)
     result["gateway"] = {
         "policy_version": core.policy.version,
         "requests": core.counters.get("requests", 0),
@@ -72,16 +91,28 @@ async def overview(core: CoreDep, cache: PolicyCacheDep) -> Any:
     return result
 
 
+@router.get("/v1/dashboard/routing")
+async def routing(
+    core: CoreDep,
+    cache: PolicyCacheDep,
+    window: WindowDep,
+    limit: int = Query(dashboard_routing.ROUTING_LIMIT, ge=1, le=50_000),
+) -> Any:
+    return await _read(core, dashboard_routing.routing, core.config, cache, window, limit)
+
+
 @router.get("/v1/dashboard/learning")
-async def learning(core: CoreDep, buckets: int = Query(40, ge=1, le=500)) -> Any:
-    return await _read(core, data.learning_curves, core.config, buckets)
+async def learning(core: CoreDep, window: WindowDep, buckets: int = Query(40, ge=1, le=500)) -> Any:
+    return await _read(core, data.learning_curves, core.config, window, buckets)
 
 
 @router.get("/v1/dashboard/feedback")
-async def feedback(core: CoreDep, limit: int = Query(50, ge=1, le=500)) -> Any:
-    return await _read(core, data.recent_feedback, limit)
+async def feedback(core: CoreDep, window: WindowDep, limit: int = Query(50, ge=1, le=500)) -> Any:
+    return await _read(core, data.recent_feedback, window, limit)
 
 
 @router.get("/v1/dashboard/residency")
-async def residency(core: CoreDep, limit: int = Query(500, ge=1, le=5000)) -> Any:
-    return await _read(core, data.residency, limit)
+async def residency(
+    core: CoreDep, window: WindowDep, limit: int = Query(500, ge=1, le=5000)
+) -> Any:
+    return await _read(core, data.residency, window, limit)

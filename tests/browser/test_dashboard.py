@@ -1,11 +1,14 @@
 """The dashboard in headless Chromium (Debian's package) against a deployed control plane.
 
 Real deployment (Ray Serve + Postgres): the empty state, then demo traffic and
-feedback through the HTTP API; the figures on the page must equal the API's;
-"try a prompt"; rollback refused without the admin scope, accepted with it.
-One arm and 50 arms: the same page with the policy/overview/residency answers
-replaced through Playwright's route interception (deploying 50 arms adds
-nothing the page would see differently). Screenshots go to docs/screenshots/.
+feedback through the HTTP API; the figures on the page (cards with the baseline
+arm's name, the routing per task, the arms with their intervals, the charts) must
+equal the API's for the window shown, and every window of the selector asks the
+API for that window; "try a prompt"; rollback refused without the admin scope,
+accepted with it. One arm and 50 arms: the same page with the overview, routing
+and residency answers replaced through Playwright's route interception (deploying
+50 arms adds nothing the page would see differently). Screenshots go to
+docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -121,8 +124,15 @@ def _int(v: float | None) -> str:
     return "–" if v is None else f"{math.floor(v + 0.5):,}"  # Math.round
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else _fixed(v * 100, 1) + "%"
+def _pct(v: float | None, d: int = 1) -> str:
+    return "–" if v is None else _fixed(v * 100, d) + "%"
+
+
+def _pm(ci: list[float] | None, d: int) -> str:
+    return "" if ci is None else f" ± {_fixed((ci[1] - ci[0]) / 2, d)}"
+
+
+HOUR = {"window_s": 3600}
 
 
 _wait = functools.partial(wait_for, timeout=60.0)
@@ -136,6 +146,10 @@ def test_empty_dashboard(deployed, page):
     _open(page, deployed.base_url)
     assert _text(page, '[data-metric="requests"]') == "0"
     assert _text(page, '[data-metric="mean_reward"]') == "–"
+    assert _text(page, '[data-metric="requests-label"]') == "decisions in the last hour"
+    assert _text(page, '[data-metric="cost"]') == "–"
+    assert _text(page, "#baseline").startswith("Baseline: none yet")
+    assert page.locator("#routing-empty").is_visible()
     assert page.locator("#arms-empty").is_visible()
     assert page.locator("#feedback-empty").is_visible()
     assert page.locator("#residency-empty").is_visible()
@@ -170,45 +184,184 @@ def traffic(deployed, api):
 def test_figures_shown_equal_the_api(deployed, api, page, traffic):
     _open(page, deployed.base_url)
     _settled_refresh(page)
-    o = api.get("/v1/dashboard/overview").json()
+    assert page.evaluate("document.body.dataset.window") == "3600"  # the default: 1 h
+    o = api.get("/v1/dashboard/overview", params=HOUR).json()
+    assert o["window"]["label"] == "last hour"
     assert o["requests"] == REQUESTS and o["feedback"] == traffic.feedback_posted
+    assert "the last hour" in _text(page, "#scope")
+    assert _text(page, '[data-metric="requests-label"]') == "decisions in the last hour"
     assert _text(page, '[data-metric="requests"]') == _int(o["requests"])
     assert _num(page, '[data-metric="mean_reward"]') == o["mean_reward"]
     assert _text(page, '[data-metric="mean_reward"]') == _fixed(o["mean_reward"], 3)
-    assert _num(page, '[data-metric="cost_saved_pct"]') == o["cost_saved_pct"]
-    assert _text(page, '[data-metric="cost_saved_pct"]') == _fixed(o["cost_saved_pct"], 1) + "%"
-    assert _num(page, '[data-metric="energy_saved_pct"]') == o["energy_saved_pct"]
+
+    # one baseline, named on every card
+    arm = o["baseline"]["arm"]
+    assert arm == o["best_arm"]
+    assert page.locator("#baseline").get_attribute("data-arm") == arm
+    assert _text(page, '[data-metric="reward-note"]').startswith(f"{arm} (best arm): ")
+    for key in ("cost", "energy"):
+        assert _text(page, f'[data-metric="{key}-label"]') == f"{key} per answer vs {arm}"
+        assert _num(page, f'[data-metric="{key}"]') == o[key]["ratio"]
+        assert _text(page, f'[data-metric="{key}"]') == o[key]["figure"]
+        assert not _text(page, f'[data-metric="{key}"]').startswith("-")
+        assert f"({arm})" in _text(page, f'[data-metric="{key}-note"]')
     assert _text(page, '[data-metric="exploration"]') == _pct(o["exploration"]["rate"])
     assert _text(page, '[data-metric="lag_events"]') == "0 events"
     assert _text(page, '[data-metric="policy_version"]') == f"v{o['learner']['version']}"
-    assert o["best_arm"] in _text(page, '[data-metric="cost-note"]')
 
-    cur = api.get("/v1/policies/current").json()
+    # arms: the window's figures, each mean with its 95% interval, and the policy's pulls
     rows = page.locator("#arms-body tr")
-    assert rows.count() == len(cur["arms"]) == len(deployed.config.arms)
-    for name, a in cur["arms"].items():
-        row = f'#arms-body tr[data-arm="{name}"]'
+    assert rows.count() == len(o["arms"]) == len(deployed.config.arms)
+    for a in o["arms"]:
+        row = f'#arms-body tr[data-arm="{a["arm"]}"]'
         cells = page.locator(f"{row} td")
-        assert cells.nth(1).inner_text() == _int(a["pulls"])
-        assert _num(page, f"{row} td:nth-child(3)") == a["traffic_share"]
-        assert _pct(a["traffic_share"]) in cells.nth(2).inner_text()
-        assert cells.nth(3).inner_text() == _fixed(a["mean_quality"], 3)
-        assert cells.nth(4).inner_text() == _fixed(a["mean_energy_j"], 2)
-        assert cells.nth(5).inner_text() == _fixed(a["mean_latency_ms"], 1)
-        assert cells.nth(6).inner_text() == _fixed(a["mean_cost_usd"], 6)
-        assert _num(page, f"{row} td:nth-child(8)") == a["uncertainty"]
-    assert sum(float(a["pulls"]) for a in cur["arms"].values()) == traffic.feedback_posted
+        assert cells.nth(1).inner_text() == _int(a["decisions"])
+        assert _num(page, f"{row} td:nth-child(3)") == a["share"]
+        assert _pct(a["share"]) in cells.nth(2).inner_text()
+        want = "–" if a["mean_reward"] is None else _fixed(a["mean_reward"], 3)
+        assert cells.nth(3).inner_text() == want + _pm(a["reward_ci"], 3)
+        if a["reward_ci"]:
+            assert _num(page, f"{row} td:nth-child(4)") == a["mean_reward"]
+            low = cells.nth(3).get_attribute("data-ci-low")
+            assert low is not None and float(low) == a["reward_ci"][0]
+        assert cells.nth(5).inner_text() == _int(a["reward_n"])
+        assert cells.nth(6).inner_text() == _fixed(a["mean_quality"], 3)
+        assert cells.nth(7).inner_text() == _fixed(a["mean_energy_j"], 2)
+        assert cells.nth(8).inner_text() == _fixed(a["mean_latency_ms"], 1)
+        assert cells.nth(9).inner_text() == _fixed(a["mean_cost_usd"], 6)
+        assert cells.nth(10).inner_text() == _int(a["policy_pulls"])
+        assert ("best arm" in cells.nth(0).inner_text()) == (a["arm"] == arm)
+    assert sum(a["policy_pulls"] for a in o["arms"]) == traffic.feedback_posted
+    # on this data, the interval narrows with the credited decisions behind it
+    rated = sorted((a for a in o["arms"] if a["reward_ci"]), key=lambda a: a["reward_n"])
+    if len(rated) >= 2 and rated[-1]["reward_n"] >= 4 * rated[0]["reward_n"]:
+        width = [a["reward_ci"][1] - a["reward_ci"][0] for a in (rated[0], rated[-1])]
+        assert width[1] < width[0]
+
+    routing = api.get("/v1/dashboard/routing", params=HOUR).json()
+    _check_routing(page, routing)
+    # the baseline's own mix of tasks, beside its name
+    mix = _text(page, "#baseline-mix")
+    assert mix.startswith("Its decisions by task: ")
+    for t in routing["tasks"]:
+        served = next(c for c in t["cells"] if c["arm"] == arm)["decisions"]
+        assert (f"{t['task']} " in mix) == (served > 0)
 
     versions = api.get("/v1/policies").json()["versions"]
     first = page.locator("#versions-body tr").first
     assert first.get_attribute("data-version") == str(versions[0]["version"])
-    assert page.locator("#versions-body tr").count() == len(versions)
+    assert page.locator("#versions-body tr").count() == len(versions)  # all within the hour
 
-    fb = api.get("/v1/dashboard/feedback").json()["items"]
+    fb = api.get("/v1/dashboard/feedback", params=HOUR).json()["items"]
     assert page.locator("#feedback-body tr").count() == len(fb) == 50
     assert _num(page, "#feedback-body tr:first-child td:nth-child(4)") == fb[0]["quality"]
-    assert page.locator("#curves .curve polyline").count() == 5
+
+    # charts: reward and four components, each with tick labels, axis titles, a legend
+    # naming the baseline arm, and a hover title per time slice
+    lc = api.get("/v1/dashboard/learning", params=HOUR).json()["buckets"]
+    assert sum(b["n"] for b in lc) == REQUESTS
+    assert page.locator("#learning polyline").count() == 5
+    reward = page.locator('[data-curve="reward"]')
+    assert arm in reward.locator(".legend").inner_text()
+    assert reward.locator("rect.hover").count() == len(lc)
+    first_title = reward.locator("rect.hover title").first.text_content() or ""
+    assert f"{_int(lc[0]['n'])} decisions" in first_title
+    assert _fixed(lc[0]["reward"], 3) in first_title
+    assert "reward (objective)" in reward.locator("svg").text_content()
+    assert reward.locator("svg text").count() >= 8  # tick labels on both axes
+    share = page.locator('[data-curve="share"]')
+    assert share.locator(".legend span").count() >= len(deployed.config.arms)
+    assert share.locator("rect title").count() > 0
+    box = reward.locator("svg").bounding_box()
+    assert box is not None and box["width"] >= 1000  # full width on a laptop screen
     _shot(page, "dashboard.png")
+
+
+def _check_routing(page, r: dict[str, Any]) -> None:
+    """The task x arm table shows the routing answer: shares, estimates, the preferred arm."""
+    tasks = r["tasks"]
+    assert page.locator("#routing-body tr").count() == len(tasks)
+    assert [
+        page.locator("#routing-head th").nth(2 + i).inner_text() for i in range(len(r["arms"]))
+    ] == r["arms"]
+    for t in tasks:
+        row = f'#routing-body tr[data-task="{t["task"]}"]'
+        assert page.locator(row).get_attribute("data-preferred") == t["preferred"]
+        assert page.locator(f"{row} td.preferred").get_attribute("data-arm") == t["preferred"]
+        assert page.locator(f"{row} td.preferred").count() == 1
+        for c in t["cells"]:
+            cell = page.locator(f'{row} td.cell[data-arm="{c["arm"]}"]')
+            assert float(cell.get_attribute("data-share") or "nan") == c["share"]
+            assert _pct(c["share"], 0) in cell.locator(".pct").inner_text()
+            est = cell.locator(".est").inner_text()
+            if c["estimate"] is None:
+                assert est == "–"
+            else:
+                assert float(cell.get_attribute("data-estimate") or "nan") == c["estimate"]
+                assert est == _fixed(c["estimate"], 3) + _pm(c["estimate_ci"], 3)
+        best = t["best_observed"]
+        assert page.locator(f"{row} td.best-observed").inner_text() == (
+            f"[{best}]" if best else "–"
+        )
+
+
+@pytest.mark.usefixtures("traffic")
+def test_routing_per_task_shows_the_learned_routing(deployed, api, page):
+    _open(page, deployed.base_url, min_refresh=2)
+    r = api.get("/v1/dashboard/routing", params=HOUR).json()
+    assert r["decisions"] == REQUESTS and not r["capped"]
+    assert sum(t["decisions"] for t in r["tasks"]) == REQUESTS
+    ds_tasks = set(deployed.config.featurizer.tasks)
+    assert {t["task"] for t in r["tasks"]} == ds_tasks  # the traffic labels every request
+    for t in r["tasks"]:
+        # the policy prefers an arm it has served this task, and its estimate is the highest
+        cells = {c["arm"]: c for c in t["cells"]}
+        assert cells[t["preferred"]]["decisions"] > 0
+        assert cells[t["preferred"]]["estimate"] == max(c["estimate"] for c in t["cells"])
+    _check_routing(page, r)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#routing").screenshot(path=str(SHOTS / "dashboard-routing.png"))
+
+
+@pytest.mark.usefixtures("traffic")
+def test_every_window_asks_the_api_for_that_window(deployed, api, page):
+    urls: list[str] = []
+    page.on("request", lambda req: urls.append(req.url))
+    _open(page, deployed.base_url)
+    page.uncheck("#live")  # only the clicks refresh
+    for key, seconds, label, noun in (
+        ("300", 300, "last 5 min", "decisions in the last 5 min"),
+        ("86400", 86400, "last 24 h", "decisions in the last 24 h"),
+        ("all", None, "all time", "decisions, all time"),
+        ("3600", 3600, "last hour", "decisions in the last hour"),
+    ):
+        urls.clear()
+        n = int(page.evaluate("Number(document.body.dataset.refreshed || 0)"))
+        page.click(f'.windows button[data-window="{key}"]')
+        page.wait_for_function(
+            f"document.body.dataset.window === '{key}' && "
+            f"Number(document.body.dataset.refreshed || 0) > {n}"
+        )
+        assert page.locator(".windows button.on").get_attribute("data-window") == key
+        asked = [u for u in urls if "/v1/dashboard/" in u]
+        assert {u.split("/v1/dashboard/")[1].split("?")[0] for u in asked} >= {
+            "overview", "routing", "learning", "residency", "feedback"
+        }  # fmt: skip
+        for u in asked:
+            assert (f"window_s={seconds}" in u) if seconds else ("window_s" not in u), u
+        params = {} if seconds is None else {"window_s": seconds}
+        o = api.get("/v1/dashboard/overview", params=params).json()
+        assert o["window"]["label"] == label
+        assert _text(page, '[data-metric="requests-label"]') == noun
+        assert _text(page, '[data-metric="requests"]') == _int(o["requests"])
+        assert label in _text(page, "#scope") and label in _text(page, "#routing h2")
+        assert page.evaluate("location.hash") == f"#window={key}"
+        if key == "300":
+            _shot(page, "dashboard-window-5min.png")
+    # the window survives a reload
+    page.goto(deployed.base_url + "/dashboard#window=all")
+    page.wait_for_function("document.body.dataset.window === 'all'")
+    assert "all time" in _text(page, "#scope")
 
 
 @pytest.mark.usefixtures("traffic")
@@ -277,23 +430,47 @@ def test_rollback_only_with_the_admin_scope(deployed, api, page):
 
 
 def _arm(i: int, n: int) -> dict[str, Any]:
+    mean = 0.5 + 0.4 * i / max(n, 1)
+    half = 1.0 / (i + 2)
     return {
-        "pulls": float(10 * (i + 1)),
-        "mean_quality": 0.5 + 0.4 * i / max(n, 1),
+        "arm": f"m{i}-with-a-rather-long-arm-name:adapter-{i}",
+        "decisions": 10 * (i + 1),
+        "ok": 10 * (i + 1),
+        "errors": 0,
+        "rewarded": 10 * (i + 1),
+        "reward_n": 10 * (i + 1),
+        "mean_reward": mean,
+        "reward_sd": 0.3,
+        "reward_ci": [mean - half, mean + half],
+        "mean_quality": mean,
         "mean_energy_j": 1.0 + i,
         "mean_latency_ms": 100.0 + 7 * i,
         "mean_cost_usd": 0.0001 * (i + 1),
-        "uncertainty": 1.0 / (i + 1),
-        "traffic_share": 1.0 / n,
-        "decisions": 10.0,
+        "total_cost_usd": 0.001 * (i + 1) ** 2,
+        "total_energy_j": 10.0 * (i + 1) * (1 + i),
+        "share": 1.0 / n,
+        "policy_pulls": float(10 * (i + 1)),
+        "baseline": i == n - 1,
     }
 
 
-def _mock(page, n_arms: int) -> dict[str, Any]:
-    arms = {f"m{i}-with-a-rather-long-arm-name:adapter-{i}": _arm(i, n_arms) for i in range(n_arms)}
-    policy = {"version": 9, "learner": "linucb", "created_at": "2025-01-01T00:00:00+00:00",
-              "watermark": 5, "events_applied": 5, "reason": "update", "objective": None,
-              "arms": arms}  # fmt: skip
+def _mock(page, api, n_arms: int) -> dict[str, Any]:
+    arms = [_arm(i, n_arms) for i in range(n_arms)]
+    names = [a["arm"] for a in arms]
+    ov = api.get("/v1/dashboard/overview", params=HOUR).json()
+    ov["arms"] = arms
+    ov["baseline"] = {**arms[-1], "rule": "the best"}
+    routing = api.get("/v1/dashboard/routing", params=HOUR).json()
+    routing["arms"] = names
+    routing["tasks"] = [
+        {"task": task, "decisions": 100, "credited": 90, "contexts": 100,
+         "preferred": names[k % n_arms], "preferred_by": "estimate",
+         "best_observed": names[k % n_arms],
+         "cells": [{"arm": a, "decisions": 100 // n_arms, "share": 1.0 / n_arms, "reward_n": 5,
+                    "mean_reward": 0.5, "reward_ci": [0.3, 0.7], "estimate": 0.5 + 0.01 * i,
+                    "estimate_ci": [0.4, 0.6], "width": 0.1} for i, a in enumerate(names)]}
+        for k, task in enumerate(["code", "math", "trivia", "(none)"])
+    ]  # fmt: skip
     residency = {
         "replicas": [
             {"replica": f"pool-m#{r}", "epochs": [
@@ -311,27 +488,31 @@ def _mock(page, n_arms: int) -> dict[str, Any]:
             status=200, content_type="application/json", body=json.dumps(body)
         )
 
-    page.route("**/v1/policies/current", answer(policy))
+    page.route("**/v1/dashboard/overview*", answer(ov))
+    page.route("**/v1/dashboard/routing*", answer(routing))
     page.route("**/v1/dashboard/residency*", answer(residency))
-    return policy
+    return {"overview": ov, "routing": routing}
 
 
 @pytest.mark.parametrize("n_arms", [1, 50])
 @pytest.mark.usefixtures("traffic")
-def test_one_and_fifty_arms_render(deployed, page, n_arms):
-    policy = _mock(page, n_arms)
+def test_one_and_fifty_arms_render(deployed, api, page, n_arms):
+    mocked = _mock(page, api, n_arms)
     _open(page, deployed.base_url)
     assert page.locator("#arms-body tr").count() == n_arms
     assert not page.locator("#arms-empty").is_visible()
-    last = list(policy["arms"])[-1]
-    assert (
-        _num(page, f'#arms-body tr[data-arm="{last}"] td:nth-child(8)')
-        == (policy["arms"][last]["uncertainty"])
-    )
-    # the arms table scrolls inside its card; the page never scrolls sideways
+    last = mocked["overview"]["arms"][-1]
+    row = f'#arms-body tr[data-arm="{last["arm"]}"]'
+    assert _num(page, f"{row} td:nth-child(4)") == last["mean_reward"]
+    assert "best arm" in page.locator(f"{row} td").first.inner_text()
+    assert page.locator("#routing-body tr").count() == 4
+    assert page.locator("#routing-body tr").first.locator("td.cell").count() == n_arms
+    _check_routing(page, mocked["routing"])
+    # the tables scroll inside their cards; the page never scrolls sideways
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
-    box = page.locator("#arms .scroll").bounding_box()
-    assert box is not None and box["height"] <= 440
+    for card in ("#arms", "#routing"):
+        box = page.locator(f"{card} .scroll").bounding_box()
+        assert box is not None and box["height"] <= 440 and box["width"] <= 1280
     assert page.locator("#residency-body .resgrid .cell").count() == 2 * 12
     assert not page.locator("#residency-empty").is_visible()
     _shot(page, f"dashboard-{n_arms}-arms.png")
