@@ -6,6 +6,8 @@ Errors are JSON ``{"error": {"message", "type", "param"}}`` with 4xx/5xx codes:
   404); param: the field.
 - ``InvalidInput``: 422 ``invalid_request_error``; param: the field.
 - ``NotFound``: 404 ``not_found``; param: the resource.
+- ``Compacted``: 409 ``policy_compacted`` (a version whose state retention
+  deleted); param: ``version``.
 - ``AuthError``: its status (401, 403) ``authentication_error``.
 - ``WriterFull``: 503 ``overloaded``; ``UpstreamError``: 502 ``upstream_error``.
 
@@ -22,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from controlplane.gateway_core import BadRequest, UpstreamError
-from feedback.errors import InvalidInput, NotFound, WriterFull
+from feedback.errors import Compacted, InvalidInput, NotFound, WriterFull
 
 
 class AuthError(Exception):
@@ -51,6 +53,10 @@ async def _nf(_: Request, exc: NotFound) -> JSONResponse:
     return error_response(404, str(exc), "not_found", exc.resource)
 
 
+async def _compacted(_: Request, exc: Compacted) -> JSONResponse:
+    return error_response(409, str(exc), "policy_compacted", "version")
+
+
 async def _auth(_: Request, exc: AuthError) -> JSONResponse:
     return error_response(exc.status, exc.message, "authentication_error")
 
@@ -67,6 +73,7 @@ _HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse
     BadRequest: _bad,
     InvalidInput: _invalid,
     NotFound: _nf,
+    Compacted: _compacted,
     AuthError: _auth,
     WriterFull: _full,
     UpstreamError: _upstream,
