@@ -146,7 +146,7 @@ def _report_tables(conn: Connection) -> None:
         _line(
             "versions",
             f"{store['versions']:,} stored, {store['with_state']:,} holding a state "
-            f"({store['state_bytes'] / 1e6:.1f} MB), "
+            f"({_size(store['state_bytes'])}), "
             f"{store['versions'] - store['with_state']:,} compacted by retention",
         )
         try:  # lag is measured with the running objective's feedback window
@@ -159,6 +159,10 @@ def _report_tables(conn: Connection) -> None:
         f"{lag['events_behind']:,.0f} events ready, not credited yet; oldest "
         f"{lag['seconds_behind']:.1f} s (feedback window {objective.feedback_window_s:g} s)",
     )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} KB"
 
 
 # -- gateway ---------------------------------------------------------------------
@@ -247,7 +251,7 @@ def _ray(address: str | None, timeout: float) -> None:
             replicas = ", ".join(
                 f"{n} {_enum(state)}" for state, n in sorted(dep.replica_states.items())
             )
-            _line(f"  {dep_name}"[:13], f"{_enum(dep.status)}; replicas: {replicas or 'none'}")
+            print(f"    {dep_name:<20}: {_enum(dep.status)}; replicas: {replicas or 'none'}")
 
 
 def _enum(value: object) -> str:
