@@ -79,11 +79,56 @@ class GatewayConfig(_Strict):
     )
 
 
+class RetentionConfig(_Strict):
+    """Which policy versions keep their learner state; the rest are compacted (their
+    state bytes deleted, the row kept for listing). A version keeps its state while any
+    rule holds: it is one of the newest ``keep_last``; a decision made with it is newer
+    than ``keep_served_s``; it was rolled back to, or was the newest when a rollback
+    replaced it."""
+
+    keep_served_s: float = Field(
+        default=7 * 24 * 3600.0, ge=0, description="keep versions that served this recently"
+    )
+    keep_last: int = Field(default=20, ge=1, description="always keep the newest N versions")
+    prune_every_s: float = Field(
+        default=600.0, gt=0, description="how often the learner service compacts"
+    )
+
+
 class LearnerServiceConfig(_Strict):
+    """The central learner's loop and when it publishes a policy version.
+
+    A version is written when new events have changed the policy enough or enough time
+    has passed, never sooner than ``min_snapshot_interval_s`` after the last:
+
+    - enough change: ``pending >= max(snapshot_every_events, snapshot_min_change * n)``,
+      where ``n`` is the events applied in the last snapshot. Adding ``k`` events to
+      ``n`` moves a linear learner's estimates about ``k / (n + k)`` of the way to what
+      the new events say and shrinks its confidence widths by ``sqrt(n / (n + k))``
+      (defaults: 20% more events, a sixth of the way, widths 9% narrower), so the
+      relative threshold publishes often while the policy is young and logarithmically
+      fewer versions as it settles;
+    - enough time: ``snapshot_every_s`` since the last version, with events pending.
+
+    Deferring a snapshot never loses an event: the watermark is stored only with a
+    snapshot, so a crash re-applies (once) what was claimed after it.
+    """
+
     poll_interval_s: float = Field(default=0.25, gt=0)
     batch_size: int = Field(default=5000, ge=1)
-    snapshot_every_events: int = Field(default=500, ge=1)
-    snapshot_every_s: float = Field(default=2.0, gt=0)
+    snapshot_every_events: int = Field(
+        default=50, ge=1, description="fewest new events that count as a change"
+    )
+    snapshot_min_change: float = Field(
+        default=0.2, ge=0, description="new events as a fraction of those already applied"
+    )
+    snapshot_every_s: float = Field(
+        default=900.0, gt=0, description="publish pending events at least this often"
+    )
+    min_snapshot_interval_s: float = Field(
+        default=2.0, ge=0, description="never publish two versions closer than this"
+    )
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
 class PoolConfig(_Strict):

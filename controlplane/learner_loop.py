@@ -2,9 +2,11 @@
 
 :class:`LearnerLoop` is plain Python (the Ray deployment only runs it on a
 thread). One step: claim ready reward events past the watermark, turn them
-into reward vectors through the objective, update the learner, and every
-``snapshot_every_events`` events or ``snapshot_every_s`` seconds write a
-snapshot (state + watermark, one transaction). On start it takes the
+into reward vectors through the objective, update the learner, and when the
+policy has changed enough or enough time has passed (:meth:`LearnerLoop.snapshot_due`,
+knobs in ``LearnerServiceConfig``) write a snapshot (state + watermark, one
+transaction). Every ``retention.prune_every_s`` it compacts old versions
+(``snapshots.prune_snapshots``). On start it takes the
 learner lock, releases any claim above the latest snapshot's watermark
 (claims a crashed predecessor made but never snapshotted) and resumes from
 that snapshot, so every event is applied exactly once.
@@ -100,7 +102,15 @@ class LearnerLoop:
         self.events_applied = 0
         self.pending = 0  # applied since the last snapshot
         self._last_snapshot = monotonic()
-        self.stats = {"events": 0, "snapshots": 0, "skipped": 0, "released_on_start": 0}
+        self._last_prune: float | None = None  # the first step prunes
+        self.stats = {
+            "events": 0,
+            "snapshots": 0,
+            "skipped": 0,
+            "released_on_start": 0,
+            "prunes": 0,
+            "compacted": 0,
+        }
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-claim")
         self._ahead: Future[list[RewardRow]] | None = None
 
@@ -162,13 +172,53 @@ class LearnerLoop:
             self._ahead = self._worker.submit(self._claim)
         if rows:
             self._apply(rows)
-        svc = self.config.learner_service
-        due = self.pending >= svc.snapshot_every_events or (
-            self.pending > 0 and self.monotonic() - self._last_snapshot >= svc.snapshot_every_s
-        )
-        if due:
+        if self.snapshot_due():
             self.snapshot()
+        self._prune_if_due()
         return len(rows)
+
+    def snapshot_due(self) -> bool:
+        """Whether the pending events are worth a new version (``LearnerServiceConfig``):
+        at least ``min_snapshot_interval_s`` since the last one, and either enough
+        change, ``pending >= max(snapshot_every_events, snapshot_min_change * n)`` with
+        ``n`` the events in the last snapshot, or ``snapshot_every_s`` elapsed."""
+        if self.pending == 0:
+            return False
+        svc = self.config.learner_service
+        elapsed = self.monotonic() - self._last_snapshot
+        if elapsed < svc.min_snapshot_interval_s:
+            return False
+        in_last = self.events_applied - self.pending
+        changed = self.pending >= max(svc.snapshot_every_events, svc.snapshot_min_change * in_last)
+        return changed or elapsed >= svc.snapshot_every_s
+
+    def prune(self) -> snapshots.RetentionPlan:
+        """Compact the versions no retention rule keeps (``learner_service.retention``)."""
+        r = self.config.learner_service.retention
+        with self.engine.begin() as conn:
+            plan = snapshots.prune_snapshots(
+                conn, now=self.clock(), keep_served_s=r.keep_served_s, keep_last=r.keep_last
+            )
+        self.stats["prunes"] += 1
+        self.stats["compacted"] += len(plan.compact)
+        if plan.compact:
+            log.info(
+                "retention compacted %d policy versions (%d bytes of state); %d keep theirs",
+                len(plan.compact), plan.compact_bytes, len(plan.kept),
+            )  # fmt: skip
+        return plan
+
+    def _prune_if_due(self) -> None:
+        every = self.config.learner_service.retention.prune_every_s
+        now = self.monotonic()
+        if self._last_prune is not None and now - self._last_prune < every:
+            return
+        self._last_prune = now
+        try:
+            self.prune()
+        except Exception:  # retention must never stop learning; tried again next period
+            log.warning("compacting policy versions failed", exc_info=True)
+            self.stats["prune_errors"] = self.stats.get("prune_errors", 0) + 1
 
     def _claim(self) -> list[RewardRow]:
         with self.engine.begin() as conn:

@@ -1,4 +1,4 @@
-"""Typed errors the HTTP layer maps to status codes (422, 404, 503)."""
+"""Typed errors the HTTP layer maps to status codes (422, 404, 409, 503)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,15 @@ class NotFound(BanditctlError):
 
 class WriterFull(BanditctlError):
     """The decision log buffer is full; the caller must shed load (HTTP 503)."""
+
+
+class Compacted(BanditctlError):
+    """The policy version exists but retention deleted its learner state (HTTP 409)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"policy version {version} was compacted by retention: its learner state is "
+            "deleted, so it cannot be loaded or rolled back to (list the kept versions "
+            "with GET /v1/policies)"
+        )
+        self.version = version

@@ -8,6 +8,11 @@ setting ``credit_seq`` from the ``reward_credit_seq`` sequence (see
 the highest ``credit_seq`` it has applied as its watermark, so a restarted
 learner un-claims everything above its last snapshot and every event is applied
 once.
+
+Old policy versions are compacted by retention
+(``feedback.repositories.snapshots.prune_snapshots``): their ``state`` is set to
+null and the row stays, so versions can still be listed by time with their event
+counts, but no longer loaded or rolled back to.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ decisions = Table(
     CheckConstraint("propensity > 0 AND propensity <= 1", name="propensity_range"),
     Index("ix_decisions_created_at", "created_at"),
     Index("ix_decisions_arm_id_created_at", "arm_id", "created_at"),
+    Index("ix_decisions_policy_version_created_at", "policy_version", "created_at"),
     Index(
         "ix_decisions_uncredited",
         "created_at",
@@ -129,7 +135,7 @@ policy_snapshots = Table(
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("learner_kind", Text, nullable=False),
     Column("config", JSONB, nullable=False),
-    Column("state", LargeBinary, nullable=False),
+    Column("state", LargeBinary, nullable=True, comment="null once compacted by retention"),
     Column("watermark", BigInteger, nullable=False, comment="highest credit_seq applied"),
     Column("events_applied", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -71,6 +71,7 @@ def e2e_config(port: int) -> BanditConfig:
                     "poll_interval_s": 0.05,
                     "snapshot_every_events": 10,
                     "snapshot_every_s": 0.3,
+                    "min_snapshot_interval_s": 0.0,
                 }
             ),
             "replay": cfg.replay.model_copy(update={"latency_scale": 0.0}),

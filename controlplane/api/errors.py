@@ -7,6 +7,8 @@ with 4xx/5xx codes:
   404); param: the field.
 - ``InvalidInput``: 422 ``invalid_request_error``; param: the field.
 - ``NotFound``: 404 ``not_found``; param: the resource.
+- ``Compacted``: 409 ``policy_compacted`` (a version whose state retention
+  deleted); param: ``version``.
 - ``AuthError``: its status (401, 403) ``authentication_error``; code
   ``invalid_api_key`` (no key, an unknown one) or ``insufficient_scope``.
 - ``LimitExceeded``: 429 ``rate_limit_exceeded`` or ``budget_exceeded``; code: the
@@ -28,7 +30,7 @@ from fastapi.responses import JSONResponse
 
 from controlplane.gateway_core import BadRequest, UpstreamError
 from controlplane.limits import LimitExceeded
-from feedback.errors import InvalidInput, NotFound, WriterFull
+from feedback.errors import Compacted, InvalidInput, NotFound, WriterFull
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ async def _nf(_: Request, exc: NotFound) -> JSONResponse:
     return error_response(404, str(exc), "not_found", exc.resource)
 
 
+async def _compacted(_: Request, exc: Compacted) -> JSONResponse:
+    return error_response(409, str(exc), "policy_compacted", "version")
+
+
 async def _auth(_: Request, exc: AuthError) -> JSONResponse:
     return error_response(exc.status, exc.message, "authentication_error", code=exc.code)
 
@@ -92,6 +98,7 @@ _HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse
     BadRequest: _bad,
     InvalidInput: _invalid,
     NotFound: _nf,
+    Compacted: _compacted,
     AuthError: _auth,
     LimitExceeded: _limit,
     WriterFull: _full,

@@ -40,6 +40,7 @@ def _policy_view(snap: dict[str, Any], traffic: dict[str, Any]) -> dict[str, Any
         "watermark": snap["watermark"],
         "events_applied": snap["events_applied"],
         "reason": snap["reason"],
+        "compacted": snap["state"] is None,
         "objective": (snap.get("config") or {}).get("objective"),
         "arms": _clean(arms),
     }
@@ -81,6 +82,7 @@ async def policy_list(core: CoreDep) -> Any:
                 "created_at": s["created_at"].isoformat(),
                 "events_applied": s["events_applied"],
                 "reason": s["reason"],
+                "compacted": s["compacted"],
             }
             for s in snaps
         ]

@@ -43,7 +43,12 @@ def demo_config(dataset: str = "synthetic", **overrides: Any) -> BanditConfig:
         "objective": {"weights": {"quality": 1.0, "cost_usd": -30.0}, "feedback_window_s": 30.0},
         "replay": replay.model_dump(),
         # a short run: publish and pick up policies often, so that it learns while it serves
-        "learner_service": {"snapshot_every_events": 50, "snapshot_every_s": 0.5},
+        "learner_service": {
+            "snapshot_every_events": 50,
+            "snapshot_every_s": 0.5,
+            "snapshot_min_change": 0.0,
+            "min_snapshot_interval_s": 0.5,
+        },
         "gateway": {"policy_refresh_s": 0.25},
         # a local demo: chat needs no API key (a real deployment gives clients chat keys)
         "auth": {"open_chat": True},

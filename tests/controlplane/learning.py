@@ -26,7 +26,9 @@ def learning_config(**svc):
             "learner_service": cfg.learner_service.model_copy(
                 update={
                     "batch_size": 25,
-                    "snapshot_every_events": 60,
+                    "snapshot_every_events": 60,  # a snapshot every 60 events: no relative
+                    "snapshot_min_change": 0.0,  # threshold, no rate limit, no time trigger
+                    "min_snapshot_interval_s": 0.0,
                     "snapshot_every_s": 1e9,
                     **svc,
                 }
