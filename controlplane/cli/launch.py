@@ -316,6 +316,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.held = False
+        self.received: int | None = None  # the signal that started the stop
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -343,11 +344,22 @@ class StopSignals:
             os.write(2, f"\n{name}: already stopping, please wait\n".encode())
             return
         self.held = True
+        self.received = signum
         os.write(2, f"\n{name}: stopping the app, Ray, then the database\n".encode())
         raise Stopped(signum)
 
 
 # -- all of it --------------------------------------------------------------------------
+
+RAY_STOP_S = 40.0  # for the app's and Ray's part of a stop; it takes seconds when Ray is up
+
+
+def _hard_stop(node: LocalRay | None, db: DatabaseHandle, signals: StopSignals) -> None:
+    os.write(2, f"Ray did not stop within {RAY_STOP_S:.0f}s: killing its processes\n".encode())
+    if node is not None:
+        node.kill()
+    db.stop()
+    os._exit(128 + signals.received if signals.received else 1)
 
 
 @contextlib.contextmanager
@@ -380,10 +392,19 @@ def control_plane(config: BanditConfig, settings: Settings) -> Iterator[Running]
                 )
             finally:
                 signals.hold()
-                if ray.is_initialized():
-                    stop_app()
-                if not ray_was_up:
-                    stop_ray(node)
+                # Ray's calls can hang when its GCS died under them (a signal sent to the
+                # whole process group), until the core worker ends this process after 60 s
+                # with nothing released: past RAY_STOP_S, a thread stops it all and exits
+                watchdog = threading.Timer(RAY_STOP_S, _hard_stop, (node, db, signals))
+                watchdog.daemon = True
+                watchdog.start()
+                try:
+                    if ray.is_initialized():
+                        stop_app()
+                    if not ray_was_up:
+                        stop_ray(node)
+                finally:
+                    watchdog.cancel()
     except Stopped as stop:
         raise SystemExit(128 + stop.signum) from None
     finally:
