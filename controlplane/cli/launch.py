@@ -11,7 +11,8 @@ Serve app, Ray (the local node it started: every process of it, found by its
 temp dir; a joined cluster is only left), then the embedded PostgreSQL it
 started unless another live banditctl process holds it too (a ``DATABASE_URL``
 server is never touched), and exits 128 + the signal's number: 130 for SIGINT,
-143 for SIGTERM. A second signal during the stop is ignored.
+143 for SIGTERM. A second signal during the stop is ignored; the app's and Ray's part
+of it is bounded (:data:`RAY_STOP_S`).
 """
 
 from __future__ import annotations
