@@ -197,7 +197,12 @@ def init_ray(address: str | None, attempts: int = 3) -> LocalRay | None:
 def stop_ray(node: LocalRay | None) -> None:
     """Disconnect from Ray; for a node this process started, stop every process of it."""
     import ray
+    from ray.serve import context as serve_context
 
+    with contextlib.suppress(Exception):
+        # Serve keeps its controller's handle past ray.shutdown: the next start in this
+        # process (demo --seeds) would first probe that dead controller and log it
+        serve_context._disconnect()  # type: ignore[no-untyped-call]
     with contextlib.suppress(Exception):
         ray.shutdown(wait_for_processes=node is not None)
     if node is not None:
