@@ -1,4 +1,7 @@
-"""``build_app(config, database_url, secret)``: the Serve application graph."""
+"""``build_app(config, database_url, secret)``: the Serve application graph.
+
+``instance_id``: what the gateway's ``/healthz`` reports, so that whoever deployed
+the app can tell its gateway from any other server on the port."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from deployments.learner import LearnerService
 from deployments.pool import ModelPool, pool_name
 
 
-def build_app(config: BanditConfig, database_url: str, secret: str) -> Any:
+def build_app(
+    config: BanditConfig, database_url: str, secret: str, *, instance_id: str | None = None
+) -> Any:
     pools = {
         model: ModelPool.options(  # type: ignore[attr-defined]
             name=pool_name(model),
@@ -28,4 +33,4 @@ def build_app(config: BanditConfig, database_url: str, secret: str) -> Any:
     return Gateway.options(  # type: ignore[attr-defined]
         num_replicas=config.gateway.replicas,
         max_ongoing_requests=config.gateway.max_ongoing_requests,
-    ).bind(config, database_url, secret, pools, learner, cache)
+    ).bind(config, database_url, secret, pools, learner, cache, instance_id)

@@ -26,15 +26,18 @@ class Gateway:
         pools: dict[str, DeploymentHandle[Any]],
         learner: DeploymentHandle[Any],
         cache: DeploymentHandle[Any] | None = None,
+        instance_id: str | None = None,
     ) -> None:
         # ``cache``: the cache controller (planned cache policies). Gateways read what is
         # resident from Postgres; they ask the controller only for /v1/stats.
+        # ``instance_id``: reported by /healthz (the launcher's readiness probe checks it).
         self.config = config
         self.pools = pools
         self.learner = learner
         self.cache_controller = cache
         self.model_of = {a.name: a.model for a in config.arms}
         self.adapter_of = {a.name: a.adapter for a in config.arms}
+        self.instance_id = instance_id
         engine = make_engine(database_url, pool_size=4)
         tokens = FeedbackTokens(secret, config.gateway.feedback_token_ttl_s)
         self.core = GatewayCore(config, engine, self._call_pool, tokens)
@@ -57,6 +60,7 @@ class Gateway:
             learner_status=self._learner_status,
             cache_status=self._cache_status if self.cache_controller is not None else None,
             proxy_request_id=_serve_request_id,
+            instance_id=self.instance_id,
         )
 
     async def _learner_status(self) -> dict[str, Any]:

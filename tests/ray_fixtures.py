@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,20 +44,19 @@ class Deployed:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[int]:
-    from controlplane.cli.launch import init_ray
+    from controlplane.cli.launch import init_ray, stop_ray
 
     port = _free_port()
     os.environ["BANDITCTL_E2E_FEEDBACK_KEY"] = FEEDBACK_KEY
     os.environ["BANDITCTL_E2E_ADMIN_KEY"] = ADMIN_KEY
     os.environ["BANDITCTL_E2E_READONLY_KEY"] = READONLY_KEY
     os.environ["BANDITCTL_E2E_CHAT_KEY"] = CHAT_KEY
-    init_ray(None)
+    node = init_ray(None)
     yield port
-    import ray
     from ray import serve
 
     serve.shutdown()
-    ray.shutdown()
+    stop_ray(node)  # every process of the node, also those ray.shutdown leaves
 
 
 def e2e_config(port: int) -> BanditConfig:
@@ -106,8 +106,9 @@ def deployed(ray_session: int, pg_server) -> Iterator[Deployed]:
     url = pg_server.create_database("banditctl_e2e")
     migrate.upgrade(url)
     cfg = BanditConfig.model_validate(e2e_config(ray_session).model_dump())
-    base = deploy(cfg, url, SECRET)
-    wait_ready(base, timeout_s=180)
+    instance = uuid.uuid4().hex
+    base = deploy(cfg, url, SECRET, instance_id=instance)
+    wait_ready(base, timeout_s=180, instance_id=instance)
     yield Deployed(cfg, url, base)
     serve.delete(APP_NAME)
 

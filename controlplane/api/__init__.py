@@ -44,6 +44,7 @@ def create_app(
     cache_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     proxy_request_id: Callable[[], str | None] | None = None,
     admission: Admission | None = None,
+    instance_id: str | None = None,
 ) -> FastAPI:
     """``start_background``: the lifespan starts the decision log writer and the
     policy refresher (a Gateway deployment starts its own). ``learner_status``:
@@ -51,7 +52,8 @@ def create_app(
     controller, when a planned cache policy runs. ``proxy_request_id``: the id a
     fronting proxy (Ray Serve's) already put in ``x-request-id``; when it is a
     UUID, the decision is logged under it. ``admission``: rate limits and budgets (by
-    default built from the core's config, on the real clocks)."""
+    default built from the core's config, on the real clocks). ``instance_id``: what
+    ``/healthz`` reports as ``instance`` (the launcher's readiness probe checks it)."""
     app = FastAPI(title="banditctl gateway", lifespan=_lifespan)
     app.state.core = core
     app.state.start_background = start_background
@@ -60,6 +62,7 @@ def create_app(
     app.state.learner_status = learner_status
     app.state.cache_status = cache_status
     app.state.proxy_request_id = proxy_request_id
+    app.state.instance_id = instance_id
     app.state.policy_cache = PolicyCache(core.config)
     install_error_handlers(app)
     for router in ROUTERS:

@@ -1,4 +1,5 @@
-"""Liveness (``/healthz``) and the gateway's statistics (``/v1/stats``, with the budgets).
+"""Liveness (``/healthz``, with the deployment's instance id) and the gateway's
+statistics (``/v1/stats``, with the budgets).
 
 ``app.state.learner_status`` and ``app.state.cache_status``: async callables that
 ask the learner and the cache controller for their status (the Gateway
@@ -21,8 +22,14 @@ router = APIRouter()
 
 
 @router.get("/healthz")
-async def healthz(core: CoreDep) -> dict[str, Any]:
-    return {"ok": True, "policy_version": core.policy.version}
+async def healthz(request: Request, core: CoreDep) -> dict[str, Any]:
+    # ``instance``: the id the launcher gave this deployment (None elsewhere), so that its
+    # readiness probe knows it reached this gateway and not another server on the port
+    return {
+        "ok": True,
+        "policy_version": core.policy.version,
+        "instance": request.app.state.instance_id,
+    }
 
 
 @router.get("/v1/stats")

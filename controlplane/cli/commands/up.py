@@ -1,4 +1,8 @@
-"""``banditctl up``: run the whole control plane locally until Ctrl-C."""
+"""``banditctl up``: run the whole control plane locally until Ctrl-C or SIGTERM.
+
+Exits 2 when the HTTP port is taken (nothing started); on SIGINT or SIGTERM it stops
+the app, Ray and the embedded database it started and exits 130 or 143
+(:mod:`controlplane.cli.launch`)."""
 
 from __future__ import annotations
 
@@ -35,10 +39,8 @@ def run(args: argparse.Namespace) -> int:
     with control_plane(config, get_settings()) as running:
         print(f"gateway   : {running.api_url}")
         print(f"dashboard : {running.base_url}/dashboard")
+        if running.ray_temp_dir:
+            print(f"ray logs  : {running.ray_temp_dir}/session_latest/logs")
         print("Ctrl-C stops.", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    return 0
+        while True:  # until a signal: control_plane stops everything and exits 130 or 143
+            time.sleep(3600)
