@@ -54,7 +54,9 @@ def test_port_in_use(listening: int) -> None:
     assert not port_in_use("127.0.0.1", _free_port())
 
 
-def test_up_on_a_taken_port_exits_2_and_starts_nothing(
+@pytest.mark.parametrize("command", ["up", "demo"])
+def test_up_or_demo_on_a_taken_port_exits_2_and_starts_nothing(
+    command: str,
     listening: int,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -73,7 +75,7 @@ def test_up_on_a_taken_port_exits_2_and_starts_nothing(
     monkeypatch.setattr(Settings, "database", started)
     monkeypatch.setattr(launch, "init_ray", started)
     with pytest.raises(SystemExit) as exited:
-        main(["up", "--port", str(listening)])
+        main([command, "--port", str(listening)])
     assert exited.value.code == 2
     message = capsys.readouterr().err
     assert f"port {listening} on 127.0.0.1 is already in use" in message

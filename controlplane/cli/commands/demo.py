@@ -71,7 +71,9 @@ def _counts_since(url: str, since: datetime) -> dict[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     from controlplane.cli.demo import demo_config, require_openai
+    from controlplane.cli.launch import require_free_port
     from controlplane.config import ConfigError, load_config
+    from controlplane.settings import get_settings
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = config.model_copy(update={"http_port": args.port})
+    if not get_settings().ray_address:  # a local run: its port must be free before anything starts
+        require_free_port(config.http_host, config.http_port)
     reports = []
     for seed in range(args.seed, args.seed + args.seeds):
         report = _run_one(args, config, seed)
