@@ -1,7 +1,9 @@
 """Policy snapshots: versioned learner state with the stream position it reached.
 
 Versions are handed out under a table lock; a rollback publishes an old
-version's state as a new version.
+version's state as a new version. Every version saved is announced with
+``NOTIFY banditctl_policy, '<version>'`` in the same transaction, so listeners
+hear of it when it commits (and never of one rolled back).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def save_snapshot(
             parent_version=parent_version,
         )
     )
+    notify_policy(conn, version)
     return version
 
 
@@ -116,3 +119,19 @@ def newer_rollback(conn: Connection, after_version: int) -> dict[str, Any] | Non
         .limit(1)
     ).first()
     return None if r is None else dict(r._mapping)
+
+
+POLICY_CHANNEL = "banditctl_policy"
+
+
+def notify_policy(conn: Connection, version: int) -> None:
+    """``NOTIFY banditctl_policy, '<version>'``, delivered when the caller's transaction commits."""
+    conn.execute(
+        text("SELECT pg_notify(:channel, :version)"),
+        {"channel": POLICY_CHANNEL, "version": str(version)},
+    )
+
+
+def listen_policy(conn: Connection) -> None:
+    """Subscribe ``conn`` (autocommit) to :data:`POLICY_CHANNEL`."""
+    conn.execute(text(f"LISTEN {POLICY_CHANNEL}"))
