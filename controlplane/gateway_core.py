@@ -4,11 +4,17 @@ featurize -> select (in-process, current snapshot) -> log decision (buffered)
 -> call the chosen pool -> log outcome -> answer with the request id, arm,
 policy version and a signed feedback token. Nothing here waits on the
 learner or on a database round trip per request.
+
+Each replica counts and times its requests in memory (:attr:`GatewayCore.instruments`,
+rendered by ``/metrics``). New policies arrive by ``NOTIFY banditctl_policy``
+(:mod:`controlplane.policy_listener`), with polling every ``gateway.policy_refresh_s``
+as the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -17,11 +23,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import URL, Engine
 
 from cache_manager.router import ArmPrices, ArmTerms
 from controlplane.config import BanditConfig
+from controlplane.instruments import GatewayInstruments
 from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
+from controlplane.policy_listener import PolicyListener
 from controlplane.tokens import FeedbackTokens
 from feedback.records import COMPLETION_ID_PREFIX, DecisionRecord, OutcomeRecord
 from feedback.repositories import residency as residency_repo
@@ -56,7 +64,11 @@ class GatewayCore:
         *,
         writer: DecisionLogWriter | None = None,
         rng: np.random.Generator | None = None,
+        listen: bool = True,
+        listen_url: str | URL | None = None,
     ) -> None:
+        """``listen``: the policy refresher also listens for NOTIFY, on ``listen_url``
+        (default: the engine's database)."""
         self.config = config
         self.engine = engine
         self.call_pool = call_pool
@@ -81,15 +93,21 @@ class GatewayCore:
         )
         self.paging: ArmTerms = self.prices.terms(())
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
+        self.instruments = GatewayInstruments(config)
+        self.listen = listen
+        self.listen_url: str | URL = engine.url if listen_url is None else listen_url
+        self.listener: PolicyListener | None = None
 
     # -- policy ---------------------------------------------------------
 
-    def refresh_policy(self) -> bool:
-        """Load the latest snapshot if it is newer than ours (blocking DB call)."""
+    def refresh_policy(self, trigger: str = "poll") -> bool:
+        """Load the latest snapshot if it is newer than ours (blocking DB call).
+        ``trigger``: what asked (start, notify, poll), counted when a version loads."""
         policy = latest_policy(self.engine, self.config, self.policy.version)
-        if policy is None:
+        if policy is None or policy.version <= self.policy.version:
             return False
         self.policy = policy
+        self.instruments.policy_updates.labels(trigger).inc()
         return True
 
     def refresh_residency(self) -> None:
@@ -103,13 +121,36 @@ class GatewayCore:
         self.paging = self.prices.terms(held)
 
     async def policy_refresher(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.refresh_policy)
-                await asyncio.to_thread(self.refresh_residency)
-            except Exception:  # keep serving on the current policy
-                log.exception("policy refresh failed")
-            await asyncio.sleep(self.config.gateway.policy_refresh_s)
+        """Refresh when a NOTIFY arrives (a listener thread wakes this task), else every
+        ``gateway.policy_refresh_s``. Runs until cancelled; the listener stops with it."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def notified(_version: int | None) -> None:
+            # the loop may have closed under us: then there is nothing left to refresh
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+
+        if self.listen:
+            self.listener = PolicyListener(self.listen_url, notified).start()
+        trigger = "poll"
+        try:
+            while True:
+                try:
+                    await asyncio.to_thread(self.refresh_policy, trigger)
+                    await asyncio.to_thread(self.refresh_residency)
+                except Exception:  # keep serving on the current policy
+                    log.exception("policy refresh failed")
+                try:
+                    await asyncio.wait_for(wake.wait(), self.config.gateway.policy_refresh_s)
+                    trigger = "notify"
+                except TimeoutError:
+                    trigger = "poll"
+                wake.clear()
+        finally:
+            if self.listener is not None:
+                listener, self.listener = self.listener, None
+                await asyncio.to_thread(listener.stop)
 
     # -- the request path ------------------------------------------------
 
@@ -152,6 +193,7 @@ class GatewayCore:
         self, body: dict[str, Any], request_id: uuid.UUID | None = None
     ) -> tuple[uuid.UUID, np.ndarray, Decision, int, str]:
         """Featurize, select, and enqueue the decision log (the in-process overhead)."""
+        start = time.perf_counter()
         route = body.get("model") or "auto"
         arms = self.route_arms(route)
         x = self.featurizer.featurize(body)
@@ -173,12 +215,14 @@ class GatewayCore:
                 task=_opt_str(body.get("task") or meta.get("task")),
             )
         )
+        self.instruments.decided(route, decision.arm, time.perf_counter() - start)
         return rid, x, decision, policy.version, route
 
     async def complete(
         self, body: dict[str, Any], request_id: uuid.UUID | None = None
     ) -> dict[str, Any]:
         """Serve one chat completion; ``request_id`` (e.g. the proxy's) else a new UUID."""
+        received = time.perf_counter()
         body = self.validate_body(body)
         rid, _x, decision, version, route = self.decide(body, request_id)
         self.counters["requests"] += 1
@@ -196,6 +240,7 @@ class GatewayCore:
                     error=str(exc)[:500],
                 )
             )
+            self.instruments.failed(decision.arm, time.perf_counter() - received)
             raise UpstreamError(f"arm {decision.arm} failed: {exc}") from exc
         self.writer.log_outcome(
             OutcomeRecord(
@@ -209,6 +254,12 @@ class GatewayCore:
                 energy_j=float(gen["energy_j"]),
                 cost_usd=float(gen["cost_usd"]),
             )
+        )
+        ttft_ms = gen.get("ttft_ms")
+        self.instruments.served(
+            decision.arm,
+            time.perf_counter() - received,
+            None if ttft_ms is None else float(ttft_ms) / 1000.0,
         )
         return {
             "id": f"{COMPLETION_ID_PREFIX}{rid.hex}",

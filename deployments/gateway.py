@@ -38,7 +38,7 @@ class Gateway:
         engine = make_engine(database_url, pool_size=4)
         tokens = FeedbackTokens(secret, config.gateway.feedback_token_ttl_s)
         self.core = GatewayCore(config, engine, self._call_pool, tokens)
-        await asyncio.to_thread(self.core.refresh_policy)
+        await asyncio.to_thread(self.core.refresh_policy, "start")
         self.core.writer.start()
         self._refresher = asyncio.get_running_loop().create_task(self.core.policy_refresher())
 
@@ -57,11 +57,16 @@ class Gateway:
             learner_status=self._learner_status,
             cache_status=self._cache_status if self.cache_controller is not None else None,
             proxy_request_id=_serve_request_id,
+            learner_metrics=self._learner_metrics,
         )
 
     async def _learner_status(self) -> dict[str, Any]:
         status: dict[str, Any] = await self.learner.status.remote()
         return status
+
+    async def _learner_metrics(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = await self.learner.metrics.remote()
+        return metrics
 
     async def _cache_status(self) -> dict[str, Any]:
         assert self.cache_controller is not None

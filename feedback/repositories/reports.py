@@ -279,3 +279,15 @@ def counts_since(conn: Connection, since: datetime) -> dict[str, int]:
         "events_credited": "SELECT count(*) FROM decisions WHERE created_at >= :t AND credit_seq IS NOT NULL",
     }
     return {k: int(conn.execute(text(v), {"t": since}).scalar_one()) for k, v in q.items()}
+
+
+def latest_snapshot_head(conn: Connection) -> dict[str, Any] | None:
+    """The latest snapshot's version, watermark, events applied and time, without its
+    state: one row by primary key, whatever the number of snapshots or decisions."""
+    row = conn.execute(
+        text(
+            "SELECT version, watermark, events_applied, created_at FROM policy_snapshots "
+            "ORDER BY version DESC LIMIT 1"
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)
