@@ -6,7 +6,8 @@ policy version and a signed feedback token. Nothing here waits on the
 learner or on a database round trip per request.
 
 Each replica counts and times its requests in memory (:attr:`GatewayCore.instruments`,
-rendered by ``/metrics``). New policies arrive by ``NOTIFY banditctl_policy``
+rendered by ``/metrics``) and, where a tracer provider is set, traces them
+(:mod:`controlplane.tracing`). New policies arrive by ``NOTIFY banditctl_policy``
 (:mod:`controlplane.policy_listener`), with polling every ``gateway.policy_refresh_s``
 as the fallback.
 """
@@ -23,6 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 from sqlalchemy import URL, Engine
 
 from cache_manager.router import ArmPrices, ArmTerms
@@ -31,6 +34,7 @@ from controlplane.instruments import GatewayInstruments
 from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
 from controlplane.policy_listener import PolicyListener
 from controlplane.tokens import FeedbackTokens
+from controlplane.tracing import RequestTracer, set_attributes, span
 from feedback.records import COMPLETION_ID_PREFIX, DecisionRecord, OutcomeRecord
 from feedback.repositories import residency as residency_repo
 from feedback.writer import DecisionLogWriter
@@ -64,10 +68,12 @@ class GatewayCore:
         *,
         writer: DecisionLogWriter | None = None,
         rng: np.random.Generator | None = None,
+        tracer: Tracer | None = None,
         listen: bool = True,
         listen_url: str | URL | None = None,
     ) -> None:
-        """``listen``: the policy refresher also listens for NOTIFY, on ``listen_url``
+        """``tracer``: spans go there (default: the global provider's, once one is set).
+        ``listen``: the policy refresher also listens for NOTIFY, on ``listen_url``
         (default: the engine's database)."""
         self.config = config
         self.engine = engine
@@ -94,6 +100,7 @@ class GatewayCore:
         self.paging: ArmTerms = self.prices.terms(())
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
         self.instruments = GatewayInstruments(config)
+        self.tracing = RequestTracer(tracer)
         self.listen = listen
         self.listen_url: str | URL = engine.url if listen_url is None else listen_url
         self.listener: PolicyListener | None = None
@@ -136,6 +143,7 @@ class GatewayCore:
         trigger = "poll"
         try:
             while True:
+                self.tracing.refresh()
                 try:
                     await asyncio.to_thread(self.refresh_policy, trigger)
                     await asyncio.to_thread(self.refresh_residency)
@@ -194,14 +202,18 @@ class GatewayCore:
     ) -> tuple[uuid.UUID, np.ndarray, Decision, int, str]:
         """Featurize, select, and enqueue the decision log (the in-process overhead)."""
         start = time.perf_counter()
+        tracer = self.tracing.current()
         route = body.get("model") or "auto"
         arms = self.route_arms(route)
-        x = self.featurizer.featurize(body)
+        with span(tracer, "banditctl.featurize"):
+            x = self.featurizer.featurize(body)
         policy = self.policy
-        decision = self._select(policy, x, list(arms), self.rng)
+        with span(tracer, "banditctl.select"):
+            decision = self._select(policy, x, list(arms), self.rng)
         rid = request_id or uuid.uuid4()
         meta = body.get("metadata") or {}
-        self.writer.log_decision(
+        self._log_decision(
+            tracer,
             DecisionRecord(
                 request_id=rid,
                 created_at=datetime.now(UTC),
@@ -213,7 +225,7 @@ class GatewayCore:
                 learner=decision.learner,
                 tenant=_opt_str(meta.get("tenant")),
                 task=_opt_str(body.get("task") or meta.get("task")),
-            )
+            ),
         )
         self.instruments.decided(route, decision.arm, time.perf_counter() - start)
         return rid, x, decision, policy.version, route
@@ -221,28 +233,41 @@ class GatewayCore:
     async def complete(
         self, body: dict[str, Any], request_id: uuid.UUID | None = None
     ) -> dict[str, Any]:
-        """Serve one chat completion; ``request_id`` (e.g. the proxy's) else a new UUID."""
+        """Serve one chat completion; ``request_id`` (e.g. the proxy's) else a new UUID.
+        Traced as ``banditctl.request`` (arm, route, policy version, propensity)."""
+        with span(self.tracing.current(), "banditctl.request"):
+            return await self._complete(body, request_id)
+
+    async def _complete(self, body: dict[str, Any], request_id: uuid.UUID | None) -> dict[str, Any]:
         received = time.perf_counter()
+        tracer = self.tracing.current()
         body = self.validate_body(body)
         rid, _x, decision, version, route = self.decide(body, request_id)
+        if tracer is not None:
+            set_attributes(
+                trace.get_current_span(), _span_attributes(rid, decision, version, route)
+            )
         self.counters["requests"] += 1
         start = time.perf_counter()
         try:
-            gen = await self.call_pool(decision.arm, body)
+            with span(tracer, "banditctl.pool_call"):
+                gen = await self.call_pool(decision.arm, body)
         except Exception as exc:
             self.counters["errors"] += 1
-            self.writer.log_outcome(
+            self._log_outcome(
+                tracer,
                 OutcomeRecord(
                     request_id=rid,
                     created_at=datetime.now(UTC),
                     status="error",
                     latency_ms=(time.perf_counter() - start) * 1000.0,
                     error=str(exc)[:500],
-                )
+                ),
             )
             self.instruments.failed(decision.arm, time.perf_counter() - received)
             raise UpstreamError(f"arm {decision.arm} failed: {exc}") from exc
-        self.writer.log_outcome(
+        self._log_outcome(
+            tracer,
             OutcomeRecord(
                 request_id=rid,
                 created_at=datetime.now(UTC),
@@ -253,7 +278,7 @@ class GatewayCore:
                 completion_tokens=int(gen["completion_tokens"]),
                 energy_j=float(gen["energy_j"]),
                 cost_usd=float(gen["cost_usd"]),
-            )
+            ),
         )
         ttft_ms = gen.get("ttft_ms")
         self.instruments.served(
@@ -290,6 +315,16 @@ class GatewayCore:
             },
         }
 
+    def _log_decision(self, tracer: Tracer | None, record: DecisionRecord) -> None:
+        with span(tracer, "banditctl.log") as logged:
+            set_attributes(logged, {"banditctl.record": "decision"})
+            self.writer.log_decision(record)
+
+    def _log_outcome(self, tracer: Tracer | None, record: OutcomeRecord) -> None:
+        with span(tracer, "banditctl.log") as logged:
+            set_attributes(logged, {"banditctl.record": "outcome"})
+            self.writer.log_outcome(record)
+
     def explain(self, body: dict[str, Any]) -> dict[str, Any]:
         body = self.validate_body(body)
         arms = list(self.route_arms(body.get("model") or "auto"))
@@ -317,6 +352,18 @@ class GatewayCore:
             "chosen": decision.arm,
             "arms": sorted(rows, key=lambda r: -(r["score"] if r["score"] is not None else -1e300)),
         }
+
+
+def _span_attributes(
+    rid: uuid.UUID, decision: Decision, version: int, route: str
+) -> dict[str, Any]:
+    return {
+        "banditctl.request_id": str(rid),
+        "banditctl.arm": decision.arm,
+        "banditctl.route": route,
+        "banditctl.policy_version": version,
+        "banditctl.propensity": float(decision.propensity),
+    }
 
 
 def _opt_str(v: Any) -> str | None:

@@ -12,6 +12,7 @@ from controlplane.api import create_app
 from controlplane.config import BanditConfig
 from controlplane.gateway_core import GatewayCore
 from controlplane.tokens import FeedbackTokens
+from controlplane.tracing import configure_tracing
 from feedback.database import make_engine
 
 
@@ -33,6 +34,7 @@ class Gateway:
         self.pools = pools
         self.learner = learner
         self.cache_controller = cache
+        configure_tracing("banditctl-gateway")  # only where OTEL_* variables ask for it
         self.model_of = {a.name: a.model for a in config.arms}
         self.adapter_of = {a.name: a.adapter for a in config.arms}
         engine = make_engine(database_url, pool_size=4)
