@@ -282,7 +282,7 @@ class LearnerLoop:
         elif self.progress.lag_due(now):
             with self.engine.connect() as conn:
                 lag = reward_stream.learner_lag(conn, self.objective, self.clock())
-            self.progress.measured(now, lag)
+            self.progress.measured(now, lag, self.monotonic() - now)
 
     def metrics(self) -> dict[str, Any]:
         """The learner's figures for ``/metrics``, from memory (see ``learner_metrics``)."""

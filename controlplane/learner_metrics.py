@@ -66,15 +66,20 @@ class Progress:
     Lag: when a claim comes back short of a full batch the learner has caught up
     with every ready event (lag 0, no query); while claims come back full it is
     behind, and :meth:`lag_due` asks for the real count at most every
-    ``lag_every_s`` (one query of the ready events, on the learner's thread).
+    ``lag_every_s`` (one query of the ready events, on the learner's thread), and
+    never more than ``max_share`` of the time: a count that took 1 s waits 20 s.
     """
 
-    def __init__(self, window_s: float = 60.0, lag_every_s: float = 5.0) -> None:
+    def __init__(
+        self, window_s: float = 60.0, lag_every_s: float = 5.0, max_share: float = 0.05
+    ) -> None:
         self.window_s = window_s
         self.lag_every_s = lag_every_s
+        self.max_share = max_share
         self._samples: deque[tuple[float, int]] = deque()
         self.lag: dict[str, float] = {"events_behind": 0.0, "seconds_behind": 0.0}
         self._lag_at: float | None = None
+        self._lag_wait = lag_every_s
 
     def stepped(self, now: float, events_applied: int) -> None:
         self._samples.append((now, events_applied))
@@ -93,8 +98,10 @@ class Progress:
         self._lag_at = now
 
     def lag_due(self, now: float) -> bool:
-        return self._lag_at is None or now - self._lag_at >= self.lag_every_s
+        return self._lag_at is None or now - self._lag_at >= self._lag_wait
 
-    def measured(self, now: float, lag: dict[str, float]) -> None:
+    def measured(self, now: float, lag: dict[str, float], took_s: float = 0.0) -> None:
+        """``lag`` counted at ``now`` by a query that took ``took_s``."""
         self.lag = dict(lag)
         self._lag_at = now
+        self._lag_wait = max(self.lag_every_s, took_s / self.max_share)

@@ -49,6 +49,8 @@ def test_progress_rate_over_the_window_and_lag_schedule():
     assert not p.lag_due(14.0) and p.lag_due(15.0)
     p.caught_up(16.0)
     assert p.lag == {"events_behind": 0.0, "seconds_behind": 0.0}
+    p.measured(20.0, {"events_behind": 9.0, "seconds_behind": 4.0}, took_s=1.0)
+    assert not p.lag_due(39.0) and p.lag_due(40.0)  # a 1 s count: at most 5% of the time
 
 
 def test_the_loop_reports_its_lag_while_behind_and_none_once_caught_up(engine):
