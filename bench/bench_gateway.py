@@ -1,11 +1,15 @@
 """Gateway benchmark: decision overhead, HTTP throughput against a bare pass-through,
-feedback throughput and learner events/s, side by side in one run.
+feedback throughput, learner events/s and the time of a ``/metrics`` scrape with 1e3
+and 1e6 decisions logged, side by side in one run.
 
     python bench/bench_gateway.py [--database-url URL] [--requests 2000] [--concurrency 32]
+    python bench/bench_gateway.py --scrape-only      # decision overhead and scrapes, no Ray
 
 Without a URL (and no DATABASE_URL) an embedded PostgreSQL starts in a temp dir.
 Both Serve apps run in one local Ray over the same replay backend (no sleep),
-and one load generator (httpx, async) in this process drives both in turn.
+and one load generator (httpx, async) in this process drives both in turn. The
+scrapes go to a gateway app in process (FastAPI's TestClient) that asks an
+in-process learner for its figures, as a deployed gateway asks the learner's handle.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scratch import scratch_database  # noqa: E402
 
+from controlplane.api import create_app  # noqa: E402
 from controlplane.cli.demo import demo_config  # noqa: E402
 from controlplane.cli.launch import APP_NAME, deploy, init_ray, wait_ready  # noqa: E402
 from controlplane.gateway_core import GatewayCore  # noqa: E402
@@ -36,7 +42,7 @@ from controlplane.learner_loop import LearnerLoop, arm_records  # noqa: E402
 from controlplane.tokens import FeedbackTokens  # noqa: E402
 from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord  # noqa: E402
 from feedback.repositories import arms as arms_repo  # noqa: E402
-from feedback.repositories import feedback, request_log  # noqa: E402
+from feedback.repositories import feedback, reports, request_log, reward_stream  # noqa: E402
 from learners.replay.dataset import dataset_for  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef"
@@ -123,6 +129,108 @@ def learner_events_per_s(cfg, url: str, n: int) -> float:
     return n / seconds
 
 
+def load_decisions(cfg, engine, start: int, stop: int, batch: int = 50_000) -> None:
+    """Decisions ``start..stop`` with their outcomes, an hour old and credited, written
+    with COPY through ``request_log`` (as the gateway's writer does), in batches."""
+    rng = np.random.default_rng(start)
+    arms = [a.name for a in cfg.arms]
+    t0 = datetime.now(UTC) - timedelta(hours=2)
+    ctx = rng.normal(size=(256, cfg.featurizer.dim)).astype(np.float32)
+    for lo in range(start, stop, batch):
+        ds, os_ = [], []
+        for i in range(lo, min(stop, lo + batch)):
+            rid = uuid.UUID(int=i + 1)
+            at = t0 + timedelta(microseconds=i)
+            ds.append(DecisionRecord(rid, at, "auto", arms[i % len(arms)], ctx[i % 256], 0.5, 1, "linucb"))  # fmt: skip
+            os_.append(OutcomeRecord(rid, at, "ok", 300.0, energy_j=5.0, cost_usd=0.001))
+        with engine.begin() as conn:
+            request_log.write_decisions(conn, ds)
+            request_log.write_outcomes(conn, os_)
+    with engine.begin() as conn:  # credited, as a learner that keeps up leaves them
+        conn.execute(text(
+            "UPDATE decisions SET credit_seq = nextval('reward_credit_seq'), credit_kind = 'prior', "
+            "credit_quality = 0.5 WHERE credit_seq IS NULL"
+        ))  # fmt: skip
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE decisions"))
+        conn.execute(text("VACUUM ANALYZE outcomes"))
+
+
+def old_scrape_queries(cfg, engine) -> float:
+    """Seconds the aggregates the scrape used to run take (for comparison)."""
+    t0 = time.perf_counter()
+    with engine.connect() as conn:
+        reports.decision_counts(conn)
+        reports.reward_sums_by_arm(conn)
+        reports.feedback_counts(conn)
+        reports.learner_progress(conn)
+        reward_stream.learner_lag(conn, cfg.objective, datetime.now(UTC))
+        reports.residency_totals(conn)
+    return time.perf_counter() - t0
+
+
+def scrape_times(
+    cfg, url: str, sizes: list[int], scrapes: int
+) -> list[tuple[int, float, float, float, float]]:
+    """Per size: (decisions, scrape p50 ms, p90 ms, min ms, process CPU p50 ms, the old
+    queries' ms). The CPU time is this process's (client, app and its threads), which
+    a loaded machine's scheduling does not inflate as it does the wall time."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE feedback, outcomes, decisions, policy_snapshots"))
+        arms_repo.upsert_arms(conn, arm_records(cfg))
+    learner = LearnerLoop(engine, cfg)
+    learner.start()  # publishes version 1; its figures are asked in process
+
+    async def learner_metrics() -> dict:
+        return learner.metrics()
+
+    core = GatewayCore(cfg, engine, call_pool=None, tokens=FeedbackTokens(SECRET, 60))  # type: ignore[arg-type]
+    client = TestClient(create_app(core, start_background=False, learner_metrics=learner_metrics))
+    out, loaded = [], 0
+    for size in sizes:
+        t0 = time.perf_counter()
+        load_decisions(cfg, engine, loaded, size)
+        loaded = size
+        print(
+            f"  loaded {size:,} decisions and outcomes in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+        for _ in range(5):
+            assert client.get("/metrics").status_code == 200  # warm up
+        times, cpu = [], []
+        for _ in range(scrapes):
+            c0, t0 = time.process_time(), time.perf_counter()
+            r = client.get("/metrics")
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            assert r.status_code == 200 and b"banditctl_learner_up 1.0" in r.content
+        old = min(old_scrape_queries(cfg, engine) for _ in range(3))
+        out.append(
+            (size, pct(times, 50), pct(times, 90), min(times) * 1000.0, pct(cpu, 50), old * 1000.0)
+        )
+    learner.stop(snapshot=False)
+    core.writer.close()
+    engine.dispose()
+    return out
+
+
+def print_scrapes(rows: list[tuple[int, float, float, float, float, float]]) -> float:
+    for size, p50, p90, fastest, cpu, old in rows:
+        print(
+            f"/metrics scrape with {size:>9,} decisions: wall p50 {p50:6.2f} ms  p90 {p90:6.2f} ms"
+            f"  min {fastest:6.2f} ms; CPU p50 {cpu:5.2f} ms   (the aggregates it used to run:"
+            f" {old:8.1f} ms)"
+        )
+    first, last = rows[0], rows[-1]
+    ratio = last[1] / first[1]
+    print(
+        f"scrape time ratio {last[0]:,} / {first[0]:,} decisions: wall p50 {ratio:.2f}, "
+        f"min {last[3] / first[3]:.2f}, CPU p50 {last[4] / first[4]:.2f}"
+    )
+    return ratio
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -132,7 +240,13 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--decisions", type=int, default=5000)
     ap.add_argument("--events", type=int, default=30000)
+    ap.add_argument("--scrape-sizes", default="1000,1000000",
+                    help="decisions in the database for each scrape measurement")  # fmt: skip
+    ap.add_argument("--scrapes", type=int, default=50, help="scrapes timed per size")
+    ap.add_argument("--scrape-only", action="store_true",
+                    help="decision overhead and scrapes only (no Ray)")  # fmt: skip
     args = ap.parse_args()
+    sizes = [int(float(x)) for x in args.scrape_sizes.split(",")]
     logging.basicConfig(level=logging.WARNING)
 
     with scratch_database(args.database_url, "banditctl_benchgw") as (url, where):
@@ -151,6 +265,10 @@ def main() -> int:
             "decision overhead (featurize+select+enqueue, in-process, log writer running): "
             f"wall p50 {p50:.3f} ms  p99 {p99:.3f} ms; thread CPU p50 {c50:.3f} ms  p99 {c99:.3f} ms"
         )
+        if args.scrape_only:
+            ratio = print_scrapes(scrape_times(cfg, url, sizes, args.scrapes))
+            print(f"targets: scrape ratio within 2x: {'met' if ratio <= 2 else 'NOT met'}")
+            return 0
 
         init_ray(None)
         from passthrough import build_passthrough
@@ -199,10 +317,12 @@ def main() -> int:
         print(
             f"learner: {eps:,.0f} events/s read from Postgres and applied ({args.events:,} events, snapshots included)"
         )
+        scrape_ratio = print_scrapes(scrape_times(cfg, url, sizes, args.scrapes))
         print(
             f"targets: decision p99 < 2 ms: {'met' if p99 < 2 else 'NOT met'}; "
             f"throughput ratio >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'}; "
-            f"learner >= 10,000 events/s: {'met' if eps >= 10_000 else 'NOT met'}"
+            f"learner >= 10,000 events/s: {'met' if eps >= 10_000 else 'NOT met'}; "
+            f"scrape ratio within 2x: {'met' if scrape_ratio <= 2 else 'NOT met'}"
         )
         serve.shutdown()
         import ray

@@ -19,6 +19,7 @@ thread every ``cache.tick_s``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -126,7 +127,8 @@ class ResidencyTableSink:
     epoch's traffic. ``traffic(replica)`` gives the replica's cumulative (hits, misses);
     what accrued between two records is added to the earlier epoch's row (a miss is a
     page-in on the request path, on top of the plan's prefetches). ``clock`` is the
-    controller's; rows carry wall-clock times."""
+    controller's; rows carry wall-clock times. :meth:`totals` sums what was written
+    since this sink started, per replica, for ``/metrics``."""
 
     def __init__(
         self, engine: Engine, traffic: Traffic | None = None, clock: Clock = time.monotonic
@@ -136,6 +138,26 @@ class ResidencyTableSink:
         self.t0_wall = datetime.now(UTC)
         self.t0_mono = clock()
         self._last: dict[str, tuple[int, int, int]] = {}  # replica -> (epoch, hits, misses)
+        self._totals: dict[str, dict[str, int]] = {}
+        self._totals_lock = threading.Lock()
+        self._pending: list[tuple[str, int, int, int]] = []  # written, not yet committed
+
+    def _add(self, replica: str, page_ins: int, hits: int = 0, misses: int = 0) -> None:
+        self._pending.append((replica, page_ins, hits, misses))
+
+    def _commit_totals(self) -> None:
+        with self._totals_lock:
+            for replica, page_ins, hits, misses in self._pending:
+                t = self._totals.setdefault(replica, {"page_ins": 0, "hits": 0, "misses": 0})
+                t["page_ins"] += page_ins
+                t["hits"] += hits
+                t["misses"] += misses
+        self._pending.clear()
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per replica: page-ins, hits and misses recorded since this sink started."""
+        with self._totals_lock:
+            return {r: dict(t) for r, t in sorted(self._totals.items())}
 
     def _wall(self, mono: float) -> datetime:
         return self.t0_wall + timedelta(seconds=mono - self.t0_mono)
@@ -149,10 +171,12 @@ class ResidencyTableSink:
             residency_repo.add_epoch_traffic(
                 conn, epoch=last[0], replica=replica, hits=hits - last[1], misses=misses - last[2]
             )
+            self._add(replica, misses - last[2], hits - last[1], misses - last[2])
         self._last[replica] = (epoch, hits, misses)
 
     def record(self, record: EpochRecord) -> None:
         policy = record.plan.policy if record.plan is not None else ""
+        self._pending.clear()
         with self.engine.begin() as conn:
             for out in record.replicas or ():
                 self._settle(conn, out.replica, record.epoch)
@@ -170,12 +194,14 @@ class ResidencyTableSink:
                     conn, epoch=record.epoch, replica=out.replica, ended_at=self._wall(record.ends_at),
                     page_ins=len(out.prefetched), hits=0, misses=0,
                 )  # fmt: skip
+                self._add(out.replica, len(out.prefetched))
             if not record.replicas:  # a missed epoch: nothing was applied anywhere
                 residency_repo.record_residency_epoch(
                     conn, epoch=record.epoch, replica="*", adapters=[],
                     started_at=self._wall(record.started_at),
                     reason=f"{policy}: {record.reason or 'missed'}"[:200], status=str(record.status),
                 )  # fmt: skip
+        self._commit_totals()
 
 
 def build_controller(
@@ -258,4 +284,5 @@ class CacheCore:
             "epochs": len(h),
             "applied": sum(1 for r in h if str(r.status) == "applied"),
             "residency": {k: list(v) for k, v in self.controller.residency().items()},
+            "totals": self.sink.totals(),
         }

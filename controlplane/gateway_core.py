@@ -4,11 +4,18 @@ featurize -> select (in-process, current snapshot) -> log decision (buffered)
 -> call the chosen pool -> log outcome -> answer with the request id, arm,
 policy version and a signed feedback token. Nothing here waits on the
 learner or on a database round trip per request.
+
+Each replica counts and times its requests in memory (:attr:`GatewayCore.instruments`,
+rendered by ``/metrics``) and, where a tracer provider is set, traces them
+(:mod:`controlplane.tracing`). New policies arrive by ``NOTIFY banditctl_policy``
+(:mod:`controlplane.policy_listener`), with polling every ``gateway.policy_refresh_s``
+as the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -17,12 +24,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+from sqlalchemy import URL, Engine
 
 from cache_manager.router import ArmPrices, ArmTerms
 from controlplane.config import BanditConfig
+from controlplane.instruments import GatewayInstruments
 from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
+from controlplane.policy_listener import PolicyListener
 from controlplane.tokens import FeedbackTokens
+from controlplane.tracing import RequestTracer, set_attributes, span
 from feedback.records import COMPLETION_ID_PREFIX, DecisionRecord, OutcomeRecord
 from feedback.repositories import residency as residency_repo
 from feedback.writer import DecisionLogWriter
@@ -56,7 +68,13 @@ class GatewayCore:
         *,
         writer: DecisionLogWriter | None = None,
         rng: np.random.Generator | None = None,
+        tracer: Tracer | None = None,
+        listen: bool = True,
+        listen_url: str | URL | None = None,
     ) -> None:
+        """``tracer``: spans go there (default: the global provider's, once one is set).
+        ``listen``: the policy refresher also listens for NOTIFY, on ``listen_url``
+        (default: the engine's database)."""
         self.config = config
         self.engine = engine
         self.call_pool = call_pool
@@ -81,15 +99,22 @@ class GatewayCore:
         )
         self.paging: ArmTerms = self.prices.terms(())
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
+        self.instruments = GatewayInstruments(config)
+        self.tracing = RequestTracer(tracer)
+        self.listen = listen
+        self.listen_url: str | URL = engine.url if listen_url is None else listen_url
+        self.listener: PolicyListener | None = None
 
     # -- policy ---------------------------------------------------------
 
-    def refresh_policy(self) -> bool:
-        """Load the latest snapshot if it is newer than ours (blocking DB call)."""
+    def refresh_policy(self, trigger: str = "poll") -> bool:
+        """Load the latest snapshot if it is newer than ours (blocking DB call).
+        ``trigger``: what asked (start, notify, poll), counted when a version loads."""
         policy = latest_policy(self.engine, self.config, self.policy.version)
-        if policy is None:
+        if policy is None or policy.version <= self.policy.version:
             return False
         self.policy = policy
+        self.instruments.policy_updates.labels(trigger).inc()
         return True
 
     def refresh_residency(self) -> None:
@@ -103,13 +128,37 @@ class GatewayCore:
         self.paging = self.prices.terms(held)
 
     async def policy_refresher(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.refresh_policy)
-                await asyncio.to_thread(self.refresh_residency)
-            except Exception:  # keep serving on the current policy
-                log.exception("policy refresh failed")
-            await asyncio.sleep(self.config.gateway.policy_refresh_s)
+        """Refresh when a NOTIFY arrives (a listener thread wakes this task), else every
+        ``gateway.policy_refresh_s``. Runs until cancelled; the listener stops with it."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def notified(_version: int | None) -> None:
+            # the loop may have closed under us: then there is nothing left to refresh
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+
+        if self.listen:
+            self.listener = PolicyListener(self.listen_url, notified).start()
+        trigger = "poll"
+        try:
+            while True:
+                self.tracing.refresh()
+                try:
+                    await asyncio.to_thread(self.refresh_policy, trigger)
+                    await asyncio.to_thread(self.refresh_residency)
+                except Exception:  # keep serving on the current policy
+                    log.exception("policy refresh failed")
+                try:
+                    await asyncio.wait_for(wake.wait(), self.config.gateway.policy_refresh_s)
+                    trigger = "notify"
+                except TimeoutError:
+                    trigger = "poll"
+                wake.clear()
+        finally:
+            if self.listener is not None:
+                listener, self.listener = self.listener, None
+                await asyncio.to_thread(listener.stop)
 
     # -- the request path ------------------------------------------------
 
@@ -160,16 +209,21 @@ class GatewayCore:
 
         ``exclude``: arms the request may not go to (its budgets); the policy selects
         among the route's other arms. ``key_id``: the API key's name, logged."""
+        start = time.perf_counter()
+        tracer = self.tracing.current()
         route = body.get("model") or "auto"
         arms = [a for a in self.route_arms(route) if a not in exclude]
         if not arms:
             raise BadRequest("model", f"no arm of {route!r} is allowed for this request", 429)
-        x = self.featurizer.featurize(body)
+        with span(tracer, "banditctl.featurize"):
+            x = self.featurizer.featurize(body)
         policy = self.policy
-        decision = self._select(policy, x, arms, self.rng)
+        with span(tracer, "banditctl.select"):
+            decision = self._select(policy, x, arms, self.rng)
         rid = request_id or uuid.uuid4()
         meta = body.get("metadata") or {}
-        self.writer.log_decision(
+        self._log_decision(
+            tracer,
             DecisionRecord(
                 request_id=rid,
                 created_at=datetime.now(UTC),
@@ -182,8 +236,9 @@ class GatewayCore:
                 tenant=_opt_str(meta.get("tenant")),
                 task=_opt_str(body.get("task") or meta.get("task")),
                 key_id=key_id,
-            )
+            ),
         )
+        self.instruments.decided(route, decision.arm, time.perf_counter() - start)
         return rid, x, decision, policy.version, route
 
     async def complete(
@@ -195,28 +250,50 @@ class GatewayCore:
         exclude: Collection[str] = (),
     ) -> dict[str, Any]:
         """Serve one chat completion; ``request_id`` (e.g. the proxy's) else a new UUID;
-        ``key_id`` and ``exclude`` as for :meth:`decide`."""
+        ``key_id`` and ``exclude`` as for :meth:`decide`. Traced as ``banditctl.request``
+        (arm, route, policy version, propensity)."""
+        with span(self.tracing.current(), "banditctl.request"):
+            return await self._complete(body, request_id, key_id=key_id, exclude=exclude)
+
+    async def _complete(
+        self,
+        body: dict[str, Any],
+        request_id: uuid.UUID | None,
+        *,
+        key_id: str | None,
+        exclude: Collection[str],
+    ) -> dict[str, Any]:
+        received = time.perf_counter()
+        tracer = self.tracing.current()
         body = self.validate_body(body)
         rid, _x, decision, version, route = self.decide(
             body, request_id, key_id=key_id, exclude=exclude
         )
+        if tracer is not None:
+            set_attributes(
+                trace.get_current_span(), _span_attributes(rid, decision, version, route)
+            )
         self.counters["requests"] += 1
         start = time.perf_counter()
         try:
-            gen = await self.call_pool(decision.arm, body)
+            with span(tracer, "banditctl.pool_call"):
+                gen = await self.call_pool(decision.arm, body)
         except Exception as exc:
             self.counters["errors"] += 1
-            self.writer.log_outcome(
+            self._log_outcome(
+                tracer,
                 OutcomeRecord(
                     request_id=rid,
                     created_at=datetime.now(UTC),
                     status="error",
                     latency_ms=(time.perf_counter() - start) * 1000.0,
                     error=str(exc)[:500],
-                )
+                ),
             )
+            self.instruments.failed(decision.arm, time.perf_counter() - received)
             raise UpstreamError(f"arm {decision.arm} failed: {exc}") from exc
-        self.writer.log_outcome(
+        self._log_outcome(
+            tracer,
             OutcomeRecord(
                 request_id=rid,
                 created_at=datetime.now(UTC),
@@ -227,7 +304,13 @@ class GatewayCore:
                 completion_tokens=int(gen["completion_tokens"]),
                 energy_j=float(gen["energy_j"]),
                 cost_usd=float(gen["cost_usd"]),
-            )
+            ),
+        )
+        ttft_ms = gen.get("ttft_ms")
+        self.instruments.served(
+            decision.arm,
+            time.perf_counter() - received,
+            None if ttft_ms is None else float(ttft_ms) / 1000.0,
         )
         return {
             "id": f"{COMPLETION_ID_PREFIX}{rid.hex}",
@@ -258,6 +341,16 @@ class GatewayCore:
             },
         }
 
+    def _log_decision(self, tracer: Tracer | None, record: DecisionRecord) -> None:
+        with span(tracer, "banditctl.log") as logged:
+            set_attributes(logged, {"banditctl.record": "decision"})
+            self.writer.log_decision(record)
+
+    def _log_outcome(self, tracer: Tracer | None, record: OutcomeRecord) -> None:
+        with span(tracer, "banditctl.log") as logged:
+            set_attributes(logged, {"banditctl.record": "outcome"})
+            self.writer.log_outcome(record)
+
     def explain(self, body: dict[str, Any]) -> dict[str, Any]:
         body = self.validate_body(body)
         arms = list(self.route_arms(body.get("model") or "auto"))
@@ -285,6 +378,18 @@ class GatewayCore:
             "chosen": decision.arm,
             "arms": sorted(rows, key=lambda r: -(r["score"] if r["score"] is not None else -1e300)),
         }
+
+
+def _span_attributes(
+    rid: uuid.UUID, decision: Decision, version: int, route: str
+) -> dict[str, Any]:
+    return {
+        "banditctl.request_id": str(rid),
+        "banditctl.arm": decision.arm,
+        "banditctl.route": route,
+        "banditctl.policy_version": version,
+        "banditctl.propensity": float(decision.propensity),
+    }
 
 
 def _opt_str(v: Any) -> str | None:

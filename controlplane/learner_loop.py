@@ -28,11 +28,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine
 
 from controlplane.config import BanditConfig
+from controlplane.learner_metrics import CreditTally, Progress
 from feedback.records import ArmRecord, RewardRow
 from feedback.repositories import arms, reward_stream, snapshots
 from learners import Learner, RewardEvent, load_learner, make_learner
@@ -113,6 +115,8 @@ class LearnerLoop:
         }
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-claim")
         self._ahead: Future[list[RewardRow]] | None = None
+        self.credits = CreditTally()  # for /metrics: what this process credited
+        self.progress = Progress()
 
     # -- lifecycle ------------------------------------------------------
 
@@ -142,6 +146,7 @@ class LearnerLoop:
             self.version = int(snap["version"])
             self.watermark = wm
             self.events_applied = int(snap["events_applied"])
+        self.progress.stepped(self.monotonic(), self.events_applied)
         log.info("learner resumed at version %d, watermark %d", self.version, self.watermark)
 
     def stop(self, snapshot: bool = True) -> None:
@@ -168,10 +173,12 @@ class LearnerLoop:
         self.adopt_rollback()
         rows = self._ahead.result() if self._ahead is not None else self._claim()
         self._ahead = None
-        if len(rows) >= self.config.learner_service.batch_size:
+        behind = len(rows) >= self.config.learner_service.batch_size
+        if behind:
             self._ahead = self._worker.submit(self._claim)
         if rows:
             self._apply(rows)
+        self._track_progress(behind)
         if self.snapshot_due():
             self.snapshot()
         self._prune_if_due()
@@ -252,6 +259,9 @@ class LearnerLoop:
                     for r, rw in zip(taught, rewards, strict=True)
                 ]
             )
+            self.credits.add(rows, taught, rewards @ self.objective.weight_vector)
+        else:
+            self.credits.add(rows, (), ())
         self.watermark = rows[-1].credit_seq
         self.events_applied += len(rows)
         self.pending += len(rows)
@@ -312,6 +322,30 @@ class LearnerLoop:
             self.version, snap["parent_version"], self.watermark, released,
         )  # fmt: skip
         return True
+
+    def _track_progress(self, behind: bool) -> None:
+        """Update rate and lag for :meth:`metrics` (a lag query only while behind)."""
+        now = self.monotonic()
+        self.progress.stepped(now, self.events_applied)
+        if not behind:
+            self.progress.caught_up(now)
+        elif self.progress.lag_due(now):
+            with self.engine.connect() as conn:
+                lag = reward_stream.learner_lag(conn, self.objective, self.clock())
+            self.progress.measured(now, lag, self.monotonic() - now)
+
+    def metrics(self) -> dict[str, Any]:
+        """The learner's figures for ``/metrics``, from memory (see ``learner_metrics``)."""
+        return {
+            "version": self.version,
+            "watermark": self.watermark,
+            "events_applied": self.events_applied,
+            "events_per_s": self.progress.rate(self.monotonic()),
+            "lag_events": self.progress.lag["events_behind"],
+            "lag_seconds": self.progress.lag["seconds_behind"],
+            "snapshots": self.stats["snapshots"],
+            "rewards": self.credits.rows(),
+        }
 
     def run_until_idle(self, max_steps: int = 10_000) -> int:
         """Drain what is ready now (tests, tools); returns events applied."""

@@ -12,6 +12,7 @@ from controlplane.api import create_app
 from controlplane.config import BanditConfig
 from controlplane.gateway_core import GatewayCore
 from controlplane.tokens import FeedbackTokens
+from controlplane.tracing import configure_tracing
 from feedback.database import make_engine
 
 
@@ -35,13 +36,14 @@ class Gateway:
         self.pools = pools
         self.learner = learner
         self.cache_controller = cache
+        configure_tracing("banditctl-gateway")  # only where OTEL_* variables ask for it
         self.model_of = {a.name: a.model for a in config.arms}
         self.adapter_of = {a.name: a.adapter for a in config.arms}
         self.instance_id = instance_id
         engine = make_engine(database_url, pool_size=4)
         tokens = FeedbackTokens(secret, config.gateway.feedback_token_ttl_s)
         self.core = GatewayCore(config, engine, self._call_pool, tokens)
-        await asyncio.to_thread(self.core.refresh_policy)
+        await asyncio.to_thread(self.core.refresh_policy, "start")
         self.core.writer.start()
         self._refresher = asyncio.get_running_loop().create_task(self.core.policy_refresher())
 
@@ -61,11 +63,16 @@ class Gateway:
             cache_status=self._cache_status if self.cache_controller is not None else None,
             proxy_request_id=_serve_request_id,
             instance_id=self.instance_id,
+            learner_metrics=self._learner_metrics,
         )
 
     async def _learner_status(self) -> dict[str, Any]:
         status: dict[str, Any] = await self.learner.status.remote()
         return status
+
+    async def _learner_metrics(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = await self.learner.metrics.remote()
+        return metrics
 
     async def _cache_status(self) -> dict[str, Any]:
         assert self.cache_controller is not None

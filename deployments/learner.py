@@ -56,5 +56,9 @@ class LearnerService:
             "time": time.time(),
         }
 
+    def metrics(self) -> dict[str, Any]:
+        """What ``/metrics`` shows of the learner (gateways fetch it, cached briefly)."""
+        return {**self.loop.metrics(), "error": self.error}
+
     def __del__(self) -> None:
         self._stop.set()

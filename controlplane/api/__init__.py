@@ -45,11 +45,14 @@ def create_app(
     proxy_request_id: Callable[[], str | None] | None = None,
     admission: Admission | None = None,
     instance_id: str | None = None,
+    learner_metrics: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     """``start_background``: the lifespan starts the decision log writer and the
     policy refresher (a Gateway deployment starts its own). ``learner_status``:
     what ``/v1/stats`` reports for the learner; ``cache_status``: for the cache
-    controller, when a planned cache policy runs. ``proxy_request_id``: the id a
+    controller, when a planned cache policy runs (``/metrics`` reads its residency
+    totals too). ``learner_metrics``: the learner's figures for ``/metrics``
+    (``LearnerService.metrics``). ``proxy_request_id``: the id a
     fronting proxy (Ray Serve's) already put in ``x-request-id``; when it is a
     UUID, the decision is logged under it. ``admission``: rate limits and budgets (by
     default built from the core's config, on the real clocks). ``instance_id``: what
@@ -67,7 +70,7 @@ def create_app(
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    install_metrics(app, core)
+    install_metrics(app, core, learner_metrics=learner_metrics, cache_status=cache_status)
     return app
 
 

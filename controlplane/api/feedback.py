@@ -60,6 +60,7 @@ def _counted(core: GatewayCore, results: list[Any]) -> list[dict[str, Any]]:
     dups = sum(r.duplicate for r in results)
     core.counters["feedback_duplicates"] = core.counters.get("feedback_duplicates", 0) + dups
     core.counters["feedback"] = core.counters.get("feedback", 0) + len(results) - dups
+    core.instruments.feedback_stored(r.source for r in results if not r.duplicate)
     return [
         {"request_id": str(r.request_id), "source": r.source, "duplicate": r.duplicate}
         for r in results

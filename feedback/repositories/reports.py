@@ -470,3 +470,15 @@ def residency_totals_since(conn: Connection, since: datetime | None = None) -> l
         {"since": since},
     ).all()
     return [dict(r._mapping) for r in rows]
+
+
+def latest_snapshot_head(conn: Connection) -> dict[str, Any] | None:
+    """The latest snapshot's version, watermark, events applied and time, without its
+    state: one row by primary key, whatever the number of snapshots or decisions."""
+    row = conn.execute(
+        text(
+            "SELECT version, watermark, events_applied, created_at FROM policy_snapshots "
+            "ORDER BY version DESC LIMIT 1"
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)

@@ -3,7 +3,9 @@
 Versions are handed out under a table lock; a rollback publishes an old
 version's state as a new version. Retention (:func:`prune_snapshots`) compacts
 old versions: their state is deleted, their row (time, watermark, event
-counts, summary) stays.
+counts, summary) stays. Every version saved is announced with
+``NOTIFY banditctl_policy, '<version>'`` in the same transaction, so listeners
+hear of it when it commits (and never of one rolled back).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def save_snapshot(
             parent_version=parent_version,
         )
     )
+    notify_policy(conn, version)
     return version
 
 
@@ -250,3 +253,19 @@ def prune_snapshots(
     if not dry_run:
         compact_versions(conn, plan.compact)
     return plan
+
+
+POLICY_CHANNEL = "banditctl_policy"
+
+
+def notify_policy(conn: Connection, version: int) -> None:
+    """``NOTIFY banditctl_policy, '<version>'``, delivered when the caller's transaction commits."""
+    conn.execute(
+        text("SELECT pg_notify(:channel, :version)"),
+        {"channel": POLICY_CHANNEL, "version": str(version)},
+    )
+
+
+def listen_policy(conn: Connection) -> None:
+    """Subscribe ``conn`` (autocommit) to :data:`POLICY_CHANNEL`."""
+    conn.execute(text(f"LISTEN {POLICY_CHANNEL}"))

@@ -18,7 +18,7 @@ from controlplane.learner_loop import arm_records, snapshot_learner
 from controlplane.tokens import FeedbackTokens
 from feedback.records import DecisionRecord
 from feedback.repositories import arms as arms_repo
-from feedback.repositories import request_log, snapshots
+from feedback.repositories import reports, request_log, snapshots
 from learners import RewardEvent
 
 TASKS = ("t0", "t1")
@@ -124,6 +124,10 @@ def test_cache_core_plans_records_and_gateways_price_what_is_resident(engine):
     status = core.status()
     assert status["epochs"] == status["applied"] == 3
     assert set(status["residency"][POOL]) == {"a0", "a1"}
+    with engine.connect() as conn:  # /metrics' totals, from memory, match the table's
+        (db,) = reports.residency_totals(conn)
+    assert status["totals"] == {POOL: {k: db[k] for k in ("page_ins", "hits", "misses")}}
+    assert status["totals"][POOL]["hits"] == 7
 
     # the gateway reads the applied plan and prices only the adapter resident nowhere
     assert gateway.refresh_policy() and gateway.policy.version == 1

@@ -1,5 +1,6 @@
-"""Dashboard JSON, /metrics and the admin-only rollback on a real database (no Ray);
-the dashboard's arithmetic (windows, intervals, the baseline arm) on constructed numbers."""
+"""Dashboard JSON and the admin-only rollback on a real database (no Ray); the dashboard's
+arithmetic (windows, intervals, the baseline arm) on constructed numbers. ``/metrics`` has its
+own tests (``test_metrics.py``)."""
 
 from __future__ import annotations
 
@@ -123,31 +124,6 @@ def test_rollback_needs_the_admin_scope(client, engine):
     assert r.json() == {"version": before + 1, "rolled_back_to": 2, "reason": "rollback"}
     current = http.get("/v1/policies/current").json()
     assert current["version"] == before + 1 and current["reason"] == "rollback"
-
-
-def test_metrics_expose_the_loop(client, engine):
-    http, cfg = client
-    loop = _learned(engine, cfg)
-    with engine.begin() as conn:
-        residency.record_residency_epoch(conn, epoch=1, replica="pool-a#0", adapters=["x"],
-                                    started_at=datetime.now(UTC), reason="epoch", status="applied")  # fmt: skip
-        residency.close_residency_epoch(conn, epoch=1, replica="pool-a#0", ended_at=datetime.now(UTC),
-                                   page_ins=3, hits=7, misses=2)  # fmt: skip
-    assert http.post("/v1/feedback", json={"request_id": "bad", "quality": 1},
-                     headers={"Authorization": f"Bearer {FEEDBACK}"}).status_code == 422  # fmt: skip
-    assert http.post("/v1/feedback", json={"quality": 1}).status_code == 422
-    text = http.get("/metrics").text
-    with engine.connect() as conn:
-        by_arm = reports.decision_counts(conn)
-    for arm, route, n in by_arm:
-        assert f'banditctl_decisions_total{{arm="{arm}",route="{route}"}} {float(n)}' in text
-    assert f"banditctl_policy_version {float(loop.version)}" in text
-    assert f"banditctl_learner_events_applied_total {float(loop.events_applied)}" in text
-    assert 'banditctl_feedback_rejected_total{status="422"} 2.0' in text
-    assert 'banditctl_adapter_page_ins_total{replica="pool-a#0"} 3.0' in text
-    assert 'banditctl_adapter_residency_hits_total{replica="pool-a#0"} 7.0' in text
-    assert "banditctl_learner_lag_events" in text and "banditctl_learner_update_rate" in text
-    assert "banditctl_reward_component_total{arm=" in text
 
 
 # ---------------------------------------------------------------- constructed traffic

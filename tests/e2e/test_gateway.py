@@ -285,6 +285,41 @@ def test_explain_scores_every_arm_without_serving(deployed, http):
     assert http.get("/stats").json()["gateway"]["requests"] == n_before
 
 
+def _metric(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return float("nan")
+
+
+def test_metrics_come_from_memory_and_policies_by_notify(deployed, client, http):
+    metrics_url = f"{deployed.base_url}/metrics"
+    metas = [_chat(client)[2] for _ in range(6)]
+    for m in metas:
+        http.post("/feedback", json={"request_id": m["request_id"], "quality": 0.9,
+                                     "feedback_token": m["feedback_token"]}).raise_for_status()  # fmt: skip
+    # the learner's credits reach /metrics through its handle; gateways hear of new
+    # versions by NOTIFY (their 0.2 s poll is only the fallback)
+    text = _wait(
+        lambda: (
+            (t := http.get(metrics_url).text)
+            and _metric(t, "banditctl_learner_up") == 1
+            and _metric(t, "banditctl_gateway_policy_updates_total", trigger="notify") >= 1
+            and t
+        ),
+        timeout=60,
+        what="learner figures and a policy picked up by NOTIFY",
+    )
+    assert _metric(text, "banditctl_gateway_policy_listener_connected") == 1
+    assert _metric(text, "banditctl_policy_version") >= 1
+    assert "banditctl_reward_events_total{" in text and "banditctl_reward_total{" in text
+    assert _metric(text, "banditctl_decision_overhead_seconds_count") >= 6
+    assert "banditctl_request_duration_seconds_bucket{" in text
+
+
 def test_learner_replica_killed_midstream_resumes_exactly_once(deployed, client, http):
     import ray
 
