@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "up": "up",
     "serve-config": "serve_config",
+    "adapters": "adapters",
 }
 
 
