@@ -206,6 +206,8 @@ class HFBackend:
         generated = 0
         try:
             with self._lock:
+                if adapter and adapter not in self._adapters:  # unloaded since the request came
+                    raise AdapterNotLoaded(adapter)
                 model = self._peft if self._peft is not None else self.model
                 if adapter:
                     self._peft.set_adapter(adapter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,8 @@ def test_adapters_load_unload_and_report_their_memory(adapter_dir):
 
 def test_closing_the_stream_stops_the_generation(adapter_dir):
     backend = _backend(adapter_dir, max_new_tokens=400)
+    # >= 5 ms a token, so 400 tokens take seconds: far longer than the two chunks we read
+    backend.model.register_forward_pre_hook(lambda *_: time.sleep(0.005))
 
     async def run() -> None:
         stream = backend.generate({**BODY, "max_tokens": 400})
