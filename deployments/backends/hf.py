@@ -18,7 +18,8 @@ requests run with the adapters disabled.
 Concurrency: which adapter is active is state of the whole model (peft's
 ``set_adapter``), and loads and unloads rewrite its modules, so one lock
 serializes generations, loads and unloads on a model: requests to one replica
-run one at a time (the pool's ``max_ongoing_requests`` queues the rest). Load
+run one at a time (queued on the backend's own one-thread executor; the pool's
+``max_ongoing_requests`` bounds the queue). Batching is the next step. Load
 times are measured once the lock is held, so they are the page-in cost and not
 the wait behind a generation.
 
@@ -33,6 +34,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +116,9 @@ class HFBackend:
         self._peft: Any = None
         self._adapters: dict[str, int] = {}  # loaded adapter -> bytes of its weights
         self._lock = threading.Lock()  # one generation, load or unload at a time
+        # generations queue here, not in the event loop's default executor (which adapter
+        # loads and other blocking calls of the replica use)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hf-{name}")
 
     # -- generation ------------------------------------------------------
 
@@ -131,7 +136,7 @@ class HFBackend:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         flag = threading.Event()
         worker = loop.run_in_executor(
-            None, self._run, ids, adapter, body, budget, _TokenQueue(loop, queue), flag
+            self._worker, self._run, ids, adapter, body, budget, _TokenQueue(loop, queue), flag
         )
         tokens: list[int] = []
         sent = 0  # chars of the decoded answer already streamed
