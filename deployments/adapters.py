@@ -18,7 +18,9 @@ from typing import Any
 
 from cache_manager.executor import CapacityError
 
-Loader = Callable[[str], tuple[Any, float]]  # adapter -> (weights, seconds)
+# adapter -> (weights, seconds of the page-in); seconds None: it was in memory already
+# (held for another request), so no page-in happened
+Loader = Callable[[str], tuple[Any, float | None]]
 
 
 @dataclass
@@ -43,8 +45,9 @@ class AdapterRegistry:
 
     def _page_in(self, adapter: str) -> Any:
         weights, seconds = self._load(adapter)
-        self.stats.page_ins += 1
-        self.stats.load_s += seconds
+        if seconds is not None:
+            self.stats.page_ins += 1
+            self.stats.load_s += seconds
         return weights
 
     def acquire(self, adapter: str) -> bool:

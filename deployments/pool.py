@@ -1,20 +1,33 @@
 """ModelPool: one Ray Serve deployment per base model, serving its arms.
 
+The replica's work is plain Python in :class:`PoolCore` (backends behind
+:class:`deployments.backends.Backend`, adapter residency in
+:class:`deployments.adapter_slots.AdapterSlots`), testable without Ray; the
+Serve class only wires it: ``@serve.multiplexed`` for ``cache.policy: lru``,
+the request's ``multiplexed_model_id``, and the streaming method.
+
 LoRA adapters go through ``@serve.multiplexed`` (requests carry the adapter as
-``multiplexed_model_id``); each replica keeps its own registry of loaded
-adapters (Serve has no public call that lists or evicts them), reported by
-:meth:`ModelPool.resident_adapters`.
+``multiplexed_model_id``) or, under a planned policy, the replica's own
+:class:`AdapterRegistry`; either way a load is ``backend.load_adapter`` (its
+measured seconds are recorded), an eviction ``backend.unload_adapter``, and
+what is resident is what the backends hold (Serve has no public call that lists
+or evicts multiplexed models).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from ray import serve
 
-from controlplane.config import ArmConfig, BanditConfig
-from deployments.backends import Backend
+from controlplane.config import BanditConfig
+from deployments.adapter_slots import AdapterSlots
+from deployments.backends import Backend, BuildContext, Chunk, collect, with_timing
 
 
 def pool_name(model: str) -> str:
@@ -22,28 +35,80 @@ def pool_name(model: str) -> str:
     return "pool-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in model)
 
 
-def make_backend(arm: ArmConfig, config: BanditConfig) -> Backend:
-    if arm.backend == "replay":
-        from deployments.backends.replay import ReplayBackend
-        from learners.replay.dataset import dataset_for
+def make_backends(config: BanditConfig, model: str) -> Mapping[str, Backend]:
+    """The backends of one base model's arms, by arm name."""
+    from controlplane.settings import get_settings
+    from deployments.backends import build_backends
 
-        r = config.replay
-        ds = dataset_for(r.dataset, r.synthetic_rows, r.seed)
-        return ReplayBackend(ds, arm.name if arm.name in ds.models else arm.model, r.latency_scale)
-    if arm.backend == "openai":
-        from deployments.backends.openai_upstream import OpenAIUpstream
-
-        return OpenAIUpstream(arm)
-    raise ValueError(
-        f"arm {arm.name!r}: backend {arm.backend!r} is not built yet; "
-        "use backend: openai with base_url pointing at a vLLM server instead"
+    context = BuildContext(
+        config, adapter_rank=config.cache.adapter_rank, data_dir=get_settings().data_dir
     )
+    return build_backends([a for a in config.arms if a.model == model], context)
+
+
+class PoolCore:
+    """A pool replica's logic: arms -> backends, adapter residency, timing."""
+
+    def __init__(
+        self,
+        config: BanditConfig,
+        model: str,
+        backends: Mapping[str, Backend],
+        mux: Callable[[str], Awaitable[Any]] | None = None,
+    ) -> None:
+        self.model = model
+        self.arms = {a.name: a for a in config.arms if a.model == model}
+        self.backends = dict(backends)
+        self.cache = config.cache
+        hosts = {a.adapter: self.backends[n] for n, a in self.arms.items() if a.adapter}
+        self.slots = AdapterSlots(
+            config.cache.slots_per_replica,
+            planned=config.cache_planned,
+            hosts=hosts,
+            mux=mux,
+        )
+
+    def backend_for(self, arm: str) -> Backend:
+        if arm not in self.backends:
+            raise KeyError(f"pool {self.model!r} does not serve arm {arm!r}")
+        return self.backends[arm]
+
+    async def generate_stream(
+        self, arm: str, body: dict[str, Any], adapter: str | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """The answer as it is produced; the last chunk's usage is timed from here
+        (so it includes an adapter's page-in)."""
+        backend = self.backend_for(arm)
+        adapter = adapter or self.arms[arm].adapter
+        start = time.perf_counter()
+        if adapter:
+            await self.slots.acquire(adapter, backend)
+        try:
+            ttft_ms: float | None = None
+            async with aclosing(backend.generate(body, adapter)) as chunks:
+                async for chunk in chunks:
+                    now_ms = (time.perf_counter() - start) * 1000.0
+                    if chunk.text and ttft_ms is None:
+                        ttft_ms = now_ms
+                    if chunk.usage is not None:
+                        chunk = Chunk(chunk.text, with_timing(chunk.usage, now_ms, ttft_ms))
+                    yield chunk
+        finally:
+            if adapter:
+                await self.slots.release(adapter)
+
+    async def generate(
+        self, arm: str, body: dict[str, Any], adapter: str | None = None
+    ) -> dict[str, Any]:
+        return (await collect(self.generate_stream(arm, body, adapter))).as_dict()
+
+    def residency_stats(self) -> dict[str, Any]:
+        return {"policy": self.cache.policy.kind, **self.slots.stats()}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class ModelPool:
-    """Serves the arms of one base model; LoRA adapters are loaded for real
-    (``cache_manager.fake_adapter`` here: allocate and copy the weights).
+    """Serves the arms of one base model (a :class:`PoolCore` on a Serve replica).
 
     Under ``cache.policy: lru`` adapters go through ``@serve.multiplexed`` (Serve's
     own LRU, ``slots_per_replica`` per replica); under a planned policy (polar,
@@ -51,96 +116,79 @@ class ModelPool:
     controller drives with :meth:`prefetch` and :meth:`evict`.
     """
 
-    def __init__(self, config: BanditConfig, model: str) -> None:
-        import numpy as np
-
-        from cache_manager.fake_adapter import FakeAdapterStore
-        from deployments.adapters import AdapterRegistry
-
-        self.model = model
-        self.arms = {a.name: a for a in config.arms if a.model == model}
-        self.backends = {name: make_backend(a, config) for name, a in self.arms.items()}
-        self.cache = config.cache
-        self.planned = config.cache_planned
-        self._store = FakeAdapterStore(specs={}, rng=np.random.default_rng(0))
-        self.registry = AdapterRegistry(config.cache.slots_per_replica, self._load)
-        self.mux_loaded: dict[str, float] = {}  # what Serve's multiplexing LRU holds now
+    async def __init__(self, config: BanditConfig, model: str) -> None:  # type: ignore[misc]
+        self.loop = asyncio.get_running_loop()
+        backends = await asyncio.to_thread(make_backends, config, model)  # hf: loads a model
+        self.core = PoolCore(config, model, backends, mux=self._mux_get)
 
         async def load_for_serve(adapter: str) -> Any:  # a plain function: Serve keeps its
-            return await self._mux_load(adapter)  # LRU on the function object
+            await self.core.slots.mux_load(adapter)  # LRU on the function object
+            return _MuxResident(self, adapter)
 
         self._mux = serve.multiplexed(max_num_models_per_replica=config.cache.slots_per_replica)(
             load_for_serve
         )
 
-    def _load(self, adapter: str) -> tuple[Any, float]:
-        from cache_manager.fake_adapter import FakeAdapterSpec
+    async def _mux_get(self, adapter: str) -> Any:
+        return await self._mux(adapter)
 
-        self._store.specs.setdefault(
-            adapter, FakeAdapterSpec(adapter, rank=self.cache.adapter_rank)
-        )
-        return self._store.load(adapter)
-
-    async def _mux_load(self, adapter: str) -> Any:
-        loaded, seconds = self._load(adapter)
-        self.registry.stats.page_ins += 1
-        self.registry.stats.load_s += seconds
-        self.mux_loaded[adapter] = seconds
-        return _MuxResident(self, adapter, loaded)
-
-    async def _acquire(self, adapter: str) -> None:
-        if not self.planned:
-            before = self.registry.stats.page_ins
-            await self._mux(adapter)
-            if self.registry.stats.page_ins == before:
-                self.registry.stats.hits += 1
-            else:
-                self.registry.stats.misses += 1
-        else:
-            self.registry.acquire(adapter)
+    def _adapter(self) -> str | None:
+        return serve.get_multiplexed_model_id() or None
 
     async def generate(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:
-        if arm not in self.backends:
-            raise KeyError(f"pool {self.model!r} does not serve arm {arm!r}")
-        adapter = serve.get_multiplexed_model_id() or self.arms[arm].adapter
-        t0 = time.perf_counter()
-        if adapter:
-            await self._acquire(adapter)
-        gen = (await self.backends[arm].generate(body)).as_dict()
-        gen["latency_ms"] = max(gen["latency_ms"], (time.perf_counter() - t0) * 1000.0)
-        return gen
+        return await self.core.generate(arm, body, self._adapter())
+
+    async def generate_stream(self, arm: str, body: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
+        """Serve streaming (``handle.options(stream=True).generate_stream.remote``):
+        text chunks as the backend produces them, the last one with usage. A caller
+        that stops consuming cancels this generator, which stops the generation."""
+        async with aclosing(self.core.generate_stream(arm, body, self._adapter())) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     # -- residency, for the cache controller and the dashboard ---------------
 
-    def resident(self) -> tuple[str, ...]:
-        if not self.planned:
-            return tuple(self.mux_loaded)
-        return self.registry.resident()
+    async def resident(self) -> tuple[str, ...]:
+        return self.core.slots.resident()
 
-    def prefetch(self, adapter: str) -> float:
-        return self.registry.prefetch(adapter)
+    async def prefetch(self, adapter: str) -> float:
+        return await self.core.slots.prefetch(adapter)
 
-    def evict(self, adapter: str) -> None:
-        self.registry.evict(adapter)
+    async def evict(self, adapter: str) -> None:
+        await self.core.slots.evict(adapter)
 
-    def residency_stats(self) -> dict[str, Any]:
-        s = self.registry.stats
-        return {
-            "policy": self.cache.policy.kind,
-            "capacity": self.registry.capacity,
-            "resident": list(self.resident()),
-            "hits": s.hits,
-            "misses": s.misses,
-            "page_ins": s.page_ins,
-            "load_s": s.load_s,
-        }
+    async def residency_stats(self) -> dict[str, Any]:
+        return self.core.residency_stats()
 
 
 class _MuxResident:
-    """Held by Serve's multiplexing LRU; when it drops the entry, so does our view."""
+    """Held by Serve's multiplexing LRU. Serve calls ``__del__`` (in a worker thread)
+    when its LRU drops the entry, and Python may call it again when the object is
+    collected: the first call unloads the adapter (once no request uses it)."""
 
-    def __init__(self, pool: ModelPool, name: str, loaded: Any) -> None:
-        self.pool, self.name, self.loaded = pool, name, loaded
+    def __init__(self, pool: ModelPool, name: str) -> None:
+        self.pool, self.name = pool, name
+        self._dropped = threading.Event()
 
-    def __del__(self) -> None:  # may run twice under Serve: pop is idempotent
-        self.pool.mux_loaded.pop(self.name, None)
+    def __del__(self) -> None:
+        if self._dropped.is_set():
+            return
+        self._dropped.set()
+        drop = self.pool.core.slots.mux_drop(self.name)
+        loop = self.pool.loop
+        try:
+            if loop.is_closed():
+                drop.close()
+            elif _on_loop(loop):  # collected on the replica's own thread: don't block it
+                loop.create_task(drop)
+            else:
+                asyncio.run_coroutine_threadsafe(drop, loop).result(timeout=600)
+        except Exception:  # a finalizer must not raise (replica shutdown)
+            pass
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

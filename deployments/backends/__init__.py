@@ -1,13 +1,59 @@
 """Model backends behind a pool: plain classes, testable without Ray.
 
-A backend turns an OpenAI chat body into a :class:`Generation`. Registry:
-``BACKENDS[kind](arm, context)``; adding one is a module and an entry.
+A backend streams an OpenAI chat body as :class:`Chunk` s: text deltas as the
+model produces them, then one last chunk carrying the :class:`Usage` (tokens,
+time to first token, latency, energy, cost, finish reason). It also holds the
+LoRA adapters of its base model: ``load_adapter`` returns the seconds the load
+really took (the page-in cost the cache planner prices), ``unload_adapter``
+frees it, ``resident`` lists what it holds and ``adapter_bytes`` says what one
+costs in memory. The pool decides what is held (its slots); a backend only
+obeys, and refuses to generate with an adapter it does not hold.
+
+:func:`collect` turns a stream into the :class:`Generation` the non-streaming
+path returns. Registry: :data:`BACKENDS` names, per ``backend:`` kind, the
+module whose ``build(arms, context)`` makes the backends of one pool's arms
+(arms of one base model may share one backend, as the ``hf`` kind does: one
+model in memory, adapters loaded into it). Adding a backend is one module and
+one entry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+import importlib
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from controlplane.config import ArmConfig, BanditConfig
+
+
+class AdapterNotLoaded(KeyError):
+    """A generation asked for an adapter its backend does not hold."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    ttft_ms: float | None
+    energy_j: float
+    cost_usd: float
+    finish_reason: str  # "stop" (end of answer or a stop sequence) | "length" (max tokens)
+    model: str
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A text delta; the stream's last chunk carries ``usage`` (its ``text`` may be empty)."""
+
+    text: str = ""
+    usage: Usage | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "usage": None if self.usage is None else self.usage.__dict__}
 
 
 @dataclass
@@ -20,10 +66,123 @@ class Generation:
     energy_j: float
     cost_usd: float
     model: str
+    finish_reason: str = "stop"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Pricing:
+    """An arm's price table: dollars per 1k tokens and joules per token."""
+
+    usd_per_1k_prompt_tokens: float = 0.0
+    usd_per_1k_completion_tokens: float = 0.0
+    joules_per_token: float = 0.0
+
+    @classmethod
+    def of(cls, arm: ArmConfig) -> Pricing:
+        return cls(
+            arm.usd_per_1k_prompt_tokens, arm.usd_per_1k_completion_tokens, arm.joules_per_token
+        )
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.usd_per_1k_prompt_tokens
+            + completion_tokens * self.usd_per_1k_completion_tokens
+        ) / 1000.0
+
+    def energy_j(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return self.joules_per_token * (prompt_tokens + completion_tokens)
+
+
 class Backend(Protocol):
-    async def generate(self, body: dict[str, Any]) -> Generation: ...
+    def generate(
+        self, body: dict[str, Any], adapter: str | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream the answer; closing the iterator early stops the generation."""
+        ...
+
+    def load_adapter(self, name: str) -> float:
+        """Load ``name`` (no-op if held); returns the seconds the load took."""
+        ...
+
+    def unload_adapter(self, name: str) -> None: ...
+
+    def resident(self) -> tuple[str, ...]: ...
+
+    def adapter_bytes(self, name: str) -> int:
+        """Memory one copy of the adapter takes (bytes)."""
+        ...
+
+
+async def collect(stream: AsyncIterator[Chunk]) -> Generation:
+    """Drain a stream into one :class:`Generation` (the non-streaming answer)."""
+    parts: list[str] = []
+    usage: Usage | None = None
+    async for chunk in stream:
+        parts.append(chunk.text)
+        if chunk.usage is not None:
+            usage = chunk.usage
+    if usage is None:
+        raise RuntimeError("the backend's stream ended without usage")
+    return Generation(text="".join(parts), **usage.__dict__)
+
+
+def with_timing(usage: Usage, latency_ms: float, ttft_ms: float | None) -> Usage:
+    """``usage`` measured from further out (the pool's clock includes adapter loads)."""
+    return replace(
+        usage,
+        latency_ms=max(usage.latency_ms, latency_ms),
+        ttft_ms=ttft_ms if ttft_ms is not None else usage.ttft_ms,
+    )
+
+
+def completion_budget(body: dict[str, Any], cap: int | None = None) -> int | None:
+    """The request's ``max_completion_tokens`` / ``max_tokens``, bounded by ``cap``."""
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    if asked is None:
+        return cap
+    n = max(1, int(asked))
+    return n if cap is None else min(n, cap)
+
+
+def stop_sequences(body: dict[str, Any]) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if not stop:
+        return ()
+    return tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What building a pool's backends needs beyond its arms."""
+
+    config: BanditConfig
+    adapter_rank: int  # the replay backend's fake adapters
+    data_dir: Path  # the hf backend's converted model copies, default adapter folder
+
+
+# backend kind -> module exposing build(arms, context) -> {arm name: backend}
+BACKENDS: dict[str, str] = {
+    "replay": "deployments.backends.replay",
+    "openai": "deployments.backends.openai_upstream",
+    "hf": "deployments.backends.hf",
+}
+
+
+def build_backends(arms: Sequence[ArmConfig], context: BuildContext) -> Mapping[str, Backend]:
+    """Backends for one pool's arms, by arm name (built lazily: a kind's module is
+    imported only when an arm uses it)."""
+    by_kind: dict[str, list[ArmConfig]] = {}
+    for arm in arms:
+        by_kind.setdefault(arm.backend, []).append(arm)
+    out: dict[str, Backend] = {}
+    for kind, group in by_kind.items():
+        if kind not in BACKENDS:
+            raise ValueError(
+                f"arm {group[0].name!r}: backend {kind!r} is not built yet; "
+                "use backend: openai with base_url pointing at a vLLM server instead"
+            )
+        out.update(importlib.import_module(BACKENDS[kind]).build(group, context))
+    return out

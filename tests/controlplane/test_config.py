@@ -43,6 +43,7 @@ def test_readme_example_config_is_valid(tmp_path):
         ("arms: [{name: a, model: a}]\nobjective: {weights: {accuracy: 1}}\n", "objective.weights"),
         ("arms: [{name: a, model: a}]\ngateway: {replicas: 0}\n", "gateway.replicas"),
         ("arms: [{name: a, model: a}]\ntypo_key: 1\n", "typo_key"),
+        ("arms: [{name: a, model: a, backend: hf, max_new_tokens: 0}]\n", "arms.0.max_new_tokens"),
         ("- just a list\n", "expected a mapping"),
         ("arms: [{name: a, model: a}\n", "not valid YAML"),
     ],
@@ -100,3 +101,30 @@ def test_planned_cache_needs_one_replica_per_pool(tmp_path):
     text = "arms: [{name: a, model: a, adapter: x}]\npools: {replicas: 2}\ncache: {policy: polar}\n"
     with pytest.raises(ConfigError, match="set pools.replicas to 1"):
         load_config(_write(tmp_path, text))
+
+
+def test_hf_arms(tmp_path):
+    cfg = load_config(
+        _write(
+            tmp_path,
+            "arms:\n"
+            "  - {name: smol, model: smol, backend: hf, joules_per_token: 0.1}\n"
+            "  - {name: smol:ahoy, model: smol, adapter: ahoy-r4, backend: hf,\n"
+            "     model_path: /models/smol.gguf, adapter_dir: /adapters, max_new_tokens: 32,\n"
+            "     device: cpu}\n",
+        )
+    )
+    base, ahoy = cfg.arms
+    assert (base.backend, base.model_path, base.adapter_dir, base.max_new_tokens) == (
+        "hf",
+        None,
+        None,
+        128,
+    )
+    assert (ahoy.model_path, ahoy.adapter_dir, ahoy.max_new_tokens, ahoy.device) == (
+        "/models/smol.gguf",
+        "/adapters",
+        32,
+        "cpu",
+    )
+    assert cfg.adapter_arms == {"smol:ahoy": "ahoy-r4"} and cfg.base_models == ("smol",)

@@ -357,3 +357,20 @@ def test_learner_replica_killed_midstream_resumes_exactly_once(deployed, client,
         return new == len(ids) and snap["events_applied"] == credited == distinct
 
     _wait(settled, timeout=120, what="the restarted learner to apply every event once")
+
+
+def test_pool_streams_chunks_through_a_serve_handle(deployed):
+    from ray import serve
+
+    from controlplane.cli.launch import APP_NAME
+    from deployments.pool import pool_name
+
+    arm = deployed.config.arms[0]
+    handle = serve.get_deployment_handle(pool_name(arm.model), app_name=APP_NAME)
+    body = {"messages": CODE_PROMPT}
+    chunks = list(handle.options(stream=True).generate_stream.remote(arm.name, body))
+    *texts, last = chunks
+    assert len(texts) >= 2 and all(c.text and c.usage is None for c in texts)
+    assert last.usage is not None and last.usage.completion_tokens > 0
+    whole = handle.generate.remote(arm.name, body).result(timeout_s=30)
+    assert "".join(c.text for c in texts) == whole["text"]

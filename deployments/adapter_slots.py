@@ -1,0 +1,199 @@
+"""Which LoRA adapters a pool replica's backends hold, and when they may load one.
+
+The backends hold the adapters (:meth:`Backend.resident` is the truth); this
+class decides what they load and unload, so that
+
+- the replica never holds more than its slots (``cache.slots_per_replica``),
+  plus, under a planned policy, one scratch slot for the one-off load of an
+  adapter the plan does not keep (POLAR serves such a request by a page-in
+  that is dropped after it, not by evicting what the plan keeps);
+- an adapter is never unloaded under a request that uses it: requests pin their
+  adapter, and an eviction (the plan's, or Serve's LRU) of a pinned adapter
+  takes effect when its last request ends;
+- every page-in's measured seconds (``Backend.load_adapter``) are what the
+  statistics record: the cost the planner prices is the one the replica paid.
+
+Under ``lru`` what is kept is Serve's ``@serve.multiplexed`` LRU (its loader is
+:meth:`mux_load`, its eviction :meth:`mux_drop`; Serve passes in as ``mux``);
+under a planned policy it is the :class:`AdapterRegistry`, which the cache
+controller drives with :meth:`prefetch` and :meth:`evict`.
+
+All bookkeeping runs on the replica's event loop under one ``asyncio.Condition``;
+loads and unloads run in worker threads (a real load can wait for a generation
+to finish: the hf backend runs one thing at a time on its model), so the event
+loop keeps streaming other answers meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cache_manager.executor import CapacityError
+from deployments.adapters import AdapterRegistry
+from deployments.backends import Backend
+
+
+class AdapterSlots:
+    def __init__(
+        self,
+        slots: int,
+        *,
+        planned: bool,
+        hosts: dict[str, Backend] | None = None,
+        mux: Callable[[str], Awaitable[Any]] | None = None,
+    ) -> None:
+        self.slots = slots
+        self.planned = planned
+        self.limit = slots + 1 if planned else slots  # what the backends may hold at once
+        self.hosts: dict[str, Backend] = dict(hosts or {})  # adapter -> backend that loads it
+        self.mux = mux  # lru: Serve's multiplexing LRU (calls mux_load / mux_drop)
+        self.registry = AdapterRegistry(slots, self._page_in)
+        self.kept_by_mux: dict[str, float] = {}  # lru: what Serve's LRU keeps now
+        self.pins: Counter[str] = Counter()  # adapter -> requests using it now
+        self.load_s: dict[str, float] = {}  # adapter -> seconds of its last real load
+        self.max_held = 0  # the most adapters the backends ever held at once
+        self._cond = asyncio.Condition()
+
+    # -- what is held --------------------------------------------------------
+
+    def held(self) -> tuple[str, ...]:
+        """Adapters the backends hold now (what they report)."""
+        backends = {id(b): b for b in self.hosts.values()}.values()
+        return tuple(a for b in backends for a in b.resident())
+
+    def kept(self, adapter: str) -> bool:
+        if self.planned:
+            return adapter in self.registry.resident()
+        return adapter in self.kept_by_mux
+
+    def resident(self) -> tuple[str, ...]:
+        """Held adapters that stay (the plan's, or Serve's LRU's)."""
+        return tuple(a for a in self.held() if self.kept(a))
+
+    def transient(self) -> tuple[str, ...]:
+        """Held only until the requests using them end (one-off loads, pinned evictions)."""
+        return tuple(a for a in self.held() if not self.kept(a))
+
+    # -- requests ------------------------------------------------------------
+
+    async def acquire(self, adapter: str, host: Backend) -> bool:
+        """Make ``adapter`` usable for one request and pin it; returns whether it was
+        a hit (resident before). Pair with :meth:`release`."""
+        self.hosts.setdefault(adapter, host)
+        if not self.planned:
+            return await self._acquire_mux(adapter)
+        async with self._cond:
+            if adapter in self.registry.resident():
+                hit = self.registry.acquire(adapter)  # no load
+            else:
+                await self._room_for(adapter)
+                # a free slot keeps it; a full plan serves it by a one-off load (scratch slot)
+                hit = await asyncio.to_thread(self.registry.acquire, adapter)
+                self._note_held()
+            self.pins[adapter] += 1
+            return hit
+
+    async def _acquire_mux(self, adapter: str) -> bool:
+        if self.mux is None:
+            raise RuntimeError("lru residency needs Serve's multiplexing loader (mux)")
+        before = self.registry.stats.page_ins
+        await self.mux(adapter)  # a hit returns at once; a miss runs mux_load (after mux_drop)
+        self.pins[adapter] += 1  # same event-loop step as the lookup: nothing evicts between
+        hit = self.registry.stats.page_ins == before
+        if hit:
+            self.registry.stats.hits += 1
+        else:
+            self.registry.stats.misses += 1
+        return hit
+
+    async def release(self, adapter: str) -> None:
+        async with self._cond:
+            self.pins[adapter] -= 1
+            if self.pins[adapter] <= 0:
+                del self.pins[adapter]
+            await self._drop_if_unused(adapter)
+            self._cond.notify_all()
+
+    # -- the plan (planned policies) -------------------------------------------
+
+    async def prefetch(self, adapter: str) -> float:
+        if adapter not in self.hosts:
+            raise KeyError(f"no arm of this pool serves adapter {adapter!r}")
+        async with self._cond:
+            if adapter in self.registry.resident():
+                return 0.0
+            if len(self.registry.resident()) >= self.slots:
+                raise CapacityError(f"all {self.slots} adapter slots are taken")
+            await self._room_for(adapter)
+            seconds = await asyncio.to_thread(self.registry.prefetch, adapter)
+            self._note_held()
+            return seconds
+
+    async def evict(self, adapter: str) -> None:
+        async with self._cond:
+            self.registry.evict(adapter)
+            await self._drop_if_unused(adapter)
+            self._cond.notify_all()
+
+    # -- Serve's multiplexing LRU (lru) ------------------------------------------
+
+    async def mux_load(self, adapter: str) -> float:
+        async with self._cond:
+            await self._room_for(adapter)
+            _, seconds = await asyncio.to_thread(self._page_in, adapter)
+            if seconds is not None:
+                self.registry.stats.page_ins += 1
+                self.registry.stats.load_s += seconds
+            self.kept_by_mux[adapter] = seconds or 0.0
+            self._note_held()
+            return seconds or 0.0
+
+    async def mux_drop(self, adapter: str) -> None:
+        async with self._cond:
+            self.kept_by_mux.pop(adapter, None)
+            await self._drop_if_unused(adapter)
+            self._cond.notify_all()
+
+    # -- internals -------------------------------------------------------------
+
+    async def _room_for(self, adapter: str) -> None:
+        """Wait (lock released) until ``adapter`` is held or a slot is free."""
+        await self._cond.wait_for(lambda: adapter in self.held() or len(self.held()) < self.limit)
+
+    def _page_in(self, adapter: str) -> tuple[str, float | None]:
+        """The registry's loader (runs in a worker thread, under the condition's lock)."""
+        host = self.hosts[adapter]
+        if adapter in host.resident():
+            return adapter, None  # held already (a pinned eviction or a one-off in flight)
+        seconds = host.load_adapter(adapter)
+        self.load_s[adapter] = seconds
+        return adapter, seconds
+
+    async def _drop_if_unused(self, adapter: str) -> None:
+        host = self.hosts.get(adapter)
+        if host is None or self.pins[adapter] > 0 or self.kept(adapter):
+            return
+        if adapter in host.resident():
+            await asyncio.to_thread(host.unload_adapter, adapter)
+
+    def _note_held(self) -> None:
+        self.max_held = max(self.max_held, len(self.held()))
+
+    def stats(self) -> dict[str, Any]:
+        s = self.registry.stats
+        return {
+            "capacity": self.slots,
+            "resident": list(self.resident()),
+            "transient": list(self.transient()),
+            "hits": s.hits,
+            "misses": s.misses,
+            "page_ins": s.page_ins,
+            "load_s": s.load_s,
+            "adapter_load_ms": {a: round(t * 1000.0, 3) for a, t in self.load_s.items()},
+            "adapter_mib": {
+                a: round(self.hosts[a].adapter_bytes(a) / 2**20, 3) for a in self.held()
+            },
+        }
