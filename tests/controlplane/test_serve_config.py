@@ -42,3 +42,26 @@ def test_serve_entry_refuses_without_a_secret(monkeypatch):
     ]
     with pytest.raises(ValueError, match="BANDITCTL_FEEDBACK_SECRET"):
         app_builder(args)
+
+
+def test_the_sample_config_loads_and_its_serve_config_names_the_port_in_force(tmp_path):
+    from pathlib import Path
+
+    from controlplane.config import load_config
+
+    # the README's cluster section uses it
+    sample = str(Path(__file__).resolve().parents[2] / "examples" / "banditctl.yaml")
+    cfg = load_config(sample)
+    assert [a.name for a in cfg.arms] == ["small", "coder", "mathy", "large"]
+    out = tmp_path / "serve.yaml"
+    assert main(["serve-config", "--config", sample, "-o", str(out)]) == 0
+    doc = yaml.safe_load(out.read_text())
+    embedded = doc["applications"][0]["args"]["config"]
+    # no --port: the config's own port, the same in http_options and in the embedded config
+    assert doc["http_options"]["port"] == embedded["http_port"] == cfg.http_port
+    assert doc["http_options"]["host"] == embedded["http_host"] == "0.0.0.0"
+    assert main(["serve-config", "--config", sample, "-o", str(out), "--port", "9100"]) == 0
+    doc = yaml.safe_load(out.read_text())
+    assert (
+        doc["http_options"]["port"] == doc["applications"][0]["args"]["config"]["http_port"] == 9100
+    )

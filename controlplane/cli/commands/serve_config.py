@@ -14,19 +14,26 @@ def register(sub: Any) -> None:
     p.add_argument("--config", help="banditctl YAML config (default: the bundled demo scenario)")
     p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     p.add_argument("--database-url", help="embed this URL (default: DATABASE_URL on the cluster)")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="0.0.0.0", help="where Serve's proxies listen")
+    p.add_argument("--port", type=int, help="HTTP port (default: the config's http_port)")
     p.add_argument("--working-dir", help="runtime_env working_dir to ship the code (default: none)")
     p.set_defaults(func=run)
 
 
 def build(
-    config_path: str | None, database_url: str | None, host: str, port: int, working_dir: str | None
+    config_path: str | None,
+    database_url: str | None,
+    host: str,
+    port: int | None,
+    working_dir: str | None,
 ) -> dict[str, Any]:
+    """The Serve config; its ``http_options`` and the embedded config name the same host and
+    port: ``port``, else the config's ``http_port``."""
     from controlplane.cli.demo import demo_config
     from controlplane.config import load_config
 
     cfg = load_config(config_path) if config_path else demo_config()
+    cfg = cfg.model_copy(update={"http_host": host, "http_port": port or cfg.http_port})
     args: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "feedback_secret_env": "BANDITCTL_FEEDBACK_SECRET",
@@ -43,7 +50,7 @@ def build(
         app["runtime_env"] = {"working_dir": working_dir}
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": host, "port": port},
+        "http_options": {"host": cfg.http_host, "port": cfg.http_port},
         "applications": [app],
     }
 
