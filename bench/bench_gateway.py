@@ -165,7 +165,7 @@ def old_scrape_queries(cfg, engine) -> float:
         reports.feedback_counts(conn)
         reports.learner_progress(conn)
         reward_stream.learner_lag(conn, cfg.objective, datetime.now(UTC))
-        reports.residency_totals(conn)
+        reports.residency_totals_since(conn)
     return time.perf_counter() - t0
 
 

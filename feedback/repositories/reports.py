@@ -52,16 +52,6 @@ def _f(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def recent_feedback(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
-    q = (
-        select(m.feedback, m.decisions.c.arm_id)
-        .join(m.decisions, m.decisions.c.request_id == m.feedback.c.request_id, isouter=True)
-        .order_by(m.feedback.c.id.desc())
-        .limit(limit)
-    )
-    return [dict(r._mapping) for r in conn.execute(q)]
-
-
 def _reward_sql(objective: Objective) -> tuple[str, dict[str, float]]:
     """The objective's scalar reward of a credited decision as SQL over ``d`` and ``o``.
 
@@ -87,108 +77,6 @@ def _reward_sql(objective: Objective) -> tuple[str, dict[str, float]]:
             expr = f"LEAST(GREATEST(({col} - :lo{i}) / :span{i}, 0.0), 1.0)"
         terms.append(f"CAST(:w{i} AS double precision) * {expr}")
     return (" + ".join(terms) or "0.0"), params
-
-
-def outcome_stats_by_arm(conn: Connection, objective: Objective) -> list[dict[str, Any]]:
-    """Per arm: decisions, answers ok, errors, credited events with and without a quality,
-    and means of reward (credited with a quality), quality, cost, energy, latency (ok answers)."""
-    reward, params = _reward_sql(objective)
-    rows = conn.execute(
-        text(
-            f"""
-            SELECT d.arm_id AS arm, count(*) AS decisions,
-                   count(*) FILTER (WHERE o.status = 'ok') AS ok,
-                   count(*) FILTER (WHERE o.status <> 'ok') AS errors,
-                   count(*) FILTER (WHERE d.credit_quality IS NOT NULL) AS rewarded,
-                   avg({reward}) FILTER (WHERE d.credit_quality IS NOT NULL) AS reward,
-                   avg(d.credit_quality) AS quality,
-                   avg(o.cost_usd) FILTER (WHERE o.status = 'ok') AS cost_usd,
-                   avg(o.energy_j) FILTER (WHERE o.status = 'ok') AS energy_j,
-                   avg(o.latency_ms) FILTER (WHERE o.status = 'ok') AS latency_ms,
-                   sum(o.cost_usd) FILTER (WHERE o.status = 'ok') AS total_cost_usd,
-                   sum(o.energy_j) FILTER (WHERE o.status = 'ok') AS total_energy_j
-            FROM decisions d LEFT JOIN outcomes o ON o.request_id = d.request_id
-            GROUP BY d.arm_id ORDER BY d.arm_id
-            """
-        ),
-        params,
-    ).all()
-    return [
-        {
-            "arm": r.arm,
-            "decisions": int(r.decisions),
-            "ok": int(r.ok),
-            "errors": int(r.errors),
-            "rewarded": int(r.rewarded),
-            "mean_reward": _f(r.reward),
-            "mean_quality": _f(r.quality),
-            "mean_cost_usd": _f(r.cost_usd),
-            "mean_energy_j": _f(r.energy_j),
-            "mean_latency_ms": _f(r.latency_ms),
-            "total_cost_usd": _f(r.total_cost_usd) or 0.0,
-            "total_energy_j": _f(r.total_energy_j) or 0.0,
-        }
-        for r in rows
-    ]
-
-
-def reward_curve(conn: Connection, objective: Objective, buckets: int = 40) -> list[dict[str, Any]]:
-    """Decisions cut into ``buckets`` equal time slices from the first to the last:
-    per slice, counts and the means of the reward and of each component."""
-    span = conn.execute(text("SELECT min(created_at), max(created_at) FROM decisions")).one()
-    if span[0] is None:
-        return []
-    t0: datetime = span[0]
-    width = max((span[1] - t0).total_seconds() / max(buckets, 1), 1e-3)
-    reward, params = _reward_sql(objective)
-    rows = conn.execute(
-        text(
-            f"""
-            SELECT LEAST(floor(extract(epoch FROM d.created_at - CAST(:t0 AS timestamptz))
-                               / :width), :last) AS k,
-                   count(*) AS n,
-                   count(*) FILTER (WHERE d.credit_quality IS NOT NULL) AS rewarded,
-                   avg({reward}) FILTER (WHERE d.credit_quality IS NOT NULL) AS reward,
-                   avg(d.credit_quality) AS quality,
-                   avg(o.energy_j) FILTER (WHERE o.status = 'ok') AS energy_j,
-                   avg(o.latency_ms) FILTER (WHERE o.status = 'ok') AS latency_ms,
-                   avg(o.cost_usd) FILTER (WHERE o.status = 'ok') AS cost_usd
-            FROM decisions d LEFT JOIN outcomes o ON o.request_id = d.request_id
-            GROUP BY 1 ORDER BY 1
-            """
-        ),
-        {**params, "t0": t0, "width": width, "last": buckets - 1},
-    ).all()
-    return [
-        {
-            "start": (t0.timestamp() + int(r.k) * width),
-            "n": int(r.n),
-            "rewarded": int(r.rewarded),
-            "reward": _f(r.reward),
-            "quality": _f(r.quality),
-            "energy_j": _f(r.energy_j),
-            "latency_ms": _f(r.latency_ms),
-            "cost_usd": _f(r.cost_usd),
-        }
-        for r in rows
-    ]
-
-
-def recent_decisions(conn: Connection, limit: int = 200) -> list[dict[str, Any]]:
-    """The newest decisions: route, arm, propensity, policy version and context bytes."""
-    q = (
-        select(
-            m.decisions.c.request_id,
-            m.decisions.c.route,
-            m.decisions.c.arm_id,
-            m.decisions.c.propensity,
-            m.decisions.c.policy_version,
-            m.decisions.c.context,
-        )
-        .order_by(m.decisions.c.created_at.desc())
-        .limit(limit)
-    )
-    return [dict(r._mapping) for r in conn.execute(q)]
 
 
 def decision_counts(conn: Connection) -> list[tuple[str, str, int]]:
@@ -254,20 +142,6 @@ def learner_progress(conn: Connection, window_s: float = 60.0) -> dict[str, floa
     }
 
 
-def residency_totals(conn: Connection) -> list[dict[str, Any]]:
-    """Per replica: epochs recorded and the sums of page-ins, hits and misses."""
-    rows = conn.execute(
-        text(
-            """
-            SELECT replica, count(*) AS epochs, coalesce(sum(page_ins), 0) AS page_ins,
-                   coalesce(sum(hits), 0) AS hits, coalesce(sum(misses), 0) AS misses
-            FROM residency_epochs GROUP BY replica ORDER BY replica
-            """
-        )
-    ).all()
-    return [dict(r._mapping) for r in rows]
-
-
 def counts_since(conn: Connection, since: datetime) -> dict[str, int]:
     """Rows written since ``since``: decisions, their outcomes, feedback rows, policy
     versions, and decisions credited to the learner."""
@@ -293,9 +167,10 @@ def _since(col: str, since: datetime | None) -> str:
 def arm_stats(
     conn: Connection, objective: Objective, since: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Per arm, over the decisions made since ``since``: what :func:`outcome_stats_by_arm`
-    gives, plus the count (``reward_n``) and sample standard deviation (``reward_sd``)
-    of the rewards averaged into ``mean_reward``."""
+    """Per arm, over the decisions made since ``since`` (None: all time): decisions,
+    answers ok, errors, credited events with a quality (``rewarded``), the mean reward of
+    those (``mean_reward``, with its count ``reward_n`` and sample standard deviation
+    ``reward_sd``), and means of quality, cost, energy and latency (ok answers)."""
     reward, params = _reward_sql(objective)
     rows = conn.execute(
         text(
@@ -365,7 +240,8 @@ def recent_feedback_since(
 def recent_decisions_since(
     conn: Connection, limit: int = 200, since: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """:func:`recent_decisions` made since ``since``."""
+    """The newest ``limit`` decisions made since ``since``: id, route, arm, propensity,
+    policy version and context."""
     d = m.decisions.c
     q = (
         select(d.request_id, d.route, d.arm_id, d.propensity, d.policy_version, d.context)
@@ -457,7 +333,8 @@ def residency_epochs_since(
 
 
 def residency_totals_since(conn: Connection, since: datetime | None = None) -> list[dict[str, Any]]:
-    """:func:`residency_totals` over the epochs still open or ended since ``since``."""
+    """Per replica, over the epochs still open or ended since ``since`` (None: all):
+    epochs recorded and the sums of page-ins, hits and misses."""
     where = "TRUE" if since is None else "(ended_at IS NULL OR ended_at >= :since)"
     rows = conn.execute(
         text(

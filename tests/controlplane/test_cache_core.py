@@ -125,7 +125,7 @@ def test_cache_core_plans_records_and_gateways_price_what_is_resident(engine):
     assert status["epochs"] == status["applied"] == 3
     assert set(status["residency"][POOL]) == {"a0", "a1"}
     with engine.connect() as conn:  # /metrics' totals, from memory, match the table's
-        (db,) = reports.residency_totals(conn)
+        (db,) = reports.residency_totals_since(conn)
     assert status["totals"] == {POOL: {k: db[k] for k in ("page_ins", "hits", "misses")}}
     assert status["totals"][POOL]["hits"] == 7
 

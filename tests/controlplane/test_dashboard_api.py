@@ -88,7 +88,7 @@ def test_overview_matches_the_database(client, engine):
     _learned(engine, cfg)
     o = http.get("/v1/dashboard/overview").json()
     with engine.connect() as conn:
-        stats = reports.outcome_stats_by_arm(conn, cfg.objective)
+        stats = reports.arm_stats(conn, cfg.objective)
         counts = reports.table_counts(conn)
     assert o["requests"] == counts["decisions"] == 240
     assert o["feedback"] == counts["feedback"]

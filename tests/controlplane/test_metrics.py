@@ -81,7 +81,7 @@ def test_metrics_expose_the_loop_from_memory(stack, engine):
     assert v("banditctl_gateway_policy_version") == 0  # never refreshed here
     with engine.connect() as conn:
         db = reports.reward_sums_by_arm(conn)
-        stats = {a["arm"]: a for a in reports.outcome_stats_by_arm(conn, stack.cfg.objective)}
+        stats = {a["arm"]: a for a in reports.arm_stats(conn, stack.cfg.objective)}
     assert sum(r["n"] for r in db) == loop.events_applied
     for r in db:  # what the learner counted is what the database says it credited
         assert v("banditctl_reward_events_total", arm=r["arm"], kind=r["kind"]) == r["n"]
