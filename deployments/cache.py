@@ -59,6 +59,7 @@ class CacheControllerService:
             executor,
             {a.name: pool_name(a.model) for a in config.arms if a.adapter},
             traffic=executor.traffic,
+            load_times=executor.load_times,
         )
         self.error: str | None = None
         self._stop = threading.Event()
