@@ -4,6 +4,7 @@ logging policy, where the true value of every candidate's picks is known."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -146,3 +147,18 @@ def test_routerbench_coverage(routerbench_path, tmp_path):
     assert doc["coverage"]["covered"] >= 3 and doc["coverage"]["of"] == 4
     for c in doc["candidates"].values():
         assert c["ci95"][1] - c["ci95"][0] < 0.15  # and the intervals say something
+
+
+def test_cli_plot_and_its_extra(tmp_path, monkeypatch, capsys):
+    png = tmp_path / "ope.png"
+    args = ["ope", "--dataset", "synthetic", "--rows", "300", "--dim", "32"]
+    args += ["--candidates", "fixed:large,random", "--plot", str(png)]
+    assert main(args) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    png.unlink()
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if the sim extra were missing
+    assert main(args) == 2
+    assert "pip install 'banditctl[sim]'" in capsys.readouterr().err
+    assert not png.exists()  # stopped before the work
