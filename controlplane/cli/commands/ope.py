@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
         help="estimate what candidate policies would have earned on logged decisions",
         description=(
             "Off-policy evaluation: IPS, clipped IPS, SNIPS, DR and Switch-DR estimates of "
-            "each candidate's mean reward per decision, with 95%% normal intervals and "
+            "each candidate's mean reward per decision, with 95% normal intervals and "
             "effective sample sizes, on the PostgreSQL request log (DATABASE_URL) or on a "
             "full-information data set logged under --logging-policy (with the true values)."
         ),
@@ -103,7 +103,13 @@ def register(subparsers: Any) -> None:
         help="weights of the reward every candidate is scored by (data set default: "
         f"{DEFAULT_OBJECTIVE}; database default: the latest policy's objective)",
     )
-    e.add_argument("--seeds", type=int, default=1, help="replays (seeds 0..K-1; default 1)")
+    e.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="replays, seeds 0..K-1 (data set: a fresh log each; database: the candidates' "
+        "own draws), reported per seed and pooled (default: 1)",
+    )
     e.add_argument("--dim", type=int, default=64, help="data set: featurizer dimension")
     e.add_argument("--clip", type=float, default=100.0, help="clipped IPS: the weight cap")
     e.add_argument(
