@@ -7,10 +7,13 @@ full-information data set, the true value of the same picks. The headline
 ``estimate`` and ``ci95`` are DR's, and ``covered`` says whether the true value lies in
 that interval.
 
-Pooled over seeds (independent replays of the same rows), an estimator's value is the
-mean of the per-seed values and its interval ``mean +- 1.96 sqrt(sum se_s^2) / S``:
-the seeds' errors are independent, so this interval is for the mean of the per-seed
-true values, which is the pooled ``true_value``.
+Pooled over seeds, an estimator's value is the mean of the per-seed values. When every
+seed has a log of its own (independent replays of the same rows), its interval is
+``mean +- 1.96 sqrt(sum se_s^2) / S``: the seeds' errors are independent, so this interval
+is for the mean of the per-seed true values, which is the pooled ``true_value``. When the
+seeds share one log (the database's: only the candidates' own draws differ), their errors
+are not independent and the interval is ``mean +- 1.96 mean(se_s)``, no narrower than a
+seed's.
 """
 
 from __future__ import annotations
@@ -149,13 +152,15 @@ def logger_row(log: Log) -> dict[str, Any]:
     return row
 
 
-def pool(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """One candidate's rows over seeds -> its pooled row (the module's docstring)."""
+def pool(per_seed: list[dict[str, Any]], independent: bool = True) -> dict[str, Any]:
+    """One candidate's rows over seeds -> its pooled row; ``independent``: each seed had a
+    log of its own (the module's docstring)."""
     s = len(per_seed)
 
     def pooled(values: list[float], cis: list[list[float]]) -> tuple[float, list[float]]:
         m = float(np.mean(values))
-        se = float(np.sqrt(sum(((hi - lo) / (2 * Z95)) ** 2 for lo, hi in cis))) / s
+        ses = [(hi - lo) / (2 * Z95) for lo, hi in cis]
+        se = float(np.sqrt(np.sum(np.square(ses)))) / s if independent else float(np.mean(ses))
         return m, [m - Z95 * se, m + Z95 * se]
 
     estimators: dict[str, dict[str, Any]] = {}
@@ -204,7 +209,9 @@ def run(
     candidates: Sequence[Candidate],
     settings: Settings = Settings(),
 ) -> dict[str, Any]:
-    """Evaluate every candidate on every (seed, log); returns the pooled document."""
+    """Evaluate every candidate on every (seed, log); returns the pooled document. Seeds
+    given the same ``Log`` object share it (pooled as not independent)."""
+    independent = len({id(log) for _, log in logs}) == len(logs)
     per_seed: dict[str, list[dict[str, Any]]] = {c.name: [] for c in candidates}
     loggers = []
     for seed, log in logs:
@@ -213,7 +220,7 @@ def run(
         loggers.append({"seed": seed, **logger_row(log)})
     out: dict[str, Any] = {}
     for name, rows in per_seed.items():
-        out[name] = {**pool(rows), "seeds": rows}
+        out[name] = {**pool(rows, independent), "seeds": rows}
     known = [r for r in out.values() if r["covered"] is not None]
     logger_truth = [r["true_value"] for r in loggers]
     logger = {
@@ -229,6 +236,7 @@ def run(
         else {"covered": sum(r["covered"] for r in known), "of": len(known)},
         "n": int(len(logs[0][1].data.actions)) if logs else 0,
         "seeds": [s for s, _ in logs],
+        "independent_seeds": independent,
         "arms": list(logs[0][1].data.arms) if logs else [],
         "settings": settings.as_dict(),
     }

@@ -138,6 +138,11 @@ def test_ope_on_the_request_log(logged, db_url, monkeypatch, tmp_path, capsys):
         assert cand["ci95"][0] < cand["estimate"] < cand["ci95"][1]
         assert len(cand["seeds"]) == 2
     assert doc["coverage"] is None
+    # both seeds read the same log: pooling them does not narrow the interval
+    assert doc["independent_seeds"] is False
+    frozen = c["version:1"]
+    for seed in frozen["seeds"]:
+        assert frozen["ci95"] == pytest.approx(seed["ci95"], abs=1e-12)
     # other weights: a heavier cost weight buys cheaper picks
     heavy = c["current (version 2)@quality=1,cost_usd=-100"]["components"]["cost_usd"]
     assert heavy < c["current (version 2)"]["components"]["cost_usd"]

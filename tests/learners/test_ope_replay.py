@@ -49,6 +49,10 @@ def test_true_value_in_the_dr_interval_for_most_candidates_and_seeds():
     assert len(per_seed) == 18
     assert sum(per_seed) >= 15  # 95% intervals: about 17 expected
     assert doc["coverage"]["covered"] >= 5 and doc["coverage"]["of"] == 6
+    assert doc["independent_seeds"] is True  # a log per seed: the pool is narrower
+    rnd = cands["random"]
+    widths = [s["ci95"][1] - s["ci95"][0] for s in rnd["seeds"]]
+    assert rnd["ci95"][1] - rnd["ci95"][0] < min(widths)
     # informative as well as honest: the ranking of the fixed arms is recovered, and
     # the learners, which route by task, beat the weak fixed arm
     assert cands["fixed:large"]["estimate"] > cands["fixed:small"]["estimate"] + 0.1
