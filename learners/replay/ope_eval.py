@@ -198,8 +198,8 @@ def pool(per_seed: list[dict[str, Any]], independent: bool = True) -> dict[str, 
     if share >= LOW_SHARE:
         row["warnings"].append(
             f"{100 * share:.0f}% of its picks go where the logger picks with probability "
-            f"below the minimum propensity: those rows carry large weights, its estimate rests "
-            f"on few of them (max weight {row['max_weight']:.0f})"
+            f"below the minimum propensity: its estimate rests on few rows with large weights "
+            f"(max weight {row['max_weight']:.0f}) and cannot see what the logger never tried"
         )
     return row
 
