@@ -61,6 +61,9 @@ class ArmConfig(_Strict):
     usd_per_1k_completion_tokens: float = Field(default=0.0, ge=0)
     joules_per_token: float = Field(default=0.0, ge=0)
     timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(
+        default=2, ge=0, description="openai backend: retries of connection errors, 408, 429, 5xx"
+    )
 
     @model_validator(mode="after")
     def _backend_fields(self) -> ArmConfig:
