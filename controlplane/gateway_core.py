@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,9 +31,20 @@ from opentelemetry.trace import Tracer
 from sqlalchemy import URL, Engine
 
 from cache_manager.router import ArmPrices, ArmTerms
-from controlplane.config import BanditConfig
+from controlplane.completions import (
+    FieldError,
+    UpstreamStatus,
+    check_request,
+    chunk_event,
+    include_usage,
+    tool_call_deltas,
+    unsupported,
+    usage_json,
+)
+from controlplane.config import ArmConfig, BanditConfig
 from controlplane.instruments import GatewayInstruments
 from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
+from controlplane.limits import CHARS_PER_TOKEN, estimate_prompt_tokens
 from controlplane.policy_listener import PolicyListener
 from controlplane.tokens import FeedbackTokens
 from controlplane.tracing import RequestTracer, set_attributes, span
@@ -42,8 +55,13 @@ from learners import Decision
 
 log = logging.getLogger(__name__)
 
-# arm name, chat body -> generation dict (deployments wire this to pool handles)
+# arm name, chat body -> the whole answer: a generation dict (text, choices, tokens,
+# latency, ttft_ms, energy, cost; deployments wire this to the pools' ``generate``)
 PoolCall = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# arm name, chat body -> the answer as it is produced: delta dicts (index, text, tool_calls,
+# finish_reason, extra), the last one with usage (the pools' ``generate_stream``); closing
+# the iterator stops the generation
+PoolStream = Callable[[str, dict[str, Any]], AsyncIterator[dict[str, Any]]]
 
 
 class BadRequest(ValueError):
@@ -58,6 +76,18 @@ class UpstreamError(RuntimeError):
     pass
 
 
+@dataclass
+class StreamedCompletion:
+    """A streamed answer whose first delta has arrived: ``meta`` (request id, arm, route,
+    policy version, propensity, feedback token) for the headers, and ``events``, the
+    ``chat.completion.chunk`` dicts to send (an ``{"error": ...}`` dict if the upstream
+    fails after the first token). Closing ``events`` early (the client went away) stops
+    the generation; the outcome is logged when ``events`` ends, either way."""
+
+    meta: dict[str, Any]
+    events: AsyncGenerator[dict[str, Any], None]
+
+
 class GatewayCore:
     def __init__(
         self,
@@ -66,18 +96,23 @@ class GatewayCore:
         call_pool: PoolCall,
         tokens: FeedbackTokens,
         *,
+        stream_pool: PoolStream | None = None,
         writer: DecisionLogWriter | None = None,
         rng: np.random.Generator | None = None,
         tracer: Tracer | None = None,
         listen: bool = True,
         listen_url: str | URL | None = None,
     ) -> None:
-        """``tracer``: spans go there (default: the global provider's, once one is set).
+        """``call_pool``: whole answers; ``stream_pool``: streamed ones (``stream: true``;
+        unset: the whole answer from ``call_pool``, sent as one delta per choice).
+        ``tracer``: spans go there (default: the global provider's, once one is set).
         ``listen``: the policy refresher also listens for NOTIFY, on ``listen_url``
         (default: the engine's database)."""
         self.config = config
         self.engine = engine
         self.call_pool = call_pool
+        self.stream_pool: PoolStream = stream_pool or self._whole_as_stream
+        self.arm_configs = {a.name: a for a in config.arms}
         self.tokens = tokens
         self.featurizer = config.featurizer
         self.writer = writer or DecisionLogWriter(
@@ -182,6 +217,17 @@ class GatewayCore:
         except KeyError:
             raise BadRequest("model", f"unknown model or route {model!r}", 404) from None
 
+    def servable_arms(self, body: dict[str, Any]) -> tuple[str, ...]:
+        """The route's arms whose backend can serve every field of ``body``
+        (:func:`controlplane.completions.unsupported`); none: a 400 naming the field."""
+        arms = self.route_arms(body.get("model") or "auto")
+        able = tuple(a for a in arms if unsupported(body, self.arm_configs[a].backend) is None)
+        if not able:
+            field, why = unsupported(body, self.arm_configs[arms[0]].backend) or ("model", "")
+            route = body.get("model") or "auto"
+            raise BadRequest(field, f"no arm of {route!r} can serve it ({why})", 400)
+        return able
+
     @staticmethod
     def validate_body(body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
@@ -195,6 +241,10 @@ class GatewayCore:
         meta = body.get("metadata")
         if meta is not None and not isinstance(meta, dict):
             raise BadRequest("metadata", "must be an object", 422)
+        try:
+            check_request(body)
+        except FieldError as exc:
+            raise BadRequest(exc.field, exc.message, 400) from None
         return body
 
     def decide(
@@ -212,7 +262,7 @@ class GatewayCore:
         start = time.perf_counter()
         tracer = self.tracing.current()
         route = body.get("model") or "auto"
-        arms = [a for a in self.route_arms(route) if a not in exclude]
+        arms = [a for a in self.servable_arms(body) if a not in exclude]
         if not arms:
             raise BadRequest("model", f"no arm of {route!r} is allowed for this request", 429)
         with span(tracer, "banditctl.featurize"):
@@ -255,6 +305,55 @@ class GatewayCore:
         with span(self.tracing.current(), "banditctl.request"):
             return await self._complete(body, request_id, key_id=key_id, exclude=exclude)
 
+    def _start(
+        self,
+        body: dict[str, Any],
+        request_id: uuid.UUID | None,
+        key_id: str | None,
+        exclude: Collection[str],
+    ) -> tuple[uuid.UUID, Decision, int, str]:
+        body = self.validate_body(body)
+        rid, _x, decision, version, route = self.decide(
+            body, request_id, key_id=key_id, exclude=exclude
+        )
+        if self.tracing.current() is not None:
+            set_attributes(
+                trace.get_current_span(), _span_attributes(rid, decision, version, route)
+            )
+        self.counters["requests"] += 1
+        return rid, decision, version, route
+
+    def _meta(self, rid: uuid.UUID, decision: Decision, version: int, route: str) -> dict[str, Any]:
+        return {
+            "request_id": str(rid),
+            "arm": decision.arm,
+            "route": route,
+            "policy_version": version,
+            "propensity": float(decision.propensity),
+            "feedback_token": self.tokens.issue(rid),
+        }
+
+    def _failed(
+        self, tracer: Tracer | None, rid: uuid.UUID, arm: str, exc: BaseException, started: float
+    ) -> Exception:
+        """Log the failed outcome; the exception to raise (a field the upstream refused is
+        the client's 4xx, anything else a 502)."""
+        self.counters["errors"] += 1
+        timeout = isinstance(exc, UpstreamStatus) and exc.status == 504
+        self._log_outcome(
+            tracer,
+            OutcomeRecord(
+                request_id=rid,
+                created_at=datetime.now(UTC),
+                status="timeout" if timeout else "error",
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                error=str(exc)[:500],
+            ),
+        )
+        if isinstance(exc, UpstreamStatus) and exc.client_error:
+            return BadRequest(exc.param or "body", exc.message, exc.status)
+        return UpstreamError(f"arm {arm} failed: {exc}")
+
     async def _complete(
         self,
         body: dict[str, Any],
@@ -265,33 +364,16 @@ class GatewayCore:
     ) -> dict[str, Any]:
         received = time.perf_counter()
         tracer = self.tracing.current()
-        body = self.validate_body(body)
-        rid, _x, decision, version, route = self.decide(
-            body, request_id, key_id=key_id, exclude=exclude
-        )
-        if tracer is not None:
-            set_attributes(
-                trace.get_current_span(), _span_attributes(rid, decision, version, route)
-            )
-        self.counters["requests"] += 1
+        rid, decision, version, route = self._start(body, request_id, key_id, exclude)
         start = time.perf_counter()
         try:
             with span(tracer, "banditctl.pool_call"):
                 gen = await self.call_pool(decision.arm, body)
         except Exception as exc:
-            self.counters["errors"] += 1
-            self._log_outcome(
-                tracer,
-                OutcomeRecord(
-                    request_id=rid,
-                    created_at=datetime.now(UTC),
-                    status="error",
-                    latency_ms=(time.perf_counter() - start) * 1000.0,
-                    error=str(exc)[:500],
-                ),
-            )
+            error = self._failed(tracer, rid, decision.arm, exc, start)
             self.instruments.failed(decision.arm, time.perf_counter() - received)
-            raise UpstreamError(f"arm {decision.arm} failed: {exc}") from exc
+            raise error from exc
+        ttft_ms = gen.get("ttft_ms")
         self._log_outcome(
             tracer,
             OutcomeRecord(
@@ -299,46 +381,165 @@ class GatewayCore:
                 created_at=datetime.now(UTC),
                 status="ok",
                 latency_ms=(time.perf_counter() - start) * 1000.0,
-                ttft_ms=gen.get("ttft_ms"),
+                ttft_ms=ttft_ms,
                 prompt_tokens=int(gen["prompt_tokens"]),
                 completion_tokens=int(gen["completion_tokens"]),
                 energy_j=float(gen["energy_j"]),
                 cost_usd=float(gen["cost_usd"]),
             ),
         )
-        ttft_ms = gen.get("ttft_ms")
         self.instruments.served(
             decision.arm,
             time.perf_counter() - received,
             None if ttft_ms is None else float(ttft_ms) / 1000.0,
         )
+        meta = self._meta(rid, decision, version, route)
         return {
             "id": f"{COMPLETION_ID_PREFIX}{rid.hex}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": decision.arm,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": gen["text"]},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": int(gen["prompt_tokens"]),
-                "completion_tokens": int(gen["completion_tokens"]),
-                "total_tokens": int(gen["prompt_tokens"]) + int(gen["completion_tokens"]),
-            },
+            "choices": _choices(gen),
+            "usage": usage_json(gen),
             "banditctl": {
-                "request_id": str(rid),
-                "arm": decision.arm,
-                "route": route,
-                "policy_version": version,
-                "propensity": float(decision.propensity),
-                "feedback_token": self.tokens.issue(rid),
+                **meta,
                 "cost_usd": float(gen["cost_usd"]),
                 "energy_j": float(gen["energy_j"]),
             },
+        }
+
+    async def _whole_as_stream(
+        self, arm: str, body: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A pool without streaming: its whole answer as one delta per choice."""
+        gen = await self.call_pool(arm, body)
+        for choice in _choices(gen):
+            message = choice["message"]
+            yield {
+                "index": choice["index"],
+                "text": message.get("content") or "",
+                "tool_calls": tool_call_deltas(message.get("tool_calls") or []) or None,
+                "finish_reason": choice["finish_reason"],
+            }
+        yield {"usage": gen}
+
+    async def open_stream(
+        self,
+        body: dict[str, Any],
+        request_id: uuid.UUID | None = None,
+        *,
+        key_id: str | None = None,
+        exclude: Collection[str] = (),
+        on_done: Callable[[dict[str, Any] | None], None] | None = None,
+    ) -> StreamedCompletion:
+        """Decide, call the chosen pool's stream and wait for its first delta: an error
+        before it raises as :meth:`complete` does (no answer has begun); after it, the
+        answer streams (:class:`StreamedCompletion`). The outcome's ``ttft_ms`` is the
+        time from the pool call to the first text or tool call delta here. ``on_done``
+        gets the answer's usage and cost (``None`` if it failed) once it ends."""
+        received = time.perf_counter()
+        tracer = self.tracing.current()
+        rid, decision, version, route = self._start(body, request_id, key_id, exclude)
+        start = time.perf_counter()
+        deltas = aiter(self.stream_pool(decision.arm, body))
+        try:
+            with span(tracer, "banditctl.pool_call"):
+                first = await anext(deltas, None)
+        except Exception as exc:
+            await _close(deltas)
+            error = self._failed(tracer, rid, decision.arm, exc, start)
+            self.instruments.failed(decision.arm, time.perf_counter() - received)
+            if on_done is not None:
+                on_done(None)
+            raise error from exc
+        meta = self._meta(rid, decision, version, route)
+        answer = _Streamed(rid, decision.arm, body, received, start)
+        events = self._events(answer, meta, first, deltas, tracer, on_done)
+        return StreamedCompletion(meta, events)
+
+    async def _events(
+        self,
+        answer: _Streamed,
+        meta: dict[str, Any],
+        first: dict[str, Any] | None,
+        deltas: AsyncIterator[dict[str, Any]],
+        tracer: Tracer | None,
+        on_done: Callable[[dict[str, Any] | None], None] | None,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        base = {
+            "id": f"{COMPLETION_ID_PREFIX}{answer.rid.hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": answer.arm,
+        }
+        opened = {**base, "choices": [_opening(0)], "banditctl": meta}
+        started: set[int] = {0}
+        ended = False
+        failure: BaseException | None = None
+        try:
+            yield opened
+            delta = first
+            while delta is not None:
+                answer.add(delta)
+                index = int(delta.get("index") or 0)
+                event = chunk_event(base, delta, first=index not in started)
+                if event is not None:
+                    started.add(index)
+                    yield event
+                try:
+                    delta = await anext(deltas, None)
+                except Exception as exc:  # the upstream failed after the first token
+                    failure = exc
+                    yield {"error": _error_json(exc)}
+                    return
+            for index in answer.unfinished():  # a backend that only stated it in usage
+                yield {**base, "choices": [_finish(index, answer.finish_default())]}
+            if include_usage(answer.body):
+                yield {**base, "choices": [], "usage": usage_json(answer.usage())}
+            ended = True
+        finally:
+            await _close(deltas)  # stops the generation if the client went away
+            result = self._streamed(answer, tracer, ended=ended, failure=failure)
+            if on_done is not None:
+                on_done(result)
+
+    def _streamed(
+        self,
+        answer: _Streamed,
+        tracer: Tracer | None,
+        *,
+        ended: bool,
+        failure: BaseException | None,
+    ) -> dict[str, Any] | None:
+        """Log a streamed answer's outcome: ok, an upstream failure after the first token
+        (error), or a client that left before the end (ok, its ``error`` says so, tokens
+        and cost as far as it went). Returns the usage and cost, ``None`` if it failed."""
+        now = time.perf_counter()
+        if failure is not None:
+            self._failed(tracer, answer.rid, answer.arm, failure, answer.start)
+            self.instruments.failed(answer.arm, now - answer.received)
+            return None
+        usage = answer.usage(self.arm_configs.get(answer.arm))
+        self._log_outcome(
+            tracer,
+            OutcomeRecord(
+                request_id=answer.rid,
+                created_at=datetime.now(UTC),
+                status="ok",
+                latency_ms=(now - answer.start) * 1000.0,
+                ttft_ms=answer.ttft_ms,
+                prompt_tokens=int(usage["prompt_tokens"]),
+                completion_tokens=int(usage["completion_tokens"]),
+                energy_j=float(usage["energy_j"]),
+                cost_usd=float(usage["cost_usd"]),
+                error=None if ended else f"client disconnected after {answer.deltas} deltas",
+            ),
+        )
+        ttft_s = None if answer.ttft_ms is None else answer.ttft_ms / 1000.0
+        self.instruments.served(answer.arm, now - answer.received, ttft_s)
+        return {
+            "usage": usage_json(usage),
+            "banditctl": {"cost_usd": usage["cost_usd"], "energy_j": usage["energy_j"]},
         }
 
     def _log_decision(self, tracer: Tracer | None, record: DecisionRecord) -> None:
@@ -401,3 +602,98 @@ def _finite(v: Any) -> float | None:
         return None
     f = float(v)
     return f if np.isfinite(f) else None
+
+
+class _Streamed:
+    """What a streamed answer has produced so far."""
+
+    def __init__(
+        self, rid: uuid.UUID, arm: str, body: dict[str, Any], received: float, start: float
+    ) -> None:
+        self.rid, self.arm, self.body = rid, arm, body
+        self.received, self.start = received, start
+        self.ttft_ms: float | None = None
+        self.deltas = 0
+        self.chars = 0
+        self.final: dict[str, Any] | None = None  # the pool's usage, once it came
+        self.finished: dict[int, str] = {}
+        self.indexes: set[int] = {0}
+
+    def add(self, delta: dict[str, Any]) -> None:
+        self.deltas += 1
+        if delta.get("usage") is not None:
+            self.final = dict(delta["usage"])
+        index = int(delta.get("index") or 0)
+        if delta.get("text") or delta.get("tool_calls"):
+            self.indexes.add(index)
+            if self.ttft_ms is None:
+                self.ttft_ms = (time.perf_counter() - self.start) * 1000.0
+            self.chars += len(delta.get("text") or "") + sum(
+                len(json.dumps(c)) for c in delta.get("tool_calls") or ()
+            )
+        if delta.get("finish_reason"):
+            self.finished[index] = delta["finish_reason"]
+
+    def unfinished(self) -> list[int]:
+        return sorted(self.indexes - set(self.finished))
+
+    def finish_default(self) -> str:
+        return str((self.final or {}).get("finish_reason") or "stop")
+
+    def usage(self, arm: ArmConfig | None = None) -> dict[str, Any]:
+        """The pool's usage; without it (the stream was cut short), tokens estimated as
+        the rate limits do and priced by the arm's table."""
+        if self.final is not None:
+            return self.final
+        pt = estimate_prompt_tokens(self.body)
+        ct = int(self.chars / CHARS_PER_TOKEN)
+        usd_in = arm.usd_per_1k_prompt_tokens if arm else 0.0
+        usd_out = arm.usd_per_1k_completion_tokens if arm else 0.0
+        joules = arm.joules_per_token if arm else 0.0
+        return {
+            "prompt_tokens": pt,
+            "completion_tokens": ct,
+            "cost_usd": (pt * usd_in + ct * usd_out) / 1000.0,
+            "energy_j": joules * (pt + ct),
+        }
+
+
+def _choices(gen: dict[str, Any]) -> list[dict[str, Any]]:
+    """A generation's choices (a pool that gives only ``text``: one choice)."""
+    choices = gen.get("choices")
+    if choices:
+        return list(choices)
+    message = {"role": "assistant", "content": gen["text"]}
+    finish = gen.get("finish_reason") or "stop"
+    return [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}]
+
+
+def _opening(index: int) -> dict[str, Any]:
+    return {
+        "index": index,
+        "delta": {"role": "assistant", "content": ""},
+        "finish_reason": None,
+        "logprobs": None,
+    }
+
+
+def _finish(index: int, reason: str) -> dict[str, Any]:
+    return {"index": index, "delta": {}, "finish_reason": reason, "logprobs": None}
+
+
+def _error_json(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, UpstreamStatus):
+        return {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}
+    return {
+        "message": f"upstream failed: {exc}",
+        "type": "upstream_error",
+        "param": None,
+        "code": None,
+    }
+
+
+async def _close(deltas: AsyncIterator[Any]) -> None:
+    close = getattr(deltas, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
