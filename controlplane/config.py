@@ -97,6 +97,12 @@ class GatewayConfig(_Strict):
         ge=1,
         description="completion tokens a budget expects of a request without max_tokens",
     )
+    fallbacks: int = Field(
+        default=0,
+        ge=0,
+        description="other arms a request may be retried on when its arm fails (an upstream "
+        "error or timeout; a stream only before its first token), never the same arm twice",
+    )
 
 
 class RetentionConfig(_Strict):

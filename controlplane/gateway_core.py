@@ -20,7 +20,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -254,11 +261,15 @@ class GatewayCore:
         *,
         key_id: str | None = None,
         exclude: Collection[str] = (),
+        fallback_of: uuid.UUID | None = None,
+        attempt: int = 1,
     ) -> tuple[uuid.UUID, np.ndarray, Decision, int, str]:
         """Featurize, select, and enqueue the decision log (the in-process overhead).
 
         ``exclude``: arms the request may not go to (its budgets); the policy selects
-        among the route's other arms. ``key_id``: the API key's name, logged."""
+        among the route's other arms. ``key_id``: the API key's name, logged.
+        ``fallback_of``, ``attempt``: a fallback's first attempt and its number; its
+        request id is derived from them (:func:`attempt_id`)."""
         start = time.perf_counter()
         tracer = self.tracing.current()
         route = body.get("model") or "auto"
@@ -270,7 +281,10 @@ class GatewayCore:
         policy = self.policy
         with span(tracer, "banditctl.select"):
             decision = self._select(policy, x, arms, self.rng)
-        rid = request_id or uuid.uuid4()
+        if fallback_of is not None:
+            rid = attempt_id(fallback_of, attempt)
+        else:
+            rid = request_id or uuid.uuid4()
         meta = body.get("metadata") or {}
         self._log_decision(
             tracer,
@@ -286,6 +300,8 @@ class GatewayCore:
                 tenant=_opt_str(meta.get("tenant")),
                 task=_opt_str(body.get("task") or meta.get("task")),
                 key_id=key_id,
+                attempt=attempt,
+                fallback_of=fallback_of,
             ),
         )
         self.instruments.decided(route, decision.arm, time.perf_counter() - start)
@@ -323,15 +339,48 @@ class GatewayCore:
         self.counters["requests"] += 1
         return rid, decision, version, route
 
-    def _meta(self, rid: uuid.UUID, decision: Decision, version: int, route: str) -> dict[str, Any]:
-        return {
-            "request_id": str(rid),
-            "arm": decision.arm,
+    def _meta(self, attempt: _Attempt, route: str, tried: Sequence[str] = ()) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "request_id": str(attempt.rid),
+            "arm": attempt.decision.arm,
             "route": route,
-            "policy_version": version,
-            "propensity": float(decision.propensity),
-            "feedback_token": self.tokens.issue(rid),
+            "policy_version": attempt.version,
+            "propensity": float(attempt.decision.propensity),
+            "feedback_token": self.tokens.issue(attempt.rid),
         }
+        if tried:  # served by a fallback: which attempt, and the arms that failed first
+            meta.update(
+                attempt=len(tried) + 1, fallback_of=str(attempt.first), failed_arms=list(tried)
+            )
+        return meta
+
+    def _fallback(
+        self,
+        body: dict[str, Any],
+        exc: BaseException,
+        first: uuid.UUID,
+        tried: Sequence[str],
+        key_id: str | None,
+        exclude: Collection[str],
+    ) -> _Attempt | None:
+        """The next attempt after ``tried`` failed (``exc`` the last failure): the policy's
+        pick among the arms not tried yet, logged as its own decision; ``None`` when
+        ``gateway.fallbacks`` is spent, no arm is left or the failure was the request's
+        own fault (a field the upstream refused)."""
+        if len(tried) > self.config.gateway.fallbacks:
+            return None
+        if isinstance(exc, UpstreamStatus) and exc.client_error:
+            return None
+        left = {*exclude, *tried}
+        if all(a in left for a in self.servable_arms(body)):
+            return None
+        rid, _x, decision, version, _route = self.decide(
+            body, key_id=key_id, exclude=left, fallback_of=first, attempt=len(tried) + 1
+        )
+        log.info(
+            "arm %s failed (%s): attempt %d on %s", tried[-1], exc, len(tried) + 1, decision.arm
+        )
+        return _Attempt(rid, decision, version, first)
 
     def _failed(
         self, tracer: Tracer | None, rid: uuid.UUID, arm: str, exc: BaseException, started: float
@@ -365,14 +414,26 @@ class GatewayCore:
         received = time.perf_counter()
         tracer = self.tracing.current()
         rid, decision, version, route = self._start(body, request_id, key_id, exclude)
-        start = time.perf_counter()
-        try:
-            with span(tracer, "banditctl.pool_call"):
-                gen = await self.call_pool(decision.arm, body)
-        except Exception as exc:
-            error = self._failed(tracer, rid, decision.arm, exc, start)
-            self.instruments.failed(decision.arm, time.perf_counter() - received)
-            raise error from exc
+        attempt = _Attempt(rid, decision, version, rid)
+        tried: list[str] = []
+        while True:
+            start = time.perf_counter()
+            try:
+                with span(tracer, "banditctl.pool_call"):
+                    gen = await self.call_pool(attempt.decision.arm, body)
+                break
+            except Exception as exc:
+                arm = attempt.decision.arm
+                error = self._failed(tracer, attempt.rid, arm, exc, start)
+                self.instruments.failed(arm, time.perf_counter() - received)
+                tried.append(arm)
+                following = self._fallback(body, exc, rid, tried, key_id, exclude)
+                if following is None:
+                    raise error from exc
+                attempt = following
+        rid, decision, version = attempt.rid, attempt.decision, attempt.version
+        if tried:
+            self.instruments.fallbacks.inc()
         ttft_ms = gen.get("ttft_ms")
         self._log_outcome(
             tracer,
@@ -393,7 +454,7 @@ class GatewayCore:
             time.perf_counter() - received,
             None if ttft_ms is None else float(ttft_ms) / 1000.0,
         )
-        meta = self._meta(rid, decision, version, route)
+        meta = self._meta(attempt, route, tried)
         return {
             "id": f"{COMPLETION_ID_PREFIX}{rid.hex}",
             "object": "chat.completion",
@@ -440,20 +501,31 @@ class GatewayCore:
         received = time.perf_counter()
         tracer = self.tracing.current()
         rid, decision, version, route = self._start(body, request_id, key_id, exclude)
-        start = time.perf_counter()
-        deltas = aiter(self.stream_pool(decision.arm, body))
-        try:
-            with span(tracer, "banditctl.pool_call"):
-                first = await anext(deltas, None)
-        except Exception as exc:
-            await _close(deltas)
-            error = self._failed(tracer, rid, decision.arm, exc, start)
-            self.instruments.failed(decision.arm, time.perf_counter() - received)
-            if on_done is not None:
-                on_done(None)
-            raise error from exc
-        meta = self._meta(rid, decision, version, route)
-        answer = _Streamed(rid, decision.arm, body, received, start)
+        attempt = _Attempt(rid, decision, version, rid)
+        tried: list[str] = []
+        while True:  # fall back to another arm only until the first delta
+            start = time.perf_counter()
+            deltas = aiter(self.stream_pool(attempt.decision.arm, body))
+            try:
+                with span(tracer, "banditctl.pool_call"):
+                    first = await anext(deltas, None)
+                break
+            except Exception as exc:
+                await _close(deltas)
+                arm = attempt.decision.arm
+                error = self._failed(tracer, attempt.rid, arm, exc, start)
+                self.instruments.failed(arm, time.perf_counter() - received)
+                tried.append(arm)
+                following = self._fallback(body, exc, rid, tried, key_id, exclude)
+                if following is None:
+                    if on_done is not None:
+                        on_done(None)
+                    raise error from exc
+                attempt = following
+        if tried:
+            self.instruments.fallbacks.inc()
+        meta = self._meta(attempt, route, tried)
+        answer = _Streamed(attempt.rid, attempt.decision.arm, body, received, start)
         events = self._events(answer, meta, first, deltas, tracer, on_done)
         return StreamedCompletion(meta, events)
 
@@ -602,6 +674,19 @@ def _finite(v: Any) -> float | None:
         return None
     f = float(v)
     return f if np.isfinite(f) else None
+
+
+def attempt_id(first: uuid.UUID, attempt: int) -> uuid.UUID:
+    """The request id of a request's ``attempt`` (2, 3, ...): derived from the first's."""
+    return uuid.uuid5(first, f"attempt-{attempt}")
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    rid: uuid.UUID
+    decision: Decision
+    version: int
+    first: uuid.UUID  # the request's first attempt
 
 
 class _Streamed:

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,22 +135,33 @@ def upstream() -> Iterator[FakeUpstream]:
     fake.stop()
 
 
-@pytest.fixture(scope="module")
-def gateway(upstream: FakeUpstream, db_url: str, tmp_path_factory: Any) -> Iterator[Gateway]:
-    cfg = compat_config(upstream.base_url)
+@contextmanager
+def running_gateway(
+    cfg: BanditConfig, db_url: str, data_dir: Path, upstream: FakeUpstream
+) -> Iterator[Gateway]:
+    """The gateway app for ``cfg`` on a loopback port, its log in ``db_url``."""
     engine = create_engine(db_url, pool_size=4)
     with engine.begin() as conn:
         arms_repo.upsert_arms(conn, arm_records(cfg))
-    pools = LocalPools(cfg, tmp_path_factory.mktemp("data"))
+    pools = LocalPools(cfg, data_dir)
     core = GatewayCore(
         cfg, engine, pools.call, FeedbackTokens("compat-secret-0123456789", 60),
         stream_pool=pools.stream, listen=False,
     )  # fmt: skip
     base, server, thread = serve_app(create_app(core))
-    yield Gateway(base, core, engine, upstream)
-    server.should_exit = True
-    thread.join(timeout=15)
-    engine.dispose()
+    try:
+        yield Gateway(base, core, engine, upstream)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: FakeUpstream, db_url: str, tmp_path_factory: Any) -> Iterator[Gateway]:
+    cfg = compat_config(upstream.base_url)
+    with running_gateway(cfg, db_url, tmp_path_factory.mktemp("data"), upstream) as gw:
+        yield gw
 
 
 @pytest.fixture
