@@ -26,6 +26,8 @@ RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 TOOL_CHOICES = ("none", "auto", "required")
 # backend kinds that run (or replay) the model themselves: what they cannot do is refused
 LOCAL_KINDS = ("replay", "hf", "vllm")
+# an upstream's statuses that refuse the request itself: passed on to the client
+CLIENT_STATUSES = (400, 413, 415, 422)
 
 
 class FieldError(ValueError):
@@ -61,7 +63,9 @@ class UpstreamStatus(RuntimeError):
 
     @property
     def client_error(self) -> bool:
-        return 400 <= self.status < 500 and self.status not in (408, 429)
+        """Whether the request itself was refused (a field, its size): the client's to fix.
+        Other 4xx (401, 403, 404: the arm's key or model; 408, 429) are the upstream's."""
+        return self.status in CLIENT_STATUSES
 
 
 def _upstream_status(

@@ -144,6 +144,7 @@ def test_openai_maps_upstream_errors_to_statuses(upstream):
     assert isinstance(rejected, UpstreamStatus) and isinstance(failed, UpstreamStatus)
     assert (rejected.status, rejected.param) == (400, "tools") and rejected.client_error
     assert failed.status == 500 and not failed.client_error
+    assert not UpstreamStatus(401, "bad key").client_error  # the arm's key: not the client's
     # picklable (it crosses Ray from the pool to the gateway) with its fields
     again = pickle.loads(pickle.dumps(rejected))
     assert (again.status, again.param, again.message) == (400, "tools", rejected.message)
