@@ -1,5 +1,6 @@
 """The same request path on Ray Serve: the gateway consumes the pool's stream through a
-Serve streaming handle, and a client that leaves stops the upstream's generation."""
+Serve streaming handle, a client that leaves stops the upstream's generation, and a
+failing arm's request falls back to another arm across Ray."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def served(ray_session: int, pg_server: Any, upstream: FakeUpstream) -> Iterator
 
     url = pg_server.create_database("banditctl_compat")
     migrate.upgrade(url)
-    cfg = compat_config(upstream.base_url, http_port=ray_session)
+    cfg = compat_config(
+        upstream.base_url, http_port=ray_session, gateway={"fallbacks": 1, "log_flush_s": 0.05}
+    )
     instance = uuid.uuid4().hex
     base = deploy(cfg, url, SECRET, instance_id=instance)
     wait_ready(base, timeout_s=180, instance_id=instance)
@@ -114,3 +117,24 @@ def test_a_client_that_leaves_stops_the_upstream_through_serve(served, fake):
     row = _outcome(served["db"], first["banditctl"]["request_id"])
     assert row["status"] == "ok" and row["error"].startswith("client disconnected")
     assert 0 < row["completion_tokens"] < 300
+
+
+def test_a_failing_arm_falls_back_to_another_through_serve(served, fake):
+    client = openai.OpenAI(base_url=served["base"] + "/v1", api_key="x", max_retries=0)
+    fake.fail_times = 2  # the first arm's try and its one retry (max_retries: 1)
+    r = client.chat.completions.create(model="upstreams", messages=ASK)
+    meta = r.model_extra["banditctl"]
+    assert meta["attempt"] == 2 and r.model not in meta["failed_arms"]
+    assert {r.model, *meta["failed_arms"]} == {"up-a", "up-b"}
+    assert r.choices[0].message.content == f"model-{r.model[-1]} heard: {ASK[0]['content']}"
+    assert len(fake.requests) == 3
+
+    fake.fail_times = 2
+    chunks = list(client.chat.completions.create(model="upstreams", messages=ASK, stream=True))
+    meta = chunks[0].model_extra["banditctl"]
+    assert meta["attempt"] == 2 and meta["fallback_of"] != meta["request_id"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).endswith(
+        ASK[0]["content"]
+    )
+    failed = _outcome(served["db"], meta["fallback_of"])
+    assert failed["status"] == "error"
