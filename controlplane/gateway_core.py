@@ -500,7 +500,12 @@ class GatewayCore:
         gets the answer's usage and cost (``None`` if it failed) once it ends."""
         received = time.perf_counter()
         tracer = self.tracing.current()
-        rid, decision, version, route = self._start(body, request_id, key_id, exclude)
+        try:
+            rid, decision, version, route = self._start(body, request_id, key_id, exclude)
+        except Exception:
+            if on_done is not None:  # refused before any decision: nothing spent
+                on_done(None)
+            raise
         attempt = _Attempt(rid, decision, version, rid)
         tried: list[str] = []
         while True:  # fall back to another arm only until the first delta
@@ -516,10 +521,13 @@ class GatewayCore:
                 error = self._failed(tracer, attempt.rid, arm, exc, start)
                 self.instruments.failed(arm, time.perf_counter() - received)
                 tried.append(arm)
-                following = self._fallback(body, exc, rid, tried, key_id, exclude)
+                following = None
+                try:
+                    following = self._fallback(body, exc, rid, tried, key_id, exclude)
+                finally:
+                    if following is None and on_done is not None:
+                        on_done(None)  # no answer will come
                 if following is None:
-                    if on_done is not None:
-                        on_done(None)
                     raise error from exc
                 attempt = following
         if tried:
