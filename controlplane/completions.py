@@ -212,13 +212,14 @@ def include_usage(body: Mapping[str, Any]) -> bool:
 
 
 class _Choice:
-    __slots__ = ("extra", "finish_reason", "text", "tools")
+    __slots__ = ("extra", "finish_reason", "logprobs", "text", "tools")
 
     def __init__(self) -> None:
         self.text: list[str] = []
         self.tools: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
         self.extra: dict[str, Any] = {}
+        self.logprobs: dict[str, list[Any]] | None = None
 
 
 class Assembler:
@@ -238,7 +239,8 @@ class Assembler:
         tools = delta.get("tool_calls")
         finish = delta.get("finish_reason")
         extra = delta.get("extra")
-        if not (text or tools or finish or extra):
+        logprobs = delta.get("logprobs")
+        if not (text or tools or finish or extra or logprobs):
             return  # a usage-only delta opens no choice
         choice = self._choices.setdefault(index, _Choice())
         if text:
@@ -247,6 +249,11 @@ class Assembler:
             merge_tool_call(choice.tools, call)
         if finish:
             choice.finish_reason = finish
+        if logprobs:  # token lists (content, refusal) are concatenated
+            joined = choice.logprobs = choice.logprobs or {}
+            for k, v in logprobs.items():
+                if isinstance(v, list):
+                    joined[k] = [*joined.get(k, []), *v]
         for k, v in (extra or {}).items():
             if isinstance(v, str) and isinstance(choice.extra.get(k), str):
                 choice.extra[k] += v
@@ -270,7 +277,12 @@ class Assembler:
             message.update(c.extra)
             finish = c.finish_reason or default or ("tool_calls" if calls else "stop")
             out.append(
-                {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+                {
+                    "index": index,
+                    "message": message,
+                    "finish_reason": finish,
+                    "logprobs": c.logprobs,
+                }
             )
         return out
 
@@ -312,10 +324,11 @@ def chunk_event(
         out["tool_calls"] = list(delta["tool_calls"])
     out.update(delta.get("extra") or {})
     finish = delta.get("finish_reason")
-    if not out and not finish:
+    logprobs = delta.get("logprobs")
+    if not out and not finish and not logprobs:
         return None
     choice = {"index": int(delta.get("index") or 0), "delta": out, "finish_reason": finish}
-    return {**base, "choices": [{**choice, "logprobs": None}]}
+    return {**base, "choices": [{**choice, "logprobs": logprobs}]}
 
 
 def usage_json(usage: Mapping[str, Any]) -> dict[str, int]:

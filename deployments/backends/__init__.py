@@ -59,7 +59,8 @@ class Chunk:
     """A delta of choice ``index``: text, tool call deltas (OpenAI's streamed
     ``tool_calls`` items: ``index``, ``id``, ``type``, ``function {name, arguments}``),
     the choice's ``finish_reason`` once it ended, and ``extra`` delta fields an upstream
-    sent (``refusal``, ``reasoning_content``). The stream's last chunk carries ``usage``
+    sent (``refusal``, ``reasoning_content``) and its ``logprobs``. The stream's last
+    chunk carries ``usage``
     (its ``text`` may be empty)."""
 
     text: str = ""
@@ -68,6 +69,7 @@ class Chunk:
     tool_calls: tuple[dict[str, Any], ...] | None = None
     finish_reason: str | None = None
     extra: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None = None  # the choice's log probabilities, when asked
 
     @property
     def first_token(self) -> bool:
@@ -82,6 +84,7 @@ class Chunk:
             "tool_calls": None if self.tool_calls is None else list(self.tool_calls),
             "finish_reason": self.finish_reason,
             "extra": self.extra,
+            "logprobs": self.logprobs,
             "usage": None if self.usage is None else dict(self.usage.__dict__),
         }
 

@@ -150,8 +150,9 @@ def _chunks(data: dict[str, Any]) -> list[Chunk]:
             tool_calls=tuple(calls) if calls else None,
             finish_reason=choice.get("finish_reason"),
             extra=extra or None,
+            logprobs=choice.get("logprobs") or None,
         )
-        if chunk.first_token or chunk.finish_reason or chunk.extra:
+        if chunk.first_token or chunk.finish_reason or chunk.extra or chunk.logprobs:
             out.append(chunk)
     return out
 

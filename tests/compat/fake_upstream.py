@@ -94,6 +94,7 @@ class FakeUpstream:
         self.fail_after: int | None = None
         self.closed_early = 0
         self.completed = 0
+        self._asked_logprobs = False
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._chat)
         self._server: uvicorn.Server | None = None
@@ -147,12 +148,14 @@ class FakeUpstream:
             return _error(400, self.reject["message"], "invalid_request_error",
                           param=self.reject.get("param"))  # fmt: skip
         choices, usage = plan(body)
+        self._asked_logprobs = bool(body.get("logprobs"))
         cid = f"chatcmpl-fake{len(self.requests)}"
         model = body.get("model")
         if not body.get("stream"):
             return {
                 "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": [_message(i, c) for i, c in enumerate(choices)], "usage": usage,
+                "choices": [_message(i, c, self._asked_logprobs) for i, c in enumerate(choices)],
+                "usage": usage,
             }  # fmt: skip
         include = bool((body.get("stream_options") or {}).get("include_usage"))
         base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}  # fmt: skip
@@ -165,7 +168,8 @@ class FakeUpstream:
         self, base: dict[str, Any], choices: list[dict[str, Any]], usage: dict[str, int] | None
     ) -> AsyncIterator[bytes]:
         def event(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
-            choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+            logprobs = _logprobs([delta["content"]]) if self._asked_logprobs and delta.get("content") else None  # fmt: skip
+            choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
             return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode()
 
         done = False
@@ -212,11 +216,18 @@ class FakeUpstream:
                 self.closed_early += 1
 
 
-def _message(index: int, choice: dict[str, Any]) -> dict[str, Any]:
+def _message(index: int, choice: dict[str, Any], logprobs: bool) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": "".join(choice["words"]) or None}
     if choice["tool_calls"]:
         message["tool_calls"] = choice["tool_calls"]
-    return {"index": index, "message": message, "finish_reason": choice["finish_reason"]}
+    return {"index": index, "message": message, "finish_reason": choice["finish_reason"],
+            "logprobs": _logprobs(choice["words"]) if logprobs else None}  # fmt: skip
+
+
+def _logprobs(tokens: list[str]) -> dict[str, Any]:
+    """Made-up log probabilities, one per token (-0.1 x its length)."""
+    return {"content": [{"token": t, "logprob": -0.1 * len(t), "bytes": list(t.encode()),
+                         "top_logprobs": []} for t in tokens]}  # fmt: skip
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:

@@ -209,6 +209,23 @@ def test_unknown_fields_reach_the_upstream_untouched(gateway: Gateway, fake: Fak
     assert json.loads(as_json.choices[0].message.content)["answer"].startswith("model-a heard")
 
 
+def test_log_probabilities_pass_through_plain_and_streamed(gateway: Gateway, fake):
+    client = gateway.client()
+    whole = client.chat.completions.create(model="up-a", messages=ASK, logprobs=True)
+    tokens = whole.choices[0].logprobs.content
+    assert "".join(t.token for t in tokens) == whole.choices[0].message.content
+    assert tokens[0].logprob == pytest.approx(-0.1 * len(tokens[0].token))
+    assert fake.requests[-1]["logprobs"] is True
+    streamed = _stream(client, model="up-a", messages=ASK, logprobs=True, top_logprobs=2)
+    per_chunk = [
+        c.choices[0].logprobs.content for c in streamed if c.choices and c.choices[0].logprobs
+    ]
+    assert "".join(t.token for lp in per_chunk for t in lp) == whole.choices[0].message.content
+    assert fake.requests[-1]["top_logprobs"] == 2
+    plain = client.chat.completions.create(model="up-a", messages=ASK)
+    assert plain.choices[0].logprobs is None
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
