@@ -5,6 +5,14 @@ featurize -> select (in-process, current snapshot) -> log decision (buffered)
 policy version and a signed feedback token. Nothing here waits on the
 learner or on a database round trip per request.
 
+A whole answer comes from the pool's ``generate`` (:meth:`GatewayCore.complete`), a
+streamed one from its ``generate_stream``, forwarded delta by delta
+(:meth:`GatewayCore.open_stream`; :mod:`controlplane.answers`). Request fields are
+checked, and arms that cannot serve them left out, by :mod:`controlplane.completions`.
+An arm that fails (an upstream error or timeout; a stream only before its first delta)
+is followed by up to ``gateway.fallbacks`` more attempts on other arms, each its own
+decision (``attempt``, ``fallback_of``).
+
 Each replica counts and times its requests in memory (:attr:`GatewayCore.instruments`,
 rendered by ``/metrics``) and, where a tracer provider is set, traces them
 (:mod:`controlplane.tracing`). New policies arrive by ``NOTIFY banditctl_policy``
@@ -16,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -38,6 +45,14 @@ from opentelemetry.trace import Tracer
 from sqlalchemy import URL, Engine
 
 from cache_manager.router import ArmPrices, ArmTerms
+from controlplane.answers import (
+    StreamProgress,
+    aclose_quietly,
+    choices_of,
+    error_json,
+    finish_choice,
+    opening_choice,
+)
 from controlplane.completions import (
     FieldError,
     UpstreamStatus,
@@ -48,10 +63,9 @@ from controlplane.completions import (
     unsupported,
     usage_json,
 )
-from controlplane.config import ArmConfig, BanditConfig
+from controlplane.config import BanditConfig
 from controlplane.instruments import GatewayInstruments
 from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
-from controlplane.limits import CHARS_PER_TOKEN, estimate_prompt_tokens
 from controlplane.policy_listener import PolicyListener
 from controlplane.tokens import FeedbackTokens
 from controlplane.tracing import RequestTracer, set_attributes, span
@@ -460,7 +474,7 @@ class GatewayCore:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": decision.arm,
-            "choices": _choices(gen),
+            "choices": choices_of(gen),
             "usage": usage_json(gen),
             "banditctl": {
                 **meta,
@@ -474,7 +488,7 @@ class GatewayCore:
     ) -> AsyncIterator[dict[str, Any]]:
         """A pool without streaming: its whole answer as one delta per choice."""
         gen = await self.call_pool(arm, body)
-        for choice in _choices(gen):
+        for choice in choices_of(gen):
             message = choice["message"]
             yield {
                 "index": choice["index"],
@@ -516,7 +530,7 @@ class GatewayCore:
                     first = await anext(deltas, None)
                 break
             except Exception as exc:
-                await _close(deltas)
+                await aclose_quietly(deltas)
                 arm = attempt.decision.arm
                 error = self._failed(tracer, attempt.rid, arm, exc, start)
                 self.instruments.failed(arm, time.perf_counter() - received)
@@ -533,13 +547,13 @@ class GatewayCore:
         if tried:
             self.instruments.fallbacks.inc()
         meta = self._meta(attempt, route, tried)
-        answer = _Streamed(attempt.rid, attempt.decision.arm, body, received, start)
+        answer = StreamProgress(attempt.rid, attempt.decision.arm, body, received, start)
         events = self._events(answer, meta, first, deltas, tracer, on_done)
         return StreamedCompletion(meta, events)
 
     async def _events(
         self,
-        answer: _Streamed,
+        answer: StreamProgress,
         meta: dict[str, Any],
         first: dict[str, Any] | None,
         deltas: AsyncIterator[dict[str, Any]],
@@ -552,7 +566,7 @@ class GatewayCore:
             "created": int(time.time()),
             "model": answer.arm,
         }
-        opened = {**base, "choices": [_opening(0)], "banditctl": meta}
+        opened = {**base, "choices": [opening_choice(0)], "banditctl": meta}
         started: set[int] = {0}
         ended = False
         failure: BaseException | None = None
@@ -570,22 +584,22 @@ class GatewayCore:
                     delta = await anext(deltas, None)
                 except Exception as exc:  # the upstream failed after the first token
                     failure = exc
-                    yield {"error": _error_json(exc)}
+                    yield {"error": error_json(exc)}
                     return
             for index in answer.unfinished():  # a backend that only stated it in usage
-                yield {**base, "choices": [_finish(index, answer.finish_default())]}
+                yield {**base, "choices": [finish_choice(index, answer.finish_default())]}
             if include_usage(answer.body):
                 yield {**base, "choices": [], "usage": usage_json(answer.usage())}
             ended = True
         finally:
-            await _close(deltas)  # stops the generation if the client went away
+            await aclose_quietly(deltas)  # stops the generation if the client went away
             result = self._streamed(answer, tracer, ended=ended, failure=failure)
             if on_done is not None:
                 on_done(result)
 
     def _streamed(
         self,
-        answer: _Streamed,
+        answer: StreamProgress,
         tracer: Tracer | None,
         *,
         ended: bool,
@@ -695,98 +709,3 @@ class _Attempt:
     decision: Decision
     version: int
     first: uuid.UUID  # the request's first attempt
-
-
-class _Streamed:
-    """What a streamed answer has produced so far."""
-
-    def __init__(
-        self, rid: uuid.UUID, arm: str, body: dict[str, Any], received: float, start: float
-    ) -> None:
-        self.rid, self.arm, self.body = rid, arm, body
-        self.received, self.start = received, start
-        self.ttft_ms: float | None = None
-        self.deltas = 0
-        self.chars = 0
-        self.final: dict[str, Any] | None = None  # the pool's usage, once it came
-        self.finished: dict[int, str] = {}
-        self.indexes: set[int] = {0}
-
-    def add(self, delta: dict[str, Any]) -> None:
-        self.deltas += 1
-        if delta.get("usage") is not None:
-            self.final = dict(delta["usage"])
-        index = int(delta.get("index") or 0)
-        if delta.get("text") or delta.get("tool_calls"):
-            self.indexes.add(index)
-            if self.ttft_ms is None:
-                self.ttft_ms = (time.perf_counter() - self.start) * 1000.0
-            self.chars += len(delta.get("text") or "") + sum(
-                len(json.dumps(c)) for c in delta.get("tool_calls") or ()
-            )
-        if delta.get("finish_reason"):
-            self.finished[index] = delta["finish_reason"]
-
-    def unfinished(self) -> list[int]:
-        return sorted(self.indexes - set(self.finished))
-
-    def finish_default(self) -> str:
-        return str((self.final or {}).get("finish_reason") or "stop")
-
-    def usage(self, arm: ArmConfig | None = None) -> dict[str, Any]:
-        """The pool's usage; without it (the stream was cut short), tokens estimated as
-        the rate limits do and priced by the arm's table."""
-        if self.final is not None:
-            return self.final
-        pt = estimate_prompt_tokens(self.body)
-        ct = int(self.chars / CHARS_PER_TOKEN)
-        usd_in = arm.usd_per_1k_prompt_tokens if arm else 0.0
-        usd_out = arm.usd_per_1k_completion_tokens if arm else 0.0
-        joules = arm.joules_per_token if arm else 0.0
-        return {
-            "prompt_tokens": pt,
-            "completion_tokens": ct,
-            "cost_usd": (pt * usd_in + ct * usd_out) / 1000.0,
-            "energy_j": joules * (pt + ct),
-        }
-
-
-def _choices(gen: dict[str, Any]) -> list[dict[str, Any]]:
-    """A generation's choices (a pool that gives only ``text``: one choice)."""
-    choices = gen.get("choices")
-    if choices:
-        return list(choices)
-    message = {"role": "assistant", "content": gen["text"]}
-    finish = gen.get("finish_reason") or "stop"
-    return [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}]
-
-
-def _opening(index: int) -> dict[str, Any]:
-    return {
-        "index": index,
-        "delta": {"role": "assistant", "content": ""},
-        "finish_reason": None,
-        "logprobs": None,
-    }
-
-
-def _finish(index: int, reason: str) -> dict[str, Any]:
-    return {"index": index, "delta": {}, "finish_reason": reason, "logprobs": None}
-
-
-def _error_json(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, UpstreamStatus):
-        return {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}
-    return {
-        "message": f"upstream failed: {exc}",
-        "type": "upstream_error",
-        "param": None,
-        "code": None,
-    }
-
-
-async def _close(deltas: AsyncIterator[Any]) -> None:
-    close = getattr(deltas, "aclose", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            await close()
