@@ -62,6 +62,9 @@ class ArmConfig(_Strict):
     usd_per_1k_completion_tokens: float = Field(default=0.0, ge=0)
     joules_per_token: float = Field(default=0.0, ge=0)
     timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(
+        default=2, ge=0, description="openai backend: retries of connection errors, 408, 429, 5xx"
+    )
 
     @model_validator(mode="after")
     def _backend_fields(self) -> ArmConfig:
@@ -94,6 +97,12 @@ class GatewayConfig(_Strict):
         default=256,
         ge=1,
         description="completion tokens a budget expects of a request without max_tokens",
+    )
+    fallbacks: int = Field(
+        default=0,
+        ge=0,
+        description="other arms a request may be retried on when its arm fails (an upstream "
+        "error or timeout; a stream only before its first token), never the same arm twice",
     )
 
 

@@ -5,6 +5,14 @@ featurize -> select (in-process, current snapshot) -> log decision (buffered)
 policy version and a signed feedback token. Nothing here waits on the
 learner or on a database round trip per request.
 
+A whole answer comes from the pool's ``generate`` (:meth:`GatewayCore.complete`), a
+streamed one from its ``generate_stream``, forwarded delta by delta
+(:meth:`GatewayCore.open_stream`; :mod:`controlplane.answers`). Request fields are
+checked, and arms that cannot serve them left out, by :mod:`controlplane.completions`.
+An arm that fails (an upstream error or timeout; a stream only before its first delta)
+is followed by up to ``gateway.fallbacks`` more attempts on other arms, each its own
+decision (``attempt``, ``fallback_of``).
+
 Each replica counts and times its requests in memory (:attr:`GatewayCore.instruments`,
 rendered by ``/metrics``) and, where a tracer provider is set, traces them
 (:mod:`controlplane.tracing`). New policies arrive by ``NOTIFY banditctl_policy``
@@ -19,7 +27,15 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Sequence,
+)
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +45,24 @@ from opentelemetry.trace import Tracer
 from sqlalchemy import URL, Engine
 
 from cache_manager.router import ArmPrices, ArmTerms
+from controlplane.answers import (
+    StreamProgress,
+    aclose_quietly,
+    choices_of,
+    error_json,
+    finish_choice,
+    opening_choice,
+)
+from controlplane.completions import (
+    FieldError,
+    UpstreamStatus,
+    check_request,
+    chunk_event,
+    include_usage,
+    tool_call_deltas,
+    unsupported,
+    usage_json,
+)
 from controlplane.config import BanditConfig
 from controlplane.instruments import GatewayInstruments
 from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
@@ -42,8 +76,13 @@ from learners import Decision
 
 log = logging.getLogger(__name__)
 
-# arm name, chat body -> generation dict (deployments wire this to pool handles)
+# arm name, chat body -> the whole answer: a generation dict (text, choices, tokens,
+# latency, ttft_ms, energy, cost; deployments wire this to the pools' ``generate``)
 PoolCall = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# arm name, chat body -> the answer as it is produced: delta dicts (index, text, tool_calls,
+# finish_reason, extra), the last one with usage (the pools' ``generate_stream``); closing
+# the iterator stops the generation
+PoolStream = Callable[[str, dict[str, Any]], AsyncIterator[dict[str, Any]]]
 
 
 class BadRequest(ValueError):
@@ -58,6 +97,18 @@ class UpstreamError(RuntimeError):
     pass
 
 
+@dataclass
+class StreamedCompletion:
+    """A streamed answer whose first delta has arrived: ``meta`` (request id, arm, route,
+    policy version, propensity, feedback token) for the headers, and ``events``, the
+    ``chat.completion.chunk`` dicts to send (an ``{"error": ...}`` dict if the upstream
+    fails after the first token). Closing ``events`` early (the client went away) stops
+    the generation; the outcome is logged when ``events`` ends, either way."""
+
+    meta: dict[str, Any]
+    events: AsyncGenerator[dict[str, Any], None]
+
+
 class GatewayCore:
     def __init__(
         self,
@@ -66,18 +117,23 @@ class GatewayCore:
         call_pool: PoolCall,
         tokens: FeedbackTokens,
         *,
+        stream_pool: PoolStream | None = None,
         writer: DecisionLogWriter | None = None,
         rng: np.random.Generator | None = None,
         tracer: Tracer | None = None,
         listen: bool = True,
         listen_url: str | URL | None = None,
     ) -> None:
-        """``tracer``: spans go there (default: the global provider's, once one is set).
+        """``call_pool``: whole answers; ``stream_pool``: streamed ones (``stream: true``;
+        unset: the whole answer from ``call_pool``, sent as one delta per choice).
+        ``tracer``: spans go there (default: the global provider's, once one is set).
         ``listen``: the policy refresher also listens for NOTIFY, on ``listen_url``
         (default: the engine's database)."""
         self.config = config
         self.engine = engine
         self.call_pool = call_pool
+        self.stream_pool: PoolStream = stream_pool or self._whole_as_stream
+        self.arm_configs = {a.name: a for a in config.arms}
         self.tokens = tokens
         self.featurizer = config.featurizer
         self.writer = writer or DecisionLogWriter(
@@ -189,6 +245,17 @@ class GatewayCore:
         except KeyError:
             raise BadRequest("model", f"unknown model or route {model!r}", 404) from None
 
+    def servable_arms(self, body: dict[str, Any]) -> tuple[str, ...]:
+        """The route's arms whose backend can serve every field of ``body``
+        (:func:`controlplane.completions.unsupported`); none: a 400 naming the field."""
+        arms = self.route_arms(body.get("model") or "auto")
+        able = tuple(a for a in arms if unsupported(body, self.arm_configs[a].backend) is None)
+        if not able:
+            field, why = unsupported(body, self.arm_configs[arms[0]].backend) or ("model", "")
+            route = body.get("model") or "auto"
+            raise BadRequest(field, f"no arm of {route!r} can serve it ({why})", 400)
+        return able
+
     @staticmethod
     def validate_body(body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
@@ -202,6 +269,10 @@ class GatewayCore:
         meta = body.get("metadata")
         if meta is not None and not isinstance(meta, dict):
             raise BadRequest("metadata", "must be an object", 422)
+        try:
+            check_request(body)
+        except FieldError as exc:
+            raise BadRequest(exc.field, exc.message, 400) from None
         return body
 
     def decide(
@@ -211,15 +282,19 @@ class GatewayCore:
         *,
         key_id: str | None = None,
         exclude: Collection[str] = (),
+        fallback_of: uuid.UUID | None = None,
+        attempt: int = 1,
     ) -> tuple[uuid.UUID, np.ndarray, Decision, int, str]:
         """Featurize, select, and enqueue the decision log (the in-process overhead).
 
         ``exclude``: arms the request may not go to (its budgets); the policy selects
-        among the route's other arms. ``key_id``: the API key's name, logged."""
+        among the route's other arms. ``key_id``: the API key's name, logged.
+        ``fallback_of``, ``attempt``: a fallback's first attempt and its number; its
+        request id is derived from them (:func:`attempt_id`)."""
         start = time.perf_counter()
         tracer = self.tracing.current()
         route = body.get("model") or "auto"
-        arms = [a for a in self.route_arms(route) if a not in exclude]
+        arms = [a for a in self.servable_arms(body) if a not in exclude]
         if not arms:
             raise BadRequest("model", f"no arm of {route!r} is allowed for this request", 429)
         with span(tracer, "banditctl.featurize"):
@@ -227,7 +302,10 @@ class GatewayCore:
         policy = self.policy
         with span(tracer, "banditctl.select"):
             decision = self._select(policy, x, arms, self.rng)
-        rid = request_id or uuid.uuid4()
+        if fallback_of is not None:
+            rid = attempt_id(fallback_of, attempt)
+        else:
+            rid = request_id or uuid.uuid4()
         meta = body.get("metadata") or {}
         self._log_decision(
             tracer,
@@ -243,6 +321,8 @@ class GatewayCore:
                 tenant=_opt_str(meta.get("tenant")),
                 task=_opt_str(body.get("task") or meta.get("task")),
                 key_id=key_id,
+                attempt=attempt,
+                fallback_of=fallback_of,
             ),
         )
         self.instruments.decided(route, decision.arm, time.perf_counter() - start)
@@ -262,6 +342,88 @@ class GatewayCore:
         with span(self.tracing.current(), "banditctl.request"):
             return await self._complete(body, request_id, key_id=key_id, exclude=exclude)
 
+    def _start(
+        self,
+        body: dict[str, Any],
+        request_id: uuid.UUID | None,
+        key_id: str | None,
+        exclude: Collection[str],
+    ) -> tuple[uuid.UUID, Decision, int, str]:
+        body = self.validate_body(body)
+        rid, _x, decision, version, route = self.decide(
+            body, request_id, key_id=key_id, exclude=exclude
+        )
+        if self.tracing.current() is not None:
+            set_attributes(
+                trace.get_current_span(), _span_attributes(rid, decision, version, route)
+            )
+        self.counters["requests"] += 1
+        return rid, decision, version, route
+
+    def _meta(self, attempt: _Attempt, route: str, tried: Sequence[str] = ()) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "request_id": str(attempt.rid),
+            "arm": attempt.decision.arm,
+            "route": route,
+            "policy_version": attempt.version,
+            "propensity": float(attempt.decision.propensity),
+            "feedback_token": self.tokens.issue(attempt.rid),
+        }
+        if tried:  # served by a fallback: which attempt, and the arms that failed first
+            meta.update(
+                attempt=len(tried) + 1, fallback_of=str(attempt.first), failed_arms=list(tried)
+            )
+        return meta
+
+    def _fallback(
+        self,
+        body: dict[str, Any],
+        exc: BaseException,
+        first: uuid.UUID,
+        tried: Sequence[str],
+        key_id: str | None,
+        exclude: Collection[str],
+    ) -> _Attempt | None:
+        """The next attempt after ``tried`` failed (``exc`` the last failure): the policy's
+        pick among the arms not tried yet, logged as its own decision; ``None`` when
+        ``gateway.fallbacks`` is spent, no arm is left or the failure was the request's
+        own fault (a field the upstream refused)."""
+        if len(tried) > self.config.gateway.fallbacks:
+            return None
+        if isinstance(exc, UpstreamStatus) and exc.client_error:
+            return None
+        left = {*exclude, *tried}
+        if all(a in left for a in self.servable_arms(body)):
+            return None
+        rid, _x, decision, version, _route = self.decide(
+            body, key_id=key_id, exclude=left, fallback_of=first, attempt=len(tried) + 1
+        )
+        log.info(
+            "arm %s failed (%s): attempt %d on %s", tried[-1], exc, len(tried) + 1, decision.arm
+        )
+        return _Attempt(rid, decision, version, first)
+
+    def _failed(
+        self, tracer: Tracer | None, rid: uuid.UUID, arm: str, exc: BaseException, started: float
+    ) -> Exception:
+        """Log the failed outcome; the exception to raise (a field the upstream refused is
+        the client's 4xx, anything else a 502)."""
+        self.counters["errors"] += 1
+        timeout = isinstance(exc, UpstreamStatus) and exc.status == 504
+        self._log_outcome(
+            tracer,
+            OutcomeRecord(
+                request_id=rid,
+                created_at=datetime.now(UTC),
+                status="timeout" if timeout else "error",
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                error=str(exc)[:500],
+            ),
+        )
+        if isinstance(exc, UpstreamStatus) and exc.client_error:
+            return BadRequest(exc.param or "body", exc.message, exc.status)
+        return UpstreamError(f"arm {arm} failed: {exc}")
+
     async def _complete(
         self,
         body: dict[str, Any],
@@ -272,33 +434,28 @@ class GatewayCore:
     ) -> dict[str, Any]:
         received = time.perf_counter()
         tracer = self.tracing.current()
-        body = self.validate_body(body)
-        rid, _x, decision, version, route = self.decide(
-            body, request_id, key_id=key_id, exclude=exclude
-        )
-        if tracer is not None:
-            set_attributes(
-                trace.get_current_span(), _span_attributes(rid, decision, version, route)
-            )
-        self.counters["requests"] += 1
-        start = time.perf_counter()
-        try:
-            with span(tracer, "banditctl.pool_call"):
-                gen = await self.call_pool(decision.arm, body)
-        except Exception as exc:
-            self.counters["errors"] += 1
-            self._log_outcome(
-                tracer,
-                OutcomeRecord(
-                    request_id=rid,
-                    created_at=datetime.now(UTC),
-                    status="error",
-                    latency_ms=(time.perf_counter() - start) * 1000.0,
-                    error=str(exc)[:500],
-                ),
-            )
-            self.instruments.failed(decision.arm, time.perf_counter() - received)
-            raise UpstreamError(f"arm {decision.arm} failed: {exc}") from exc
+        rid, decision, version, route = self._start(body, request_id, key_id, exclude)
+        attempt = _Attempt(rid, decision, version, rid)
+        tried: list[str] = []
+        while True:
+            start = time.perf_counter()
+            try:
+                with span(tracer, "banditctl.pool_call"):
+                    gen = await self.call_pool(attempt.decision.arm, body)
+                break
+            except Exception as exc:
+                arm = attempt.decision.arm
+                error = self._failed(tracer, attempt.rid, arm, exc, start)
+                self.instruments.failed(arm, time.perf_counter() - received)
+                tried.append(arm)
+                following = self._fallback(body, exc, rid, tried, key_id, exclude)
+                if following is None:
+                    raise error from exc
+                attempt = following
+        rid, decision, version = attempt.rid, attempt.decision, attempt.version
+        if tried:
+            self.instruments.fallbacks.inc()
+        ttft_ms = gen.get("ttft_ms")
         self._log_outcome(
             tracer,
             OutcomeRecord(
@@ -306,46 +463,184 @@ class GatewayCore:
                 created_at=datetime.now(UTC),
                 status="ok",
                 latency_ms=(time.perf_counter() - start) * 1000.0,
-                ttft_ms=gen.get("ttft_ms"),
+                ttft_ms=ttft_ms,
                 prompt_tokens=int(gen["prompt_tokens"]),
                 completion_tokens=int(gen["completion_tokens"]),
                 energy_j=float(gen["energy_j"]),
                 cost_usd=float(gen["cost_usd"]),
             ),
         )
-        ttft_ms = gen.get("ttft_ms")
         self.instruments.served(
             decision.arm,
             time.perf_counter() - received,
             None if ttft_ms is None else float(ttft_ms) / 1000.0,
         )
+        meta = self._meta(attempt, route, tried)
         return {
             "id": f"{COMPLETION_ID_PREFIX}{rid.hex}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": decision.arm,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": gen["text"]},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": int(gen["prompt_tokens"]),
-                "completion_tokens": int(gen["completion_tokens"]),
-                "total_tokens": int(gen["prompt_tokens"]) + int(gen["completion_tokens"]),
-            },
+            "choices": choices_of(gen),
+            "usage": usage_json(gen),
             "banditctl": {
-                "request_id": str(rid),
-                "arm": decision.arm,
-                "route": route,
-                "policy_version": version,
-                "propensity": float(decision.propensity),
-                "feedback_token": self.tokens.issue(rid),
+                **meta,
                 "cost_usd": float(gen["cost_usd"]),
                 "energy_j": float(gen["energy_j"]),
             },
+        }
+
+    async def _whole_as_stream(
+        self, arm: str, body: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A pool without streaming: its whole answer as one delta per choice."""
+        gen = await self.call_pool(arm, body)
+        for choice in choices_of(gen):
+            message = choice["message"]
+            yield {
+                "index": choice["index"],
+                "text": message.get("content") or "",
+                "tool_calls": tool_call_deltas(message.get("tool_calls") or []) or None,
+                "finish_reason": choice["finish_reason"],
+            }
+        yield {"usage": gen}
+
+    async def open_stream(
+        self,
+        body: dict[str, Any],
+        request_id: uuid.UUID | None = None,
+        *,
+        key_id: str | None = None,
+        exclude: Collection[str] = (),
+        on_done: Callable[[dict[str, Any] | None], None] | None = None,
+    ) -> StreamedCompletion:
+        """Decide, call the chosen pool's stream and wait for its first delta: an error
+        before it raises as :meth:`complete` does (no answer has begun); after it, the
+        answer streams (:class:`StreamedCompletion`). The outcome's ``ttft_ms`` is the
+        time from the pool call to the first text or tool call delta here. ``on_done``
+        gets the answer's usage and cost (``None`` if it failed) once it ends."""
+        received = time.perf_counter()
+        tracer = self.tracing.current()
+        try:
+            rid, decision, version, route = self._start(body, request_id, key_id, exclude)
+        except Exception:
+            if on_done is not None:  # refused before any decision: nothing spent
+                on_done(None)
+            raise
+        attempt = _Attempt(rid, decision, version, rid)
+        tried: list[str] = []
+        while True:  # fall back to another arm only until the first delta
+            start = time.perf_counter()
+            deltas = aiter(self.stream_pool(attempt.decision.arm, body))
+            try:
+                with span(tracer, "banditctl.pool_call"):
+                    first = await anext(deltas, None)
+                break
+            except Exception as exc:
+                await aclose_quietly(deltas)
+                arm = attempt.decision.arm
+                error = self._failed(tracer, attempt.rid, arm, exc, start)
+                self.instruments.failed(arm, time.perf_counter() - received)
+                tried.append(arm)
+                following = None
+                try:
+                    following = self._fallback(body, exc, rid, tried, key_id, exclude)
+                finally:
+                    if following is None and on_done is not None:
+                        on_done(None)  # no answer will come
+                if following is None:
+                    raise error from exc
+                attempt = following
+        if tried:
+            self.instruments.fallbacks.inc()
+        meta = self._meta(attempt, route, tried)
+        answer = StreamProgress(attempt.rid, attempt.decision.arm, body, received, start)
+        events = self._events(answer, meta, first, deltas, tracer, on_done)
+        return StreamedCompletion(meta, events)
+
+    async def _events(
+        self,
+        answer: StreamProgress,
+        meta: dict[str, Any],
+        first: dict[str, Any] | None,
+        deltas: AsyncIterator[dict[str, Any]],
+        tracer: Tracer | None,
+        on_done: Callable[[dict[str, Any] | None], None] | None,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        base = {
+            "id": f"{COMPLETION_ID_PREFIX}{answer.rid.hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": answer.arm,
+        }
+        opened = {**base, "choices": [opening_choice(0)], "banditctl": meta}
+        started: set[int] = {0}
+        ended = False
+        failure: BaseException | None = None
+        try:
+            yield opened
+            delta = first
+            while delta is not None:
+                answer.add(delta)
+                index = int(delta.get("index") or 0)
+                event = chunk_event(base, delta, first=index not in started)
+                if event is not None:
+                    started.add(index)
+                    yield event
+                try:
+                    delta = await anext(deltas, None)
+                except Exception as exc:  # the upstream failed after the first token
+                    failure = exc
+                    yield {"error": error_json(exc)}
+                    return
+            for index in answer.unfinished():  # a backend that only stated it in usage
+                yield {**base, "choices": [finish_choice(index, answer.finish_default())]}
+            if include_usage(answer.body):
+                yield {**base, "choices": [], "usage": usage_json(answer.usage())}
+            ended = True
+        finally:
+            await aclose_quietly(deltas)  # stops the generation if the client went away
+            result = self._streamed(answer, tracer, ended=ended, failure=failure)
+            if on_done is not None:
+                on_done(result)
+
+    def _streamed(
+        self,
+        answer: StreamProgress,
+        tracer: Tracer | None,
+        *,
+        ended: bool,
+        failure: BaseException | None,
+    ) -> dict[str, Any] | None:
+        """Log a streamed answer's outcome: ok, an upstream failure after the first token
+        (error), or a client that left before the end (ok, its ``error`` says so, tokens
+        and cost as far as it went). Returns the usage and cost, ``None`` if it failed."""
+        now = time.perf_counter()
+        if failure is not None:
+            self._failed(tracer, answer.rid, answer.arm, failure, answer.start)
+            self.instruments.failed(answer.arm, now - answer.received)
+            return None
+        usage = answer.usage(self.arm_configs.get(answer.arm))
+        self._log_outcome(
+            tracer,
+            OutcomeRecord(
+                request_id=answer.rid,
+                created_at=datetime.now(UTC),
+                status="ok",
+                latency_ms=(now - answer.start) * 1000.0,
+                ttft_ms=answer.ttft_ms,
+                prompt_tokens=int(usage["prompt_tokens"]),
+                completion_tokens=int(usage["completion_tokens"]),
+                energy_j=float(usage["energy_j"]),
+                cost_usd=float(usage["cost_usd"]),
+                error=None if ended else f"client disconnected after {answer.deltas} deltas",
+            ),
+        )
+        ttft_s = None if answer.ttft_ms is None else answer.ttft_ms / 1000.0
+        self.instruments.served(answer.arm, now - answer.received, ttft_s)
+        return {
+            "usage": usage_json(usage),
+            "banditctl": {"cost_usd": usage["cost_usd"], "energy_j": usage["energy_j"]},
         }
 
     def _log_decision(self, tracer: Tracer | None, record: DecisionRecord) -> None:
@@ -408,3 +703,16 @@ def _finite(v: Any) -> float | None:
         return None
     f = float(v)
     return f if np.isfinite(f) else None
+
+
+def attempt_id(first: uuid.UUID, attempt: int) -> uuid.UUID:
+    """The request id of a request's ``attempt`` (2, 3, ...): derived from the first's."""
+    return uuid.uuid5(first, f"attempt-{attempt}")
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    rid: uuid.UUID
+    decision: Decision
+    version: int
+    first: uuid.UUID  # the request's first attempt

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from controlplane.api import create_app
 from controlplane.config import BanditConfig
@@ -42,18 +44,37 @@ class Gateway:
         self.instance_id = instance_id
         engine = make_engine(database_url, pool_size=4)
         tokens = FeedbackTokens(secret, config.gateway.feedback_token_ttl_s)
-        self.core = GatewayCore(config, engine, self._call_pool, tokens)
+        self.core = GatewayCore(
+            config, engine, self._call_pool, tokens, stream_pool=self._stream_pool
+        )
         await asyncio.to_thread(self.core.refresh_policy, "start")
         self.core.writer.start()
         self._refresher = asyncio.get_running_loop().create_task(self.core.policy_refresher())
 
-    async def _call_pool(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _handle(self, arm: str) -> DeploymentHandle[Any]:
         handle = self.pools[self.model_of[arm]]
         adapter = self.adapter_of[arm]
-        if adapter:
-            handle = handle.options(multiplexed_model_id=adapter)
-        result: dict[str, Any] = await handle.generate.remote(arm, body)
+        return handle.options(multiplexed_model_id=adapter) if adapter else handle
+
+    async def _call_pool(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await self._handle(arm).generate.remote(arm, body)
+        except RayTaskError as exc:
+            raise _cause(exc) from None
         return result
+
+    async def _stream_pool(self, arm: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The pool's ``generate_stream`` through a streaming handle, delta by delta;
+        leaving early (the client went away) cancels it, which stops the generation."""
+        stream = self._handle(arm).options(stream=True)
+        chunks = cast(DeploymentResponseGenerator[Any], stream.generate_stream.remote(arm, body))
+        try:
+            async for chunk in chunks:
+                yield chunk.as_dict()
+        except RayTaskError as exc:
+            raise _cause(exc) from None
+        finally:
+            chunks.cancel()  # type: ignore[no-untyped-call]
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(
@@ -81,6 +102,13 @@ class Gateway:
 
     def __del__(self) -> None:
         self.core.writer.close(timeout_s=10)
+
+
+def _cause(exc: RayTaskError) -> Exception:
+    """The pool's own exception (an upstream's status, a refused field) out of Ray's
+    wrapper, so the gateway answers with its status."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, Exception) else exc
 
 
 def _serve_request_id() -> str | None:

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -88,10 +89,10 @@ class PoolCore:
             async with aclosing(backend.generate(body, adapter)) as chunks:
                 async for chunk in chunks:
                     now_ms = (time.perf_counter() - start) * 1000.0
-                    if chunk.text and ttft_ms is None:
+                    if chunk.first_token and ttft_ms is None:
                         ttft_ms = now_ms
                     if chunk.usage is not None:
-                        chunk = Chunk(chunk.text, with_timing(chunk.usage, now_ms, ttft_ms))
+                        chunk = replace(chunk, usage=with_timing(chunk.usage, now_ms, ttft_ms))
                     yield chunk
         finally:
             if adapter:

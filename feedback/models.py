@@ -78,6 +78,19 @@ decisions = Table(
     Column("tenant", Text, nullable=True),
     Column("task", Text, nullable=True),
     Column("key_id", Text, nullable=True, comment="the API key's name (never the key)"),
+    Column(
+        "attempt",
+        SmallInteger,
+        nullable=False,
+        server_default=text("1"),
+        comment="1, or the fallback attempt this decision was (2, 3, ...)",
+    ),
+    Column(
+        "fallback_of",
+        UUID(as_uuid=True),
+        nullable=True,
+        comment="a fallback's first attempt (the client request's id); null on a first attempt",
+    ),
     Column("credit_seq", BigInteger, nullable=True),
     Column("credit_kind", Text, nullable=True),
     Column("credit_quality", Float, nullable=True),
@@ -92,6 +105,11 @@ decisions = Table(
         postgresql_where=text("credit_seq IS NULL"),
     ),
     Index("uq_decisions_credit_seq", "credit_seq", unique=True),
+    Index(
+        "ix_decisions_fallback_of",
+        "fallback_of",
+        postgresql_where=text("fallback_of IS NOT NULL"),
+    ),
 )
 
 outcomes = Table(

@@ -38,6 +38,8 @@ class DecisionRecord:
     tenant: str | None = None
     task: str | None = None
     key_id: str | None = None  # the API key's name, never the key
+    attempt: int = 1  # a fallback's attempt number (2, 3, ...)
+    fallback_of: uuid.UUID | None = None  # a fallback's first attempt: the request's id
 
 
 @dataclass(frozen=True)

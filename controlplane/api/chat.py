@@ -1,5 +1,10 @@
 """OpenAI-compatible chat completions (JSON or server-sent events) and the model list.
 
+A streamed answer (``stream: true``) forwards the pool's deltas as they arrive
+(:meth:`GatewayCore.open_stream`); a client that disconnects closes the stream, which
+stops the generation. Request fields are checked and routed by
+:mod:`controlplane.completions`.
+
 Both need an API key with the chat scope unless ``auth.open_chat`` (:mod:`.auth`).
 ``app.state.admission`` (:class:`controlplane.admission.Admission`) applies the key's
 rate limits and the budgets before a request is decided, and learns its real usage
@@ -10,9 +15,9 @@ put in ``x-request-id``; when it is a UUID, the decision is logged under it.
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -44,19 +49,32 @@ async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
     if key is not None and key.tenant is not None:  # the key's tenant, whatever the body says
         body = {**body, "metadata": {**(body.get("metadata") or {}), "tenant": key.tenant}}
     admission: Admission = request.app.state.admission
-    arms = core.route_arms(body.get("model") or "auto")
+    arms = core.servable_arms(body)
     ticket = await admission.admit(key, body, arms, core.policy.learner, proxied or uuid.uuid4())
-    result = None
-    try:
-        result = await core.complete(
+    key_id = key.name if key is not None else None
+    if body.get("stream"):
+        # the pool's deltas as they come; settled once the stream ends (or fails)
+        streamed = await core.open_stream(
             body,
             ticket.request_id,
-            key_id=key.name if key is not None else None,
+            key_id=key_id,
             exclude=ticket.exclude,
+            on_done=lambda result: admission.settle(ticket, result),
         )
+        return StreamingResponse(
+            _sse(streamed.events),
+            media_type="text/event-stream",
+            headers=_headers(streamed.meta, proxied),
+        )
+    result = None
+    try:
+        result = await core.complete(body, ticket.request_id, key_id=key_id, exclude=ticket.exclude)
     finally:
         admission.settle(ticket, result)
-    meta = result["banditctl"]
+    return JSONResponse(result, headers=_headers(result["banditctl"], proxied))
+
+
+def _headers(meta: dict[str, Any], proxied: uuid.UUID | None) -> dict[str, str]:
     headers = {
         "x-banditctl-request-id": meta["request_id"],
         "x-banditctl-arm": meta["arm"],
@@ -65,39 +83,16 @@ async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
     }
     if proxied is None:  # else the proxy sets x-request-id to the same id
         headers["x-request-id"] = meta["request_id"]
-    if body.get("stream"):
-        return StreamingResponse(_sse(result), media_type="text/event-stream", headers=headers)
-    return JSONResponse(result, headers=headers)
+    return headers
 
 
-async def _sse(result: dict[str, Any]) -> AsyncIterator[bytes]:
-    text = result["choices"][0]["message"]["content"]
-    base = {
-        "id": result["id"],
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": result["model"],
-    }
-    first = {
-        **base,
-        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
-    }
-    first["banditctl"] = result["banditctl"]
-    yield f"data: {json.dumps(first)}\n\n".encode()
-    words = text.split(" ")
-    for i, w in enumerate(words):
-        piece = w if i == 0 else " " + w
-        chunk = {
-            **base,
-            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
-        }
-        yield f"data: {json.dumps(chunk)}\n\n".encode()
-    last = {
-        **base,
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        "usage": result["usage"],
-    }
-    yield f"data: {json.dumps(last)}\n\n".encode()
+async def _sse(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[bytes]:
+    """Server-sent events: each chunk as it comes, then ``[DONE]`` (not after an error)."""
+    async with aclosing(events):  # a client that left closes it: the generation stops
+        async for event in events:
+            yield f"data: {json.dumps(event)}\n\n".encode()
+            if "error" in event:
+                return
     yield b"data: [DONE]\n\n"
 
 

@@ -1,8 +1,13 @@
 """Model backends behind a pool: plain classes, testable without Ray.
 
-A backend streams an OpenAI chat body as :class:`Chunk` s: text deltas as the
-model produces them, then one last chunk carrying the :class:`Usage` (tokens,
-time to first token, latency, energy, cost, finish reason). It also holds the
+A backend streams an OpenAI chat body as :class:`Chunk` s: deltas as the model
+produces them (text, tool calls, each choice's finish reason; ``index`` names
+the choice when the body asks for ``n`` > 1), then one last chunk carrying the
+:class:`Usage` (tokens, time to first token, latency, energy, cost, finish
+reason). A backend that cannot serve a field of the body raises
+:class:`controlplane.completions.UnsupportedField` naming it (the gateway
+routes such requests elsewhere first: :func:`controlplane.completions.unsupported`),
+and an upstream's HTTP error is a :class:`controlplane.completions.UpstreamStatus`. It also holds the
 LoRA adapters of its base model: ``load_adapter`` returns the seconds the load
 really took (the page-in cost the cache planner prices), ``unload_adapter``
 frees it, ``resident`` lists what it holds and ``adapter_bytes`` says what one
@@ -21,9 +26,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from controlplane.completions import Assembler, UnsupportedField, unsupported
 
 if TYPE_CHECKING:
     from controlplane.config import ArmConfig, BanditConfig
@@ -41,23 +48,53 @@ class Usage:
     ttft_ms: float | None
     energy_j: float
     cost_usd: float
-    finish_reason: str  # "stop" (end of answer or a stop sequence) | "length" (max tokens)
+    # the first choice's: "stop" (end of answer or a stop sequence), "length" (max tokens),
+    # "tool_calls" (the model called tools)
+    finish_reason: str
     model: str
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """A text delta; the stream's last chunk carries ``usage`` (its ``text`` may be empty)."""
+    """A delta of choice ``index``: text, tool call deltas (OpenAI's streamed
+    ``tool_calls`` items: ``index``, ``id``, ``type``, ``function {name, arguments}``),
+    the choice's ``finish_reason`` once it ended, and ``extra`` delta fields an upstream
+    sent (``refusal``, ``reasoning_content``) and its ``logprobs``. The stream's last
+    chunk carries ``usage``
+    (its ``text`` may be empty)."""
 
     text: str = ""
     usage: Usage | None = None
+    index: int = 0
+    tool_calls: tuple[dict[str, Any], ...] | None = None
+    finish_reason: str | None = None
+    extra: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None = None  # the choice's log probabilities, when asked
+
+    @property
+    def first_token(self) -> bool:
+        """Whether this delta carries output (text or a tool call): the first such one
+        is the time to the first token."""
+        return bool(self.text or self.tool_calls)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "usage": None if self.usage is None else self.usage.__dict__}
+        return {
+            "index": self.index,
+            "text": self.text,
+            "tool_calls": None if self.tool_calls is None else list(self.tool_calls),
+            "finish_reason": self.finish_reason,
+            "extra": self.extra,
+            "logprobs": self.logprobs,
+            "usage": None if self.usage is None else dict(self.usage.__dict__),
+        }
 
 
 @dataclass
 class Generation:
+    """A whole answer: ``text`` and ``finish_reason`` are the first choice's; ``choices``
+    holds every choice as a completion's ``choices`` items (message with content and
+    tool calls, finish reason)."""
+
     text: str
     prompt_tokens: int
     completion_tokens: int
@@ -67,6 +104,7 @@ class Generation:
     cost_usd: float
     model: str
     finish_reason: str = "stop"
+    choices: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -118,15 +156,18 @@ class Backend(Protocol):
 
 async def collect(stream: AsyncIterator[Chunk]) -> Generation:
     """Drain a stream into one :class:`Generation` (the non-streaming answer)."""
-    parts: list[str] = []
+    joined = Assembler()
     usage: Usage | None = None
     async for chunk in stream:
-        parts.append(chunk.text)
+        joined.add(chunk.as_dict())
         if chunk.usage is not None:
             usage = chunk.usage
     if usage is None:
         raise RuntimeError("the backend's stream ended without usage")
-    return Generation(text="".join(parts), **usage.__dict__)
+    choices = joined.choices()
+    first = choices[0]
+    fields = {**usage.__dict__, "finish_reason": first["finish_reason"]}
+    return Generation(text=first["message"]["content"] or "", choices=choices, **fields)
 
 
 def with_timing(usage: Usage, latency_ms: float, ttft_ms: float | None) -> Usage:
@@ -136,6 +177,19 @@ def with_timing(usage: Usage, latency_ms: float, ttft_ms: float | None) -> Usage
         latency_ms=max(usage.latency_ms, latency_ms),
         ttft_ms=ttft_ms if ttft_ms is not None else usage.ttft_ms,
     )
+
+
+def choice_count(body: dict[str, Any]) -> int:
+    """The request's ``n`` (choices to generate), 1 by default."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
+def refuse_unsupported(body: dict[str, Any], kind: str) -> None:
+    """Raise :class:`UnsupportedField` for the first field a ``kind`` backend cannot serve."""
+    found = unsupported(body, kind)
+    if found is not None:
+        raise UnsupportedField(*found)
 
 
 def completion_budget(body: dict[str, Any], cap: int | None = None) -> int | None:

@@ -35,8 +35,8 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext, suppress
-from dataclasses import dataclass
+from contextlib import aclosing, nullcontext, suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,9 @@ from deployments.backends import (
     Chunk,
     Pricing,
     Usage,
+    choice_count,
     completion_budget,
+    refuse_unsupported,
     stop_sequences,
 )
 from deployments.backends.hf_models import prompt_ids
@@ -125,9 +127,41 @@ class HFBackend:
     async def generate(
         self, body: dict[str, Any], adapter: str | None = None
     ) -> AsyncGenerator[Chunk, None]:
+        """``n`` choices are generated one after the other (each ends with its finish
+        reason); the usage counts the prompt once and every choice's tokens. Tools, JSON
+        output and log probabilities are refused."""
+        refuse_unsupported(body, "hf")
         start = self.clock()
         if adapter and adapter not in self._adapters:
             raise AdapterNotLoaded(adapter)
+        first: Usage | None = None
+        completion = 0
+        for index in range(choice_count(body)):
+            async with aclosing(self._generate_one(body, adapter)) as chunks:
+                async for chunk in chunks:
+                    if chunk.usage is None:
+                        yield replace(chunk, index=index)
+                        continue
+                    first = first or chunk.usage
+                    completion += chunk.usage.completion_tokens
+                    yield Chunk(index=index, finish_reason=chunk.usage.finish_reason)
+        assert first is not None
+        price = self.pricing.get(adapter) or self.pricing.get(None) or Pricing()
+        pt = first.prompt_tokens
+        yield Chunk(
+            usage=replace(
+                first,
+                completion_tokens=completion,
+                latency_ms=(self.clock() - start) * 1000.0,
+                energy_j=price.energy_j(pt, completion),
+                cost_usd=price.cost_usd(pt, completion),
+            )
+        )
+
+    async def _generate_one(
+        self, body: dict[str, Any], adapter: str | None
+    ) -> AsyncGenerator[Chunk, None]:
+        start = self.clock()
         ids = prompt_ids(self.tokenizer, body.get("messages") or [])
         budget = completion_budget(body, self.max_new_tokens) or self.max_new_tokens
         stops = stop_sequences(body)

@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cache_manager.fake_adapter import FakeAdapterSpec, FakeAdapterStore, LoadedAdapter
-from deployments.backends import AdapterNotLoaded, BuildContext, Chunk, Usage
+from deployments.backends import (
+    AdapterNotLoaded,
+    BuildContext,
+    Chunk,
+    Usage,
+    choice_count,
+    completion_budget,
+    refuse_unsupported,
+    stop_sequences,
+)
 from learners.datasets import CHARS_PER_TOKEN, RoutingDataset
 from learners.featurize import Featurizer, last_user_text
 
@@ -44,6 +53,17 @@ def pieces(text: str, n: int = PIECES) -> list[str]:
     words = re.findall(r"\s*\S+\s*", text) or [text]
     per = -(-len(words) // n)
     return ["".join(words[i : i + per]) for i in range(0, len(words), per)]
+
+
+def shape(text: str, body: dict[str, Any]) -> tuple[str, str]:
+    """``text`` as the request's ``stop`` and token budget leave it, and its finish reason."""
+    stops = [j for j in (text.find(s) for s in stop_sequences(body)) if j >= 0]
+    if stops:
+        return text[: min(stops)], "stop"
+    budget = completion_budget(body)
+    if budget is not None and len(text) > budget * CHARS_PER_TOKEN:
+        return text[: int(budget * CHARS_PER_TOKEN)], "length"
+    return text, "stop"
 
 
 class ReplayBackend:
@@ -88,6 +108,11 @@ class ReplayBackend:
     async def generate(
         self, body: dict[str, Any], adapter: str | None = None
     ) -> AsyncGenerator[Chunk, None]:
+        """The recorded answer, cut at the first ``stop`` sequence (finish ``stop``) or
+        at ``max_completion_tokens``/``max_tokens`` (finish ``length``); ``n`` choices
+        get the same answer, streamed side by side (the recorded cost and energy are
+        paid per choice). Tools, JSON output and log probabilities are refused."""
+        refuse_unsupported(body, "replay")
         start = time.perf_counter()
         if adapter and adapter not in self._loaded:
             raise AdapterNotLoaded(adapter)
@@ -96,24 +121,28 @@ class ReplayBackend:
         responses = getattr(self.ds, "responses", None)
         if responses is not None and responses[i][self.k]:
             text = str(responses[i][self.k])
+        text, finish = shape(text, body)
+        n = choice_count(body)
         parts = pieces(text)
         wait_s = float(self.ds.latency_ms[i, self.k]) * self.latency_scale / 1000.0 / len(parts)
         ttft_ms = None
-        for part in parts:
+        for p, part in enumerate(parts):
             if wait_s > 0:
                 await self.sleep(wait_s)
             if ttft_ms is None:
                 ttft_ms = (time.perf_counter() - start) * 1000.0
-            yield Chunk(part)
+            last = p == len(parts) - 1
+            for index in range(n):
+                yield Chunk(part, index=index, finish_reason=finish if last else None)
         yield Chunk(
             usage=Usage(
                 prompt_tokens=max(1, int(len(prompt_key(body)) / CHARS_PER_TOKEN)),
-                completion_tokens=max(1, int(len(text) / CHARS_PER_TOKEN)),
+                completion_tokens=n * max(1, int(len(text) / CHARS_PER_TOKEN)),
                 latency_ms=(time.perf_counter() - start) * 1000.0,
                 ttft_ms=ttft_ms,
-                energy_j=float(self.ds.energy_j[i, self.k]),
-                cost_usd=float(self.ds.cost_usd[i, self.k]),
-                finish_reason="stop",
+                energy_j=n * float(self.ds.energy_j[i, self.k]),
+                cost_usd=n * float(self.ds.cost_usd[i, self.k]),
+                finish_reason=finish,
                 model=self.model,
             )
         )

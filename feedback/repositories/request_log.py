@@ -1,4 +1,5 @@
-"""The request log: one decision and one outcome per served request.
+"""The request log: one decision and one outcome per attempt of a served request (a
+request that fell back to other arms has one per arm it tried, linked by ``fallback_of``).
 
 Written in batches by the gateway's writer (COPY, idempotent on retry); the
 cache manager reads recent decisions' contexts back.
@@ -31,6 +32,8 @@ _DECISION_COLS = (
     "tenant",
     "task",
     "key_id",
+    "attempt",
+    "fallback_of",
 )
 _OUTCOME_COLS = (
     "request_id",
@@ -61,6 +64,8 @@ def _decision_row(d: DecisionRecord) -> tuple[Any, ...]:
         d.tenant,
         d.task,
         d.key_id,
+        int(d.attempt),
+        d.fallback_of,
     )
 
 

@@ -229,3 +229,16 @@ def test_budget_config_is_checked(budget, needle):
         config(api_keys=[{"name": "k", "key_env": "K"}], budgets=[budget])
     with pytest.raises(ConfigError, match="one budget per key or tenant and period"):
         config(budgets=[{"tenant": "t", "usd": 1}, {"tenant": "t", "joules": 1}])
+
+
+def test_streamed_answers_spend_the_budget_as_whole_ones_do(engine, keys):
+    usd = 2.5 * cost("cheap")
+    gw = gateway(engine, config(api_keys=keys, budgets=[{"key": "evals", "usd": usd}]))
+    with gw.http:
+        for _ in range(2):
+            streamed = gw.chat(EVALS, stream=True)
+            assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+            assert streamed.headers["x-banditctl-arm"] == "cheap"
+        assert _budget(gw, "key:evals/day")["spent_usd"] == pytest.approx(2 * cost("cheap"))
+        refused = gw.chat(EVALS, stream=True)  # what is left fits no arm
+        assert refused.status_code == 429 and refused.json()["error"]["type"] == "budget_exceeded"

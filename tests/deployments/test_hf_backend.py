@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.completions import UnsupportedField
 from controlplane.config import parse_config
 from deployments.backends import AdapterNotLoaded, BuildContext, Chunk, build_backends, collect
 from deployments.backends.hf import HFBackend
@@ -44,8 +45,9 @@ def _text(backend: HFBackend, adapter: str | None = None, **body: Any) -> str:
 def test_streams_text_as_it_is_generated_then_usage(adapter_dir):
     backend = _backend(adapter_dir)
     chunks = asyncio.run(_chunks(backend.generate({**BODY, "max_tokens": 8})))
-    *texts, last = chunks
+    *texts, finish, last = chunks
     assert len(texts) >= 3 and all(c.text and c.usage is None for c in texts)
+    assert finish.finish_reason == "length" and not finish.text and finish.usage is None
     u = last.usage
     assert u is not None and last.text == ""
     assert (u.completion_tokens, u.finish_reason, u.model) == (8, "length", "tiny")
@@ -64,6 +66,21 @@ def test_max_tokens_is_honoured_and_capped(adapter_dir):
     assert tokens(max_tokens=3) == 3
     assert tokens(max_completion_tokens=2, max_tokens=5) == 2
     assert tokens(max_tokens=100) == 6 and tokens() == 6  # the arm's cap, and its default
+
+
+def test_n_choices_one_after_the_other_and_refused_fields(adapter_dir):
+    backend = _backend(adapter_dir)
+    one = asyncio.run(collect(backend.generate({**BODY, "max_tokens": 4})))
+    two = asyncio.run(collect(backend.generate({**BODY, "max_tokens": 4, "n": 2})))
+    assert [c["message"]["content"] for c in two.choices] == [one.text, one.text]  # greedy
+    assert [c["finish_reason"] for c in two.choices] == ["length", "length"]
+    assert two.completion_tokens == 8 and two.prompt_tokens == one.prompt_tokens
+    for body, param in [({"tools": [{"type": "function"}]}, "tools"),
+                        ({"response_format": {"type": "json_object"}}, "response_format"),
+                        ({"logprobs": True}, "logprobs")]:  # fmt: skip
+        with pytest.raises(UnsupportedField) as refused:
+            asyncio.run(collect(backend.generate({**BODY, **body})))
+        assert refused.value.param == param
 
 
 def test_stop_sequence_cuts_the_answer(adapter_dir):

@@ -6,8 +6,8 @@ epoch from the pools' statistics; the controller and the gateways price paging
 from it (``CacheConfig.paging_model``), falling back to the configured rank's
 estimate for an adapter no replica has loaded yet.
 
-Revision ID: 0004_load_times
-Revises: 0003
+Revision ID: 0005_load_times
+Revises: 0004_attempts
 Create Date: 2026-12-04
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_load_times"
-down_revision: str | None = "0003"
+revision: str = "0005_load_times"
+down_revision: str | None = "0004_attempts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
