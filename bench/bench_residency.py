@@ -13,8 +13,9 @@ The trace drifts: it runs in ``--phases`` phases, each with two hot adapters tha
 carry 80% of its requests (the hot pair moves on at each phase), the other 20% a
 scan over the cold ones. Each request pins its adapter arm (``model``), as a client
 of one fine-tune does, and carries its task, so that the cache controller sees the
-demand. A warm-up of ``--warmup`` requests (feedback quality 1 for each, so the
-learner values every adapter on its own task) precedes the measured trace.
+demand. A warm-up of ``--warmup`` requests, every adapter in turn (feedback quality
+1 for each, so the learner values every adapter on its own task), precedes the
+measured trace.
 
 Every request streams (``stream: true``): time to first token is measured by the
 client (send to first content delta, a page-in included), tokens/s over the rest of
@@ -186,7 +187,7 @@ def run_policy(
     wait_ready(base, timeout_s=600)
     try:
         with httpx.Client(base_url=base + "/v1", timeout=300) as http:
-            for i in drifting_trace(args.seed + 1000, args.warmup, len(adapters), 1):
+            for i in [k % len(adapters) for k in range(args.warmup)]:  # each in turn
                 a = adapters[i]
                 got = stream_one(http, f"{model}:{a}", f"task-{a}", args.max_tokens)
                 meta = got["meta"]
@@ -204,8 +205,10 @@ def run_policy(
                 runs.append(stream_one(http, f"{model}:{a}", f"task-{a}", args.max_tokens))
             wall = time.perf_counter() - t0
             after = pool_stats(model)
+            cache_status = http.get("/stats").json().get("cache")
     finally:
         serve.delete(APP_NAME)
+    epochs = epoch_summary(url)
     page_ins = after["page_ins"] - before["page_ins"]
     load_s = after["load_s"] - before["load_s"]
     ttft = sorted(r["ttft_ms"] for r in runs)
@@ -222,7 +225,26 @@ def run_policy(
         "wall_s": wall,
         "resident_at_end": after["resident"],
         "max_held": after.get("max_held"),
+        "epochs": epochs,
+        "controller": None
+        if not cache_status
+        else {k: cache_status.get(k) for k in ("epochs", "applied", "error", "load_ms")},
     }
+
+
+def epoch_summary(url: str) -> dict[str, Any]:
+    """The residency epochs the controller recorded: count by status, the errors."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT status, count(*), max(error) FROM residency_epochs GROUP BY status")
+            ).all()
+    finally:
+        engine.dispose()
+    return {str(r[0]): {"count": int(r[1]), "error": r[2]} for r in rows}
 
 
 def database_url(policy: str, tmp: str, handles: list[Any]) -> str:
@@ -245,7 +267,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=6)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=24)
+    parser.add_argument("--warmup", type=int, default=36)
     parser.add_argument("--phases", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--epoch-s", type=float, default=2.0)
