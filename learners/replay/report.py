@@ -25,7 +25,7 @@ def format_table(summary: dict[str, Any]) -> str:
         head += f"{'cost USD':>30} {'%q ' + top[:10]:>14} {'%cost':>7} "
     else:
         head += f"{'%q ' + top[:10]:>14} "
-    head += f"{'regret vs best fixed':>28} {'regret vs oracle':>28}"
+    head += f"{'regret vs best fixed':>28} {'regret vs oracle':>28} {'task gain':>9}"
     lines = [
         f"{len(summary['seeds'])} seeds x {summary['n']} prompts; 95% intervals over seeds",
         head,
@@ -45,6 +45,8 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{_ci(v, 'regret_vs_best_fixed', 'regret_vs_best_fixed_ci95', '.1f'):>28} "
             f"{_ci(v, 'regret_vs_oracle', 'regret_vs_oracle_ci95', '.1f'):>28}"
         )
+        share = v.get("share_of_task_gain")
+        row += f" {share:>8.0%}" if share is not None else f" {'-':>8}"
         lines.append(row)
     comp = summary.get("comparisons") or {}
     if comp:
@@ -59,6 +61,10 @@ def format_table(summary: dict[str, Any]) -> str:
             lines.append(
                 f"  vs {name:<18} {c['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]  {verdict}{extra}"
             )
+    lines.append(
+        "task gain: (mean reward - best fixed) / (per-task best - best fixed), the share of "
+        "what knowing each prompt's task gives in hindsight"
+    )
     lines.append("references (hindsight, whole stream):")
     for name, r in refs.items():
         what = r.get("arm") or ", ".join(f"{k}->{m}" for k, m in r.get("arms", {}).items())

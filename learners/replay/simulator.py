@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from learners.base import REWARD_COMPONENTS, RewardEvent
+from learners.base import RewardEvent
 from learners.datasets import RoutingDataset
 from learners.featurize import N_TASK_SLOTS, TASK_SLICE, Featurizer
+from learners.known import component_indices, known_penalties, split_weights
 from learners.registry import make_learner
 from learners.task_clusters import OnlineTaskClusters
 
@@ -50,9 +51,7 @@ class ReplayOptions:
     cluster_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.known if c not in REWARD_COMPONENTS]
-        if bad:
-            raise ValueError(f"unknown reward components {bad}; use {REWARD_COMPONENTS}")
+        component_indices(self.known)  # raises on an unknown name
         if self.clusters > N_TASK_SLOTS:
             raise ValueError(f"at most {N_TASK_SLOTS} task clusters (the task slots)")
 
@@ -121,17 +120,13 @@ def _run_one(
     opts = options or ReplayOptions()
     n = len(X)
     order = np.random.default_rng(seed).permutation(n)
-    known = np.array([REWARD_COMPONENTS.index(c) for c in opts.known], dtype=np.intp)
-    learn_w = w.copy()
-    learn_w[known] = 0.0  # known components reach the learner as exact per-arm terms
-    learner = make_learner(config, X.shape[1], learn_w)
+    # known components reach the learner as exact per-arm terms (learners.known)
+    learner = make_learner(config, X.shape[1], split_weights(w, opts.known))
     rng = _rng_for(seed, name)
     index = {m: i for i, m in enumerate(models)}
     live = list(models)
     meta: dict[str, object] = {"arms": live}
     chosen = np.empty(n, dtype=np.intp)
-    # the exact value of the known components, in reward units, per prompt and arm
-    offsets = R[:, :, known] @ w[known] if len(known) else None
     clusters = opts.make_clusters()
     done = 0
     for step, t in enumerate(order):
@@ -140,8 +135,8 @@ def _run_one(
             x = x.copy()
             x[TASK_SLICE] = 0.0
             x[TASK_SLICE.start + clusters.assign(opts.embeddings[t])] = 1.0
-        if offsets is not None:
-            penalties = {m: -float(v) for m, v in zip(live, offsets[t], strict=True)}
+        if opts.known:
+            penalties = known_penalties(live, R[t], w, opts.known)
             d = learner.select(x, live, rng, penalties=penalties)
         else:
             d = learner.select(x, live, rng)
@@ -308,6 +303,8 @@ def compare_best(result: ReplayResult, learners: Mapping[str, Any]) -> dict[str,
 def summarize(result: ReplayResult) -> dict[str, Any]:
     """The ``--json`` document: per learner means and intervals, and the references."""
     top = result.references["best_quality_model"]
+    fixed = result.references["best_fixed"]["mean_reward"]
+    gain = result.references["per_task_best"]["mean_reward"] - fixed
     out: dict[str, Any] = {}
     for name, runs in result.traces.items():
         reward = mean_ci([r.rewards.mean() for r in runs])
@@ -319,6 +316,9 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         out[name] = {
             "mean_reward": reward[0],
             "reward_ci95": [reward[1], reward[2]],
+            # (mean reward - best fixed) / (per-task best - best fixed): the share of the
+            # gain that knowing each prompt's task gives in hindsight
+            "share_of_task_gain": (reward[0] - fixed) / gain if gain > 0 else None,
             "mean_quality": quality[0],
             "quality_ci95": [quality[1], quality[2]],
             "mean_cost": cost[0],

@@ -122,8 +122,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--cluster-threshold",
         type=float,
-        default=0.5,
-        help="cosine distance beyond which a prompt opens a new cluster (default: %(default)s)",
+        default=None,
+        help="cosine distance beyond which a prompt opens a new cluster (default: per "
+        "featurizer, hashed 0.5, minilm 0.5, minilm-static 0.05)",
     )
     p.add_argument(
         "--plot",
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from learners.replay.report import format_table, plot, require_pyplot
     from learners.replay.simulator import ReplayOptions, run_replay, summarize
     from learners.replay.synthetic import synthetic_dataset
+    from learners.task_clusters import DEFAULT_THRESHOLD
 
     if args.plot:
         try:
@@ -194,13 +196,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
     X, E, notes = contexts
+    threshold = args.cluster_threshold or DEFAULT_THRESHOLD[args.featurizer]
     try:
         options = ReplayOptions(
             known=known,
             contexts=X,
             embeddings=E,
             clusters=args.task_clusters,
-            cluster_threshold=args.cluster_threshold,
+            cluster_threshold=threshold,
         )
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
@@ -240,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
 def _contexts(ds: Any, args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
     """Context vectors, the embeddings that task clusters read (or None), and notes."""
     from learners.featurize import N_TASK_SLOTS, TEXT_START, Featurizer
+    from learners.task_clusters import DEFAULT_THRESHOLD
 
     notes: list[str] = []
     all_tasks = tuple(sorted(set(ds.tasks.tolist()) - {""}))
@@ -268,7 +272,8 @@ def _contexts(ds: Any, args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
     if args.task_clusters > 0:
         notes.append(
             f"task one-hot: online clusters (up to {args.task_clusters}, threshold "
-            f"{args.cluster_threshold}) of the {args.featurizer} embeddings, learned in stream order"
+            f"{args.cluster_threshold or DEFAULT_THRESHOLD[args.featurizer]}) of the "
+            f"{args.featurizer} embeddings, learned in stream order"
         )
     return X, (E if args.task_clusters > 0 else None), notes
 
