@@ -6,13 +6,18 @@ JSONL schema, one JSON object per line::
      "task": "arc-challenge",              # optional task or domain label
      "models": {                           # required, one entry per model (arm)
         "gpt-4": {"quality": 0.9,          # required, in [0, 1]
-                  "cost_usd": 0.0031,      # required, USD for this request
+                  "cost_usd": 0.0031,      # required (USD for this request, >= 0),
+                                           # unless no row has one: then all are 0
                   "latency_ms": 812.0,     # optional
                   "energy_j": 95.0,        # optional
                   "response": "..."}},     # optional, the model's answer
      "metadata": {"route": "...", "tenant": "..."}}   # optional
 
-A row is kept only when every model has a quality and a cost ("complete rows").
+A row is kept only when every model of the first row has a quality and a cost
+("complete rows"); the others are counted in :attr:`RoutingDataset.notes`, and so
+are models a later row adds (ignored). A line that breaks the schema raises
+:class:`DatasetError` with its line number and field. :func:`load_dataset` tells
+JSONL from CSV by content, not by the file name.
 Where latency or energy is absent, :data:`MODEL_PROFILES` supplies it (see
 :func:`profile_latency_energy`) and :attr:`RoutingDataset.profiled` names the
 components that came from the profile, so reports can say so.
@@ -206,6 +211,10 @@ def _number(value: Any, path: str | Path, line: int, field: str, unit: bool) -> 
     return v
 
 
+def _or_nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
 class _RowCounts:
     """Rows kept, dropped as incomplete, and naming models outside the set, for the notes."""
 
@@ -310,8 +319,8 @@ def read_jsonl(path: str | Path) -> RoutingDataset:
             cost.append(c_row)
             has_lat &= all(per[m].get("latency_ms") is not None for m in models)
             has_en &= all(per[m].get("energy_j") is not None for m in models)
-            lat.append([float(per[m].get("latency_ms") or np.nan) for m in models])
-            en.append([float(per[m].get("energy_j") or np.nan) for m in models])
+            lat.append([_or_nan(per[m].get("latency_ms")) for m in models])
+            en.append([_or_nan(per[m].get("energy_j")) for m in models])
             resp.append([len(str(per[m].get("response", ""))) or np.nan for m in models])
     models = models or ()
     notes = counts.notes(models, "those of the first row")
