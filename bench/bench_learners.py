@@ -14,6 +14,12 @@ a shared machine), and the load average while it ran.
 
 Each figure but ``update`` (which warms the state the others read) is the median
 of ``--repeats`` runs; ``select+update`` also prints the slowest and fastest run.
+
+``--featurizers hashed,minilm-static,minilm`` (``--kinds ''`` to skip the learners)
+then times the context of one request on one thread, per prompt: p50 and p99 of
+the first call (embedding computed) and of a repeat (the per-prompt cache), over
+``--prompts`` distinct prompts of routerbench_zs (``--dataset``; the synthetic
+scenario's when it is absent). The semantic ones need the ``semantic`` extra.
 """
 
 from __future__ import annotations
@@ -53,7 +59,14 @@ def main() -> None:
     ap.add_argument("--kinds", default="linucb,lints,greenserv,vw")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--target", type=float, default=20_000.0, help="linucb select+update/s")
+    ap.add_argument("--featurizers", default="", help="e.g. hashed,minilm-static,minilm")
+    ap.add_argument("--prompts", type=int, default=300)
+    ap.add_argument("--dataset", default="../shared/data/routerbench_zs")
     args = ap.parse_args()
+    if args.featurizers:
+        bench_featurizers(args)
+    if not args.kinds:
+        return
     reps = max(1, args.repeats)
     rng = np.random.default_rng(0)
     arms = [f"arm{i}" for i in range(args.arms)]
@@ -123,6 +136,64 @@ def main() -> None:
                 f"{'meets' if ok else 'below'} the {args.target:,.0f}/s target"
             )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
+
+
+def bench_featurizers(args: argparse.Namespace) -> None:
+    """p50/p99 per prompt of each featurizer, first call and cached, one thread."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from learners.featurize import TEXT_START, Featurizer, last_user_text
+
+    if Path(args.dataset).is_dir():
+        from learners.datasets import read_routerbench
+
+        ds = read_routerbench(args.dataset)
+        source = args.dataset
+    else:
+        from learners.replay.synthetic import synthetic_dataset
+
+        ds = synthetic_dataset()
+        source = "the synthetic scenario"
+    pick = np.random.default_rng(0).permutation(len(ds))[: args.prompts]
+    texts = list(dict.fromkeys(last_user_text(ds.requests[i]["messages"]) for i in pick))
+    chars = np.array([len(t) for t in texts])
+    print(
+        f"featurizer latency, one thread (load average {os.getloadavg()[0]:.1f}), "
+        f"{len(texts)} distinct prompts of {source} "
+        f"(median {np.median(chars):.0f} chars, p99 {np.percentile(chars, 99):.0f}); ms per prompt"
+    )
+    print(
+        f"{'featurizer':<16} {'first p50':>10} {'first p99':>10} {'cached p50':>11} {'cached p99':>11}  backend"
+    )
+    hashed = Featurizer(dim=args.dim)
+    for name in args.featurizers.split(","):
+        if name == "hashed":
+            fn = lambda t: hashed.featurize({"messages": [{"role": "user", "content": t}]})  # noqa: E731
+            backend, cached = "hashed words and bigrams (no cache: recomputed)", None
+        else:
+            from learners.semantic import SemanticFeaturizer
+
+            sem = SemanticFeaturizer(name, dim=args.dim - TEXT_START)  # type: ignore[arg-type]
+            fn, backend, cached = sem.featurize_text, sem.describe(), sem
+        fn(texts[0])  # load, warm up
+        if cached is not None:
+            cached._cache.clear()
+        first, again = [], []
+        for t in texts:
+            t0 = time.perf_counter()
+            fn(t)
+            first.append(time.perf_counter() - t0)
+        for t in texts:
+            t0 = time.perf_counter()
+            fn(t)
+            again.append(time.perf_counter() - t0)
+        f, a = 1e3 * np.array(first), 1e3 * np.array(again)
+        print(
+            f"{name:<16} {np.median(f):>10.3f} {np.percentile(f, 99):>10.3f} "
+            f"{np.median(a):>11.4f} {np.percentile(a, 99):>11.4f}  {backend}"
+        )
 
 
 if __name__ == "__main__":

@@ -6,13 +6,18 @@ JSONL schema, one JSON object per line::
      "task": "arc-challenge",              # optional task or domain label
      "models": {                           # required, one entry per model (arm)
         "gpt-4": {"quality": 0.9,          # required, in [0, 1]
-                  "cost_usd": 0.0031,      # required, USD for this request
+                  "cost_usd": 0.0031,      # required (USD for this request, >= 0),
+                                           # unless no row has one: then all are 0
                   "latency_ms": 812.0,     # optional
                   "energy_j": 95.0,        # optional
                   "response": "..."}},     # optional, the model's answer
      "metadata": {"route": "...", "tenant": "..."}}   # optional
 
-A row is kept only when every model has a quality and a cost ("complete rows").
+A row is kept only when every model of the first row has a quality and a cost
+("complete rows"); the others are counted in :attr:`RoutingDataset.notes`, and so
+are models a later row adds (ignored). A line that breaks the schema raises
+:class:`DatasetError` with its line number and field. :func:`load_dataset` tells
+JSONL from CSV by content, not by the file name.
 Where latency or energy is absent, :data:`MODEL_PROFILES` supplies it (see
 :func:`profile_latency_energy`) and :attr:`RoutingDataset.profiled` names the
 components that came from the profile, so reports can say so.
@@ -179,45 +184,172 @@ def build_dataset(
     )
 
 
+class DatasetError(ValueError):
+    """A data set that does not follow its schema: names the file, the line and the field."""
+
+    def __init__(self, path: str | Path, line: int | None, field: str | None, message: str):
+        where = str(path) + (f", line {line}" if line is not None else "")
+        what = f" field {field!r}:" if field else ""
+        super().__init__(f"{where}:{what} {message}")
+        self.path, self.line, self.field = str(path), line, field
+
+
+def _number(value: Any, path: str | Path, line: int, field: str, unit: bool) -> float:
+    """A float from a data-set field; ``unit``: it must lie in [0, 1] (a quality)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DatasetError(path, line, field, f"expected a number, got {value!r}")
+    try:
+        v = float(value)
+    except ValueError:
+        raise DatasetError(path, line, field, f"expected a number, got {value!r}") from None
+    if not np.isfinite(v):
+        raise DatasetError(path, line, field, f"expected a finite number, got {value!r}")
+    if unit and not 0.0 <= v <= 1.0:
+        raise DatasetError(path, line, field, f"quality must lie in [0, 1], got {v:g}")
+    if not unit and v < 0:
+        raise DatasetError(path, line, field, f"must not be negative, got {v:g}")
+    return v
+
+
+def _or_nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+class _RowCounts:
+    """Rows kept, dropped as incomplete, and naming models outside the set, for the notes."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.incomplete = 0
+        self.first_incomplete: str | None = None
+        self.missing: dict[str, int] = {}
+        self.extra: dict[str, int] = {}
+
+    def drop(self, where: str, missing: list[str]) -> None:
+        self.incomplete += 1
+        self.first_incomplete = self.first_incomplete or where
+        for m in missing:
+            self.missing[m] = self.missing.get(m, 0) + 1
+
+    def notes(self, models: tuple[str, ...], origin: str) -> list[str]:
+        out = [f"{len(models)} models ({origin}): {', '.join(models)}"]
+        if self.incomplete:
+            worst = ", ".join(
+                f"{m} {n}" for m, n in sorted(self.missing.items(), key=lambda kv: -kv[1])[:5]
+            )
+            out.append(
+                f"{self.incomplete} of {self.read} rows dropped as incomplete (a model without "
+                f"a quality or a cost; first at {self.first_incomplete}; rows missing each: {worst})"
+            )
+        if self.extra:
+            names = ", ".join(f"{m} ({n} rows)" for m, n in sorted(self.extra.items()))
+            out.append(f"models outside that set ignored: {names}")
+        return out
+
+
 def read_jsonl(path: str | Path) -> RoutingDataset:
-    """Read the JSONL schema above; rows missing a model's quality or cost are dropped."""
+    """Read the JSONL schema above.
+
+    The model set is the first row's; a row without a model's quality or cost is
+    dropped, and models a later row adds are ignored: both are counted in the
+    data set's notes. A line that breaks the schema (not JSON, no prompt, a
+    quality outside [0, 1], a negative cost) raises :class:`DatasetError` naming
+    its line and field. When no row gives any cost, every cost is 0 (a
+    quality-only data set) and a note says so.
+    """
     requests: list[dict[str, Any]] = []
     tasks: list[str] = []
     quality: list[list[float]] = []
-    cost: list[list[float]] = []
+    cost: list[list[float | None]] = []
     lat: list[list[float]] = []
     en: list[list[float]] = []
     resp: list[list[float]] = []
+    lines: list[int] = []
     models: tuple[str, ...] | None = None
     has_lat = has_en = True
+    any_cost = False
+    counts = _RowCounts()
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for line_no, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            per = row["models"]
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(path, line_no, None, f"not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(path, line_no, None, "expected a JSON object per line")
+            if "prompt" not in row or not isinstance(row["prompt"], (str, list)):
+                raise DatasetError(path, line_no, "prompt", "required: a string or a list")
+            per = row.get("models")
+            if not isinstance(per, dict) or not per:
+                raise DatasetError(path, line_no, "models", "required: an object of models")
+            counts.read += 1
             if models is None:
                 models = tuple(per)
-            if any(
-                per.get(m, {}).get("quality") is None or per.get(m, {}).get("cost_usd") is None
-                for m in models
-            ):
+            for m in per:
+                if m not in models:
+                    counts.extra[m] = counts.extra.get(m, 0) + 1
+            q_row: list[float] = []
+            c_row: list[float | None] = []
+            missing: list[str] = []
+            for m in models:
+                entry = per.get(m)
+                if entry is not None and not isinstance(entry, dict):
+                    raise DatasetError(path, line_no, f"models.{m}", "expected an object")
+                if entry is None or entry.get("quality") is None:
+                    missing.append(m)
+                    continue
+                q_row.append(_number(entry["quality"], path, line_no, f"models.{m}.quality", True))
+                c = entry.get("cost_usd")
+                if c is not None:
+                    any_cost = True
+                    c = _number(c, path, line_no, f"models.{m}.cost_usd", False)
+                c_row.append(c)
+                for key in ("latency_ms", "energy_j"):
+                    if entry.get(key) is not None:
+                        _number(entry[key], path, line_no, f"models.{m}.{key}", False)
+            if missing:
+                counts.drop(f"line {line_no}", missing)
                 continue
+            lines.append(line_no)
             requests.append(chat_request(row["prompt"], row.get("task"), row.get("metadata")))
             tasks.append(str(row.get("task") or ""))
-            quality.append([float(per[m]["quality"]) for m in models])
-            cost.append([float(per[m]["cost_usd"]) for m in models])
-            has_lat &= all("latency_ms" in per[m] for m in models)
-            has_en &= all("energy_j" in per[m] for m in models)
-            lat.append([float(per[m].get("latency_ms", np.nan)) for m in models])
-            en.append([float(per[m].get("energy_j", np.nan)) for m in models])
+            quality.append(q_row)
+            cost.append(c_row)
+            has_lat &= all(per[m].get("latency_ms") is not None for m in models)
+            has_en &= all(per[m].get("energy_j") is not None for m in models)
+            lat.append([_or_nan(per[m].get("latency_ms")) for m in models])
+            en.append([_or_nan(per[m].get("energy_j")) for m in models])
             resp.append([len(str(per[m].get("response", ""))) or np.nan for m in models])
+    models = models or ()
+    notes = counts.notes(models, "those of the first row")
+    if any_cost:  # a row missing a cost is incomplete too
+        keep = []
+        for i, c_row in enumerate(cost):
+            gaps = [m for m, c in zip(models, c_row, strict=True) if c is None]
+            if gaps:
+                counts.drop(f"line {lines[i]}", gaps)
+            else:
+                keep.append(i)
+        if len(keep) < len(cost):
+            requests = [requests[i] for i in keep]
+            tasks = [tasks[i] for i in keep]
+            quality = [quality[i] for i in keep]
+            cost = [cost[i] for i in keep]
+            lat, en, resp = [lat[i] for i in keep], [en[i] for i in keep], [resp[i] for i in keep]
+        notes = counts.notes(models, "those of the first row")
+    else:
+        cost = [[0.0] * len(models) for _ in requests]
+        notes.append("no cost_usd in the data: every cost is 0 (a quality-only data set)")
     r = np.asarray(resp, dtype=float)
     r = np.where(np.isnan(r), DEFAULT_OUTPUT_TOKENS * CHARS_PER_TOKEN, r)
-    return build_dataset(
-        requests, tasks, models or (), quality, cost,
+    ds = build_dataset(
+        requests, tasks, models, quality, cost,  # type: ignore[arg-type]
         lat if has_lat else None, en if has_en else None, r.tolist(), str(path),
     )  # fmt: skip
+    ds.notes[:0] = notes
+    return ds
 
 
 def _csv_files(path: Path, pattern: str) -> list[Path]:
@@ -236,7 +368,13 @@ def _parse_list(text: str) -> list[str]:
 
 
 def read_routerbench(path: str | Path, pattern: str = "*.csv") -> RoutingDataset:
-    """Read a RouterBench-style CSV folder (or one file) as one stream of complete rows."""
+    """Read a RouterBench-style CSV folder (or one file) as one stream of complete rows.
+
+    The model set is the first file's (a ``<model>`` column with a
+    ``<model>|total_cost`` beside it); a row with an empty quality or cost is
+    dropped and counted in the notes; a non-numeric quality or cost, or a quality
+    outside [0, 1], raises :class:`DatasetError` naming the file, line and column.
+    """
     csv.field_size_limit(sys.maxsize)
     path = Path(path)
     requests: list[dict[str, Any]] = []
@@ -245,37 +383,84 @@ def read_routerbench(path: str | Path, pattern: str = "*.csv") -> RoutingDataset
     cost: list[list[float]] = []
     resp: list[list[float]] = []
     models: tuple[str, ...] | None = None
+    counts = _RowCounts()
     for file in _csv_files(path, pattern):
         with open(file, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             cols = reader.fieldnames or []
             file_models = tuple(c for c in cols if f"{c}|total_cost" in cols)
+            if not file_models:
+                raise DatasetError(
+                    file, 1, None,
+                    "no model columns: a RouterBench CSV has a '<model>' quality column "
+                    "and a '<model>|total_cost' column per model",
+                )  # fmt: skip
+            if "prompt" not in cols:
+                raise DatasetError(file, 1, "prompt", "no prompt column in the header")
             if models is None:
                 models = file_models
             elif set(file_models) != set(models):
-                raise ValueError(f"{file.name}: models differ from the first file")
+                raise DatasetError(file, 1, None, "models differ from the first file's")
             for row in reader:
-                if any(
-                    row[m] in ("", None) or row[f"{m}|total_cost"] in ("", None) for m in models
-                ):
+                counts.read += 1
+                line = reader.line_num
+                gaps = [m for m in models if row[m] in ("", None)]
+                gaps += [m for m in models if row[f"{m}|total_cost"] in ("", None)]
+                if gaps:
+                    counts.drop(f"{file.name} line {line}", sorted(set(gaps)))
                     continue
                 task = row.get("eval_name") or file.stem
-                requests.append(chat_request(_parse_list(row["prompt"]), task, None))
+                requests.append(chat_request(_parse_list(row["prompt"] or ""), task, None))
                 tasks.append(task)
-                quality.append([float(row[m]) for m in models])
-                cost.append([float(row[f"{m}|total_cost"]) for m in models])
+                quality.append([_number(row[m], file, line, m, True) for m in models])
+                cost.append(
+                    [_number(row[f"{m}|total_cost"], file, line, f"{m}|total_cost", False)
+                     for m in models]
+                )  # fmt: skip
                 resp.append(
                     [
                         sum(map(len, _parse_list(row.get(f"{m}|model_response") or "")))
                         for m in models
                     ]
                 )
-    return build_dataset(requests, tasks, models or (), quality, cost, None, None, resp, str(path))
+    models = models or ()
+    ds = build_dataset(requests, tasks, models, quality, cost, None, None, resp, str(path))
+    ds.notes[:0] = counts.notes(models, "those of the first file")
+    return ds
+
+
+JSONL_HELP = "learners/datasets.py (its module docstring)"
+
+
+def detect_format(path: str | Path) -> str:
+    """``"jsonl"`` or ``"csv"``, judged by content (a folder is a CSV folder).
+
+    A file whose first non-blank character is ``{`` is JSONL; one whose first
+    line is a CSV header with ``<model>|total_cost`` columns is a RouterBench CSV;
+    anything else raises :class:`DatasetError` saying what was expected.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no data set at {p}")
+    if p.is_dir():
+        return "csv"
+    with open(p, encoding="utf-8", errors="replace") as fh:
+        head = fh.read(1 << 16)
+    text = head.lstrip()
+    if text.startswith("{"):
+        return "jsonl"
+    first = text.splitlines()[0] if text else ""
+    if "|total_cost" in first:
+        return "csv"
+    raise DatasetError(
+        p, 1, None,
+        "neither JSONL (one JSON object per line, starting with '{'; schema in "
+        f"{JSONL_HELP}) nor a RouterBench CSV (a header with '<model>|total_cost' columns)",
+    )  # fmt: skip
 
 
 def load_dataset(path: str | Path, pattern: str = "*.csv") -> RoutingDataset:
-    """A ``.jsonl`` file, or a RouterBench CSV file or folder."""
-    p = Path(path)
-    if p.suffix == ".jsonl":
-        return read_jsonl(p)
-    return read_routerbench(p, pattern)
+    """A JSONL file, or a RouterBench CSV file or folder, whatever its file name says."""
+    if detect_format(path) == "jsonl":
+        return read_jsonl(path)
+    return read_routerbench(path, pattern)

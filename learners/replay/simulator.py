@@ -23,8 +23,42 @@ from scipy import stats
 
 from learners.base import RewardEvent
 from learners.datasets import RoutingDataset
-from learners.featurize import Featurizer
+from learners.featurize import N_TASK_SLOTS, TASK_SLICE, Featurizer
+from learners.known import component_indices, known_penalties, split_weights
 from learners.registry import make_learner
+from learners.task_clusters import OnlineTaskClusters
+
+TICK = 100  # steps between progress calls within a run
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """Variants of a replay.
+
+    - ``known``: reward components known exactly before the call (such as
+      ``cost_usd``, from the price table and the prompt); learners get each arm's
+      value as a per-arm score term and learn only the other components.
+    - ``contexts``: precomputed context vectors (n, d), in place of the featurizer's.
+    - ``embeddings`` with ``clusters`` > 0: online task inference; per seed, a fresh
+      :class:`OnlineTaskClusters` assigns each prompt (in stream order) to a
+      cluster of its embedding, whose one-hot replaces the task one-hot.
+    """
+
+    known: tuple[str, ...] = ()
+    contexts: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    clusters: int = 0
+    cluster_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        component_indices(self.known)  # raises on an unknown name
+        if self.clusters > N_TASK_SLOTS:
+            raise ValueError(f"at most {N_TASK_SLOTS} task clusters (the task slots)")
+
+    def make_clusters(self) -> OnlineTaskClusters | None:
+        if self.clusters <= 0 or self.embeddings is None:
+            return None
+        return OnlineTaskClusters(self.clusters, self.cluster_threshold)
 
 
 @dataclass
@@ -52,6 +86,7 @@ class ReplayResult:
     notes: list[str] = field(default_factory=list)
     model_quality: np.ndarray | None = None  # (K,) mean quality of each single model
     model_cost: np.ndarray | None = None
+    constant_cost: bool = False  # every arm costs the same on every prompt (e.g. all 0)
 
 
 def mean_ci(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
@@ -78,21 +113,41 @@ def _run_one(
     w: np.ndarray,
     models: tuple[str, ...],
     best_fixed: int,
+    options: ReplayOptions | None = None,
+    tick: Callable[[int], None] | None = None,
 ) -> RunTrace:
+    """One learner on one seed; ``tick(k)`` is called every ``TICK`` steps (and at the end)."""
+    opts = options or ReplayOptions()
     n = len(X)
     order = np.random.default_rng(seed).permutation(n)
-    learner = make_learner(config, X.shape[1], w)
+    # known components reach the learner as exact per-arm terms (learners.known)
+    learner = make_learner(config, X.shape[1], split_weights(w, opts.known))
     rng = _rng_for(seed, name)
     index = {m: i for i, m in enumerate(models)}
     live = list(models)
     meta: dict[str, object] = {"arms": live}
     chosen = np.empty(n, dtype=np.intp)
+    clusters = opts.make_clusters()
+    done = 0
     for step, t in enumerate(order):
         x = X[t]
-        d = learner.select(x, live, rng)
+        if clusters is not None and opts.embeddings is not None:
+            x = x.copy()
+            x[TASK_SLICE] = 0.0
+            x[TASK_SLICE.start + clusters.assign(opts.embeddings[t])] = 1.0
+        if opts.known:
+            penalties = known_penalties(live, R[t], w, opts.known)
+            d = learner.select(x, live, rng, penalties=penalties)
+        else:
+            d = learner.select(x, live, rng)
         k = index[d.arm]
         chosen[step] = k
         learner.update([RewardEvent(x, d.arm, R[t, k], d.propensity, meta)])
+        if tick is not None and (step + 1) % TICK == 0:
+            tick(TICK)
+            done += TICK
+    if tick is not None and n > done:
+        tick(n - done)
     S = R[order] @ w
     rows = np.arange(n)
     got = S[rows, chosen]
@@ -144,6 +199,12 @@ def references(ds: RoutingDataset, w: np.ndarray) -> dict[str, dict[str, Any]]:
     }
 
 
+def _ticker(
+    progress: Callable[[int, str, int], None], name: str, seed: int
+) -> Callable[[int], None]:
+    return lambda k: progress(k, name, seed)
+
+
 def run_replay(
     ds: RoutingDataset,
     learners: Mapping[str, Mapping[str, Any]],
@@ -151,23 +212,35 @@ def run_replay(
     seeds: Sequence[int],
     featurizer: Featurizer | None = None,
     jobs: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, str, int], None] | None = None,
+    options: ReplayOptions | None = None,
 ) -> ReplayResult:
-    """Run every learner on every seed; ``progress(k)`` is called as steps finish."""
-    feat = featurizer or Featurizer(tasks=tuple(sorted(set(ds.tasks.tolist())))[:8])
-    X = feat.featurize_many(ds.requests)
+    """Run every learner on every seed.
+
+    ``progress(k, learner, seed)`` is called as steps finish: every ``TICK``
+    steps within a run when ``jobs`` is 1, once per run otherwise. ``options``
+    holds the variants (known components, precomputed contexts, online task
+    clusters); see :class:`ReplayOptions`.
+    """
+    opts = options or ReplayOptions()
+    if opts.contexts is not None:
+        X = opts.contexts
+    else:
+        feat = featurizer or Featurizer(tasks=tuple(sorted(set(ds.tasks.tolist())))[:8])
+        X = feat.featurize_many(ds.requests)
     R = ds.rewards()
     w = np.asarray(weights, dtype=float)
     refs = references(ds, w)
     best_fixed = ds.models.index(refs["best_fixed"]["arm"])
     jobs_list = [(name, dict(cfg), int(s)) for s in seeds for name, cfg in learners.items()]
     traces: dict[str, list[RunTrace]] = {name: [] for name in learners}
-    args = (X, R, w, ds.models, best_fixed)
+    args = (X, R, w, ds.models, best_fixed, opts)
     if jobs <= 1:
         for name, cfg, s in jobs_list:
-            traces[name].append(_run_one(name, cfg, s, *args))
-            if progress:
-                progress(len(ds))
+            tick = None
+            if progress is not None:
+                tick = _ticker(progress, name, s)
+            traces[name].append(_run_one(name, cfg, s, *args, tick=tick))
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(_run_one, name, cfg, s, *args) for name, cfg, s in jobs_list]
@@ -175,7 +248,13 @@ def run_replay(
                 tr = fut.result()
                 traces[tr.name].append(tr)
                 if progress:
-                    progress(len(ds))
+                    progress(len(ds), tr.name, tr.seed)
+    notes = list(ds.notes)
+    if opts.known:
+        notes.append(
+            f"known components {', '.join(opts.known)}: each arm's exact value for the prompt is "
+            "added to the learners' scores (linear learners, epsilon-greedy); they learn the rest"
+        )
     return ReplayResult(
         ds.models,
         w,
@@ -183,9 +262,10 @@ def run_replay(
         list(seeds),
         traces,
         refs,
-        list(ds.notes),
+        notes,
         ds.quality.mean(axis=0),
         ds.cost_usd.mean(axis=0),
+        bool(np.ptp(ds.cost_usd) == 0) if len(ds) else True,
     )
 
 
@@ -223,6 +303,8 @@ def compare_best(result: ReplayResult, learners: Mapping[str, Any]) -> dict[str,
 def summarize(result: ReplayResult) -> dict[str, Any]:
     """The ``--json`` document: per learner means and intervals, and the references."""
     top = result.references["best_quality_model"]
+    fixed = result.references["best_fixed"]["mean_reward"]
+    gain = result.references["per_task_best"]["mean_reward"] - fixed
     out: dict[str, Any] = {}
     for name, runs in result.traces.items():
         reward = mean_ci([r.rewards.mean() for r in runs])
@@ -234,16 +316,29 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         out[name] = {
             "mean_reward": reward[0],
             "reward_ci95": [reward[1], reward[2]],
+            # (mean reward - best fixed) / (per-task best - best fixed): the share of the
+            # gain that knowing each prompt's task gives in hindsight
+            "share_of_task_gain": (reward[0] - fixed) / gain if gain > 0 else None,
             "mean_quality": quality[0],
             "quality_ci95": [quality[1], quality[2]],
             "mean_cost": cost[0],
             "cost_ci95": [cost[1], cost[2]],
             "pct_best_model_quality": 100.0 * quality[0] / top["mean_quality"],
-            "pct_best_model_cost": 100.0 * cost[0] / top["mean_cost"],
+            "pct_best_model_cost": (
+                100.0 * cost[0] / top["mean_cost"] if top["mean_cost"] > 0 else None
+            ),
             "regret_vs_best_fixed": rf[0],
             "regret_vs_best_fixed_ci95": [rf[1], rf[2]],
             "regret_vs_oracle": ro[0],
             "regret_vs_oracle_ci95": [ro[1], ro[2]],
+            "per_seed": {
+                "seed": [r.seed for r in runs],
+                "mean_reward": [float(r.rewards.mean()) for r in runs],
+                "mean_quality": [float(r.quality.mean()) for r in runs],
+                "mean_cost": [float(r.cost.mean()) for r in runs],
+                "regret_vs_best_fixed": [float(r.regret_fixed.sum()) for r in runs],
+                "regret_vs_oracle": [float(r.regret_oracle.sum()) for r in runs],
+            },
             "arm_share": {
                 m: float(c) / float(counts.sum())
                 for m, c in zip(result.models, counts, strict=True)
@@ -257,4 +352,5 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         "seeds": result.seeds,
         "weights": result.weights.tolist(),
         "notes": result.notes,
+        "constant_cost": result.constant_cost,
     }

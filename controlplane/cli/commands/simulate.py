@@ -4,59 +4,174 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from controlplane.cli.progress import progress_bar
 
-DEFAULT_DATASET = "../shared/data/routerbench_zs"
+# routerbench_zs beside the checkout (../shared/data), looked for from the working
+# directory and from the checkout that holds this file; BANDITCTL_DATASET overrides it
+DEFAULT_NAME = "routerbench_zs"
+_BESIDE = Path("..") / "shared" / "data" / DEFAULT_NAME
+SEMANTIC = ("minilm", "minilm-static")
+
+DESCRIPTION = (
+    "Stream a full-information routing data set in a seeded random order; each learner sees "
+    "only the reward of the model it chose. Prints mean reward, quality, cost and regret per "
+    "learner with 95% intervals over seeds, against hindsight references (best fixed model, "
+    "per-task best, per-prompt oracle)."
+)
+EPILOG = """\
+data sets (the format is judged by content, not by the file name):
+  JSONL    one JSON object per line: {"prompt": ..., "task": ..., "models": {NAME:
+           {"quality": 0..1, "cost_usd": ..., "latency_ms": ..., "energy_j": ...}}};
+           the full schema is in learners/datasets.py (python -m pydoc learners.datasets)
+  CSV      a RouterBench CSV file or folder: a <model> quality column and a
+           <model>|total_cost column per model
+  synthetic  the bundled synthetic scenario (learners/replay/synthetic.py)
+  The default is routerbench_zs at $BANDITCTL_DATASET, else ../shared/data/routerbench_zs
+  beside the working directory or the checkout.
+
+objective: comma-separated NAME=WEIGHT over quality, energy_j (energy), latency_ms
+  (latency), cost_usd (cost); the reward is the weighted sum, e.g. quality=1,cost_usd=-30.
+
+examples:
+  banditctl simulate --dataset synthetic --learners linucb,lints,random --seeds 3
+  banditctl simulate --dataset routerbench/ --pattern '*_train.csv' --plot replay.png
+  banditctl simulate --dataset bench.jsonl --objective quality=1 --json out.json
+  banditctl simulate --hide-tasks --featurizer minilm --task-clusters 8 --learners lints
+  banditctl simulate --known cost_usd --learners lints,linucb --seeds 3"""
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "simulate",
         help="replay a routing data set with bandit feedback and compare learners",
-        description=(
-            "Stream a full-information routing data set (JSONL schema or RouterBench CSV "
-            "folder; see learners.datasets) in a seeded random order; each learner sees only "
-            "the reward of the model it chose. Prints mean reward, quality, cost and regret "
-            "per learner with 95%% intervals over seeds."
-        ),
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
     p.add_argument(
         "--dataset",
-        default=DEFAULT_DATASET,
-        help="a .jsonl file, a RouterBench CSV file or folder, or 'synthetic' (default: %(default)s)",
+        default=None,
+        help="a JSONL file, a RouterBench CSV file or folder, or 'synthetic' "
+        f"(default: {DEFAULT_NAME}, see below)",
     )
     p.add_argument(
-        "--pattern", default="*.csv", help="file glob inside a CSV folder (default: all)"
+        "--pattern",
+        default="*.csv",
+        help="file glob inside a CSV folder, e.g. '*_test.csv' (default: %(default)s)",
     )
-    p.add_argument("--learners", default="linucb,lints,vw,greenserv,random")
+    p.add_argument(
+        "--learners",
+        default="linucb,lints,vw,greenserv,random",
+        help="comma-separated presets (learners/replay/presets.py) or fixed:<model> "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--learner-config",
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help='override or add a learner, e.g. \'ucb2={"kind":"linucb","alpha":1}\'',
+        help='override or add a learner, e.g. \'ucb2={"kind":"linucb","alpha":1}\'; '
+        "repeatable (default: none)",
     )
-    p.add_argument("--objective", default="quality=1,cost_usd=-30")
-    p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--dim", type=int, default=64, help="featurizer dimension")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes")
-    p.add_argument("--plot", help="write a PNG: regret curves and the quality/cost frontier")
-    p.add_argument("--json", dest="json_out", help="write the summary as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--objective",
+        default="quality=1,cost_usd=-30",
+        help="reward weights NAME=WEIGHT,... (see below; default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=10,
+        help="runs per learner, seeds 0..N-1 (default: %(default)s)",
+    )
+    p.add_argument("--dim", type=int, default=64, help="context dimension (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (default: %(default)s)")
+    p.add_argument(
+        "--known",
+        default="",
+        metavar="COMPONENTS",
+        help="reward components known before the call (e.g. cost_usd: price table x tokens): "
+        "learners get each arm's exact value and learn only the rest (default: none)",
+    )
+    p.add_argument(
+        "--hide-tasks",
+        action="store_true",
+        help="drop the data set's task labels from the requests (references still use them)",
+    )
+    p.add_argument(
+        "--featurizer",
+        choices=("hashed", *SEMANTIC),
+        default="hashed",
+        help="hashed words (built in) or a semantic embedding of the prompt in the text "
+        "block: minilm (all-MiniLM-L6-v2), minilm-static (its token table); the semantic "
+        "ones need pip install 'banditctl[semantic]' (default: %(default)s)",
+    )
+    p.add_argument(
+        "--task-clusters",
+        type=int,
+        default=0,
+        metavar="K",
+        help="online task inference: up to K clusters of prompt embeddings, learned in "
+        "stream order, stand in for the task one-hot; 0 keeps the task labels "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--cluster-threshold",
+        type=float,
+        default=None,
+        help="cosine distance beyond which a prompt opens a new cluster (default: per "
+        "featurizer, hashed 0.5, minilm 0.5, minilm-static 0.05)",
+    )
+    p.add_argument(
+        "--plot",
+        help="write a PNG: regret curves and the quality/cost frontier (default: none)",
+    )
+    p.add_argument(
+        "--json",
+        dest="json_out",
+        help="write the summary, with per-seed values, as JSON (default: none)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def default_dataset() -> Path | None:
+    """Where the default data set is, or None."""
+    env = os.environ.get("BANDITCTL_DATASET")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[3]
+    for base in (Path.cwd(), checkout):
+        if (base / _BESIDE).is_dir():
+            return (base / _BESIDE).resolve()
+    return None
+
+
+def _resolve_dataset(arg: str | None) -> str:
+    if arg:
+        return arg
+    found = default_dataset()
+    if found is None:
+        raise FileNotFoundError(
+            f"no --dataset given and the default {DEFAULT_NAME} is not at {_BESIDE} from here "
+            "or from the checkout (nor in BANDITCTL_DATASET): pass --dataset PATH (a JSONL "
+            "file or a RouterBench CSV folder) or --dataset synthetic"
+        )
+    return str(found)
 
 
 def run(args: argparse.Namespace) -> int:
     from learners.datasets import load_dataset
-    from learners.featurize import Featurizer
     from learners.replay.objective import format_objective, parse_objective
     from learners.replay.presets import resolve
     from learners.replay.report import format_table, plot, require_pyplot
-    from learners.replay.simulator import run_replay, summarize
+    from learners.replay.simulator import ReplayOptions, run_replay, summarize
     from learners.replay.synthetic import synthetic_dataset
+    from learners.task_clusters import DEFAULT_THRESHOLD
 
     if args.plot:
         try:
@@ -64,32 +179,55 @@ def run(args: argparse.Namespace) -> int:
         except ModuleNotFoundError as exc:
             print(f"simulate: {exc}", file=sys.stderr)
             return 2
+    if args.seeds < 1:
+        print("simulate: --seeds must be at least 1", file=sys.stderr)
+        return 2
     try:
         weights = parse_objective(args.objective)
         specs = resolve([n.strip() for n in args.learners.split(",") if n.strip()])
         for item in args.learner_config:
             name, _, raw = item.partition("=")
             specs[name.strip()] = json.loads(raw)
-        if args.dataset == "synthetic":
-            ds = synthetic_dataset()
-        else:
-            ds = load_dataset(args.dataset, args.pattern)
-    except (ValueError, FileNotFoundError, json.JSONDecodeError) as exc:
+        known = tuple(c.strip() for c in args.known.split(",") if c.strip())
+        dataset = _resolve_dataset(args.dataset)
+        ds = synthetic_dataset() if dataset == "synthetic" else load_dataset(dataset, args.pattern)
+        contexts = _contexts(ds, args)
+    except (ValueError, FileNotFoundError, json.JSONDecodeError, ModuleNotFoundError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
-    tasks = tuple(sorted(set(ds.tasks.tolist())))[:8]
-    featurizer = Featurizer(dim=args.dim, tasks=tasks)
+    X, E, notes = contexts
+    threshold = args.cluster_threshold or DEFAULT_THRESHOLD[args.featurizer]
+    try:
+        options = ReplayOptions(
+            known=known,
+            contexts=X,
+            embeddings=E,
+            clusters=args.task_clusters,
+            cluster_threshold=threshold,
+        )
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    ds.notes.extend(notes)
+    names = sorted(set(ds.tasks.tolist()))
+    shown = ", ".join(names[:16]) + (", ..." if len(names) > 16 else "")
     print(
-        f"{ds.source}: {len(ds)} complete rows, {len(ds.models)} models, tasks {list(tasks)}; "
-        f"objective {format_objective(weights)}"
+        f"{ds.source}: {len(ds)} complete rows, {len(ds.models)} models, {len(names)} tasks "
+        f"({shown}); objective {format_objective(weights)}"
     )
     for note in ds.notes:
         print(f"note: {note}")
     total = len(ds) * len(specs) * args.seeds
     with progress_bar(total=total, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
+
+        def progress(k: int, name: str, seed: int) -> None:
+            bar.set_postfix(learner=name, seed=seed, refresh=False)
+            bar.update(k)
+
         result = run_replay(
-            ds, specs, weights, range(args.seeds), featurizer, jobs=args.jobs, progress=bar.update
-        )
+            ds, specs, weights, range(args.seeds), jobs=args.jobs, progress=progress,
+            options=options,
+        )  # fmt: skip
     summary = summarize(result)
     print(format_table(summary))
     if args.json_out:
@@ -100,3 +238,48 @@ def run(args: argparse.Namespace) -> int:
         plot(result, summary, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _contexts(ds: Any, args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
+    """Context vectors, the embeddings that task clusters read (or None), and notes."""
+    from learners.featurize import N_TASK_SLOTS, TEXT_START, Featurizer
+    from learners.task_clusters import DEFAULT_THRESHOLD
+
+    notes: list[str] = []
+    all_tasks = tuple(sorted(set(ds.tasks.tolist()) - {""}))
+    tasks = all_tasks[:N_TASK_SLOTS]
+    if len(all_tasks) > N_TASK_SLOTS and not args.hide_tasks:
+        notes.append(
+            f"{len(all_tasks)} tasks but {N_TASK_SLOTS} task slots: the first {N_TASK_SLOTS} "
+            f"(alphabetically) have their own; {', '.join(all_tasks[N_TASK_SLOTS:])} share "
+            "slots by hash"
+        )
+    requests = ds.requests
+    if args.hide_tasks:
+        requests = [_without_task(r) for r in requests]
+        tasks = ()
+        notes.append("task labels hidden from the learners (--hide-tasks); references use them")
+    feat = Featurizer(dim=args.dim, tasks=tasks)
+    X = feat.featurize_many(requests)
+    E = X[:, TEXT_START:].copy()
+    if args.featurizer in SEMANTIC:
+        from learners.semantic import SemanticFeaturizer
+
+        sem = SemanticFeaturizer(kind=args.featurizer, dim=X.shape[1] - TEXT_START)
+        E = sem.embed_many(requests)
+        X[:, TEXT_START:] = sem.project(E) * feat.text_scale
+        notes.append(f"text block: {sem.describe()}")
+    if args.task_clusters > 0:
+        notes.append(
+            f"task one-hot: online clusters (up to {args.task_clusters}, threshold "
+            f"{args.cluster_threshold or DEFAULT_THRESHOLD[args.featurizer]}) of the "
+            f"{args.featurizer} embeddings, learned in stream order"
+        )
+    return X, (E if args.task_clusters > 0 else None), notes
+
+
+def _without_task(request: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in request.items() if k != "task"}
+    if isinstance(out.get("metadata"), dict):
+        out["metadata"] = {k: v for k, v in out["metadata"].items() if k != "task"}
+    return out
