@@ -94,6 +94,12 @@ class GatewayConfig(_Strict):
         ge=1,
         description="completion tokens a budget expects of a request without max_tokens",
     )
+    loop_stale_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a background loop (log writer, policy listener, learner, cache"
+        " controller) with no good turn for this long makes /healthz answer 503",
+    )
 
 
 class RetentionConfig(_Strict):
