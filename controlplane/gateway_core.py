@@ -35,6 +35,7 @@ from controlplane.learner_loop import Policy, latest_policy, snapshot_learner
 from controlplane.policy_listener import PolicyListener
 from controlplane.tokens import FeedbackTokens
 from controlplane.tracing import RequestTracer, set_attributes, span
+from feedback.loop_health import LoopHealth
 from feedback.records import COMPLETION_ID_PREFIX, DecisionRecord, OutcomeRecord
 from feedback.repositories import residency as residency_repo
 from feedback.writer import DecisionLogWriter
@@ -84,6 +85,7 @@ class GatewayCore:
             engine,
             max_buffer=config.gateway.log_buffer,
             flush_interval_s=config.gateway.log_flush_s,
+            stale_after_s=config.gateway.loop_stale_s,
         )
         self.rng = rng or np.random.default_rng(config.gateway.seed)
         # the current snapshot's learner, swapped atomically when a new version lands
@@ -104,6 +106,16 @@ class GatewayCore:
         self.listen = listen
         self.listen_url: str | URL = engine.url if listen_url is None else listen_url
         self.listener: PolicyListener | None = None
+        self.refresher_health = LoopHealth(
+            "policy_refresher", stale_after_s=config.gateway.loop_stale_s
+        )
+
+    def loops(self) -> list[LoopHealth]:
+        """The health of this replica's background loops (``/healthz``)."""
+        loops = [self.writer.health, self.refresher_health]
+        if self.listener is not None:
+            loops.append(self.listener.health)
+        return loops
 
     # -- policy ---------------------------------------------------------
 
@@ -139,7 +151,11 @@ class GatewayCore:
                 loop.call_soon_threadsafe(wake.set)
 
         if self.listen:
-            self.listener = PolicyListener(self.listen_url, notified).start()
+            self.listener = PolicyListener(
+                self.listen_url, notified, stale_after_s=self.config.gateway.loop_stale_s
+            ).start()
+        task = asyncio.current_task()
+        self.refresher_health.alive = lambda: task is not None and not task.done()
         trigger = "poll"
         try:
             while True:
@@ -147,7 +163,9 @@ class GatewayCore:
                 try:
                     await asyncio.to_thread(self.refresh_policy, trigger)
                     await asyncio.to_thread(self.refresh_residency)
-                except Exception:  # keep serving on the current policy
+                    self.refresher_health.beat("polling")
+                except Exception as exc:  # keep serving on the current policy
+                    self.refresher_health.failed(exc)
                     log.exception("policy refresh failed")
                 try:
                     await asyncio.wait_for(wake.wait(), self.config.gateway.policy_refresh_s)
