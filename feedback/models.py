@@ -78,6 +78,12 @@ decisions = Table(
     Column("tenant", Text, nullable=True),
     Column("task", Text, nullable=True),
     Column("key_id", Text, nullable=True, comment="the API key's name (never the key)"),
+    Column(
+        "client_request_id",
+        Text,
+        nullable=True,
+        comment="the client's x-request-id, for correlation only (not unique)",
+    ),
     Column("credit_seq", BigInteger, nullable=True),
     Column("credit_kind", Text, nullable=True),
     Column("credit_quality", Float, nullable=True),

@@ -38,6 +38,7 @@ class DecisionRecord:
     tenant: str | None = None
     task: str | None = None
     key_id: str | None = None  # the API key's name, never the key
+    client_request_id: str | None = None  # the client's x-request-id (correlation only)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,12 @@ class RewardRow:
 
 
 COMPLETION_ID_PREFIX = "chatcmpl-"  # the gateway's completion id: this prefix + the id's hex
+
+
+def clean_text(value: str) -> str:
+    """``value`` as PostgreSQL can store it: NUL dropped, unpaired surrogates replaced
+    (for text the server makes up from what it got, such as an upstream's error)."""
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def parse_request_id(value: object) -> uuid.UUID:

@@ -3,8 +3,10 @@
 Both need an API key with the chat scope unless ``auth.open_chat`` (:mod:`.auth`).
 ``app.state.admission`` (:class:`controlplane.admission.Admission`) applies the key's
 rate limits and the budgets before a request is decided, and learns its real usage
-after. ``app.state.proxy_request_id``: the id a fronting proxy (Ray Serve's) already
-put in ``x-request-id``; when it is a UUID, the decision is logged under it.
+after. The gateway generates every decision's request id; the client's ``x-request-id``
+(or, behind Ray Serve, the proxy's) is kept only as the decision's ``client_request_id``,
+for correlation, and returned as ``x-request-id``. Bodies are checked by
+:mod:`.validation` before anything is decided.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from controlplane.admission import Admission
 from controlplane.api.auth import ChatKeyDep
 from controlplane.api.deps import CoreDep, read_json
+from controlplane.api.validation import client_request_id, validate_chat
 
 router = APIRouter()
 
@@ -38,14 +41,14 @@ async def models(core: CoreDep, _key: ChatKeyDep) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions")
 async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
-    body = core.validate_body(await read_json(request))
-    proxy_request_id = request.app.state.proxy_request_id
-    proxied = _as_uuid(proxy_request_id() if proxy_request_id else None)
+    body = core.validate_body(validate_chat(await read_json(request), core.config.limits))
+    correlation = client_request_id(request, core.config.limits)
+    proxied = request.app.state.proxy_request_id is not None  # the proxy sets x-request-id
     if key is not None and key.tenant is not None:  # the key's tenant, whatever the body says
         body = {**body, "metadata": {**(body.get("metadata") or {}), "tenant": key.tenant}}
     admission: Admission = request.app.state.admission
     arms = core.route_arms(body.get("model") or "auto")
-    ticket = await admission.admit(key, body, arms, core.policy.learner, proxied or uuid.uuid4())
+    ticket = await admission.admit(key, body, arms, core.policy.learner, uuid.uuid4())
     result = None
     try:
         result = await core.complete(
@@ -53,6 +56,7 @@ async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
             ticket.request_id,
             key_id=key.name if key is not None else None,
             exclude=ticket.exclude,
+            client_request_id=correlation,
         )
     finally:
         admission.settle(ticket, result)
@@ -63,8 +67,8 @@ async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
         "x-banditctl-policy-version": str(meta["policy_version"]),
         "x-banditctl-feedback-token": meta["feedback_token"],
     }
-    if proxied is None:  # else the proxy sets x-request-id to the same id
-        headers["x-request-id"] = meta["request_id"]
+    if not proxied:  # else the proxy returns its id (the client's, when it sent one)
+        headers["x-request-id"] = correlation or meta["request_id"]
     if body.get("stream"):
         return StreamingResponse(_sse(result), media_type="text/event-stream", headers=headers)
     return JSONResponse(result, headers=headers)
@@ -99,12 +103,3 @@ async def _sse(result: dict[str, Any]) -> AsyncIterator[bytes]:
     }
     yield f"data: {json.dumps(last)}\n\n".encode()
     yield b"data: [DONE]\n\n"
-
-
-def _as_uuid(value: str | None) -> uuid.UUID | None:
-    if not value:
-        return None
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None

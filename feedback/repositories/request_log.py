@@ -31,6 +31,7 @@ _DECISION_COLS = (
     "tenant",
     "task",
     "key_id",
+    "client_request_id",
 )
 _OUTCOME_COLS = (
     "request_id",
@@ -61,6 +62,7 @@ def _decision_row(d: DecisionRecord) -> tuple[Any, ...]:
         d.tenant,
         d.task,
         d.key_id,
+        d.client_request_id,
     )
 
 

@@ -64,7 +64,8 @@ def test_openai_client_through_gateway_to_replay_backend(deployed, client):
     assert completion.model in arms and meta["arm"] == completion.model
     assert completion.choices[0].message.content.startswith(f"[{completion.model}]")
     assert completion.usage.total_tokens > 0
-    assert raw.headers["x-request-id"] == meta["request_id"]
+    assert raw.headers["x-banditctl-request-id"] == meta["request_id"]
+    assert raw.headers["x-request-id"]  # Serve's correlation id, not the decision's
     assert raw.headers["x-banditctl-arm"] == meta["arm"]
     assert int(raw.headers["x-banditctl-policy-version"]) == meta["policy_version"] >= 1
     assert 0 < meta["propensity"] <= 1
