@@ -92,6 +92,7 @@ class DecisionLogWriter:
         self._closed = False
         self._inflight = 0
         self._thread: threading.Thread | None = None
+        self._give_up_at: float | None = None  # a flush without the thread: its deadline
         self.stats = WriterStats()
         self.health = LoopHealth("decision_log_writer", stale_after_s=stale_after_s)
 
@@ -138,8 +139,17 @@ class DecisionLogWriter:
                 if self._thread is None:
                     break
             time.sleep(0.01)
-        if self._thread is None:
-            self.flush_once_sync()
+        if self._thread is None:  # written here, retrying no longer than the timeout
+            self._give_up_at = deadline
+            try:
+                while self._queue and self.flush_once_sync():
+                    pass
+            except _GaveUp:
+                log.warning(
+                    "flush gave up: the database is away; %d records kept", len(self._queue)
+                )
+            finally:
+                self._give_up_at = None
             return not self._queue
         return False
 
@@ -182,7 +192,12 @@ class DecisionLogWriter:
             self._inflight = n
         if not batch:
             return 0
-        self._write_with_retry(batch)
+        try:
+            self._write_with_retry(batch)
+        except _GaveUp:
+            with self._cond:
+                self._inflight = 0
+            raise
         with self._cond:
             for _ in range(n):
                 self._queue.popleft()
@@ -203,6 +218,11 @@ class DecisionLogWriter:
                     self.stats.last_error = _describe(exc)
                     self.health.failed(exc)
                     log.warning("decision log write failed, retrying in %.2fs: %s", backoff, exc)
+                    if (
+                        self._give_up_at is not None
+                        and time.monotonic() + backoff > self._give_up_at
+                    ):
+                        raise _GaveUp from exc
                     self._sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff)
                     continue
@@ -234,6 +254,10 @@ class DecisionLogWriter:
             no = request_log.write_outcomes(conn, outcomes)
         self.stats.written_decisions += nd
         self.stats.written_outcomes += no
+
+
+class _GaveUp(Exception):
+    """A flush without the background thread ran out of time while the database is away."""
 
 
 def _transient(exc: Exception) -> bool:
