@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from controlplane.admission import Admission
+from controlplane.api.auth import ApiKeysDep, may_read
 from controlplane.api.deps import CoreDep
 from feedback.loop_health import public_error
 from feedback.repositories import reports
@@ -60,7 +61,10 @@ def _service_health(status: Any) -> dict[str, Any]:
 
 
 @router.get("/v1/stats")
-async def stats(request: Request, core: CoreDep) -> Any:
+async def stats(request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
+    """``budgets`` (who spent what: key names, tenants) only to a reader (``read`` scope,
+    or ``auth.open_dashboard``); null otherwise."""
+
     def load() -> Any:
         with core.engine.connect() as conn:
             return reports.table_counts(conn)
@@ -79,7 +83,7 @@ async def stats(request: Request, core: CoreDep) -> Any:
         "gateway": dict(core.counters),
         "writer": writer,
         "policy_version": core.policy.version,
-        "budgets": await _budgets(request),
+        "budgets": await _budgets(request) if may_read(request, keys) else None,
     }
 
 
