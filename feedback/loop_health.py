@@ -6,7 +6,8 @@ that did its work (an idle turn counts: nothing was due), :meth:`~LoopHealth.fai
 a turn raised, and :meth:`~LoopHealth.restarted` when it started over after an error
 (the learner's recovery, a writer turn resumed after an unexpected error). A loop is
 healthy while its thread (or task) is alive and its last good turn is at most
-``stale_after_s`` old; ``/healthz`` reports every loop and answers 503 when one is not.
+``stale_after_s`` old (a loop not started, ``alive`` None, is neither); ``/healthz``
+reports every loop and answers 503 when one is not healthy.
 
 The error text kept here is :func:`public_error`'s: the exception's class and, for a
 database error, only that the database failed, so that no database message (which may
@@ -79,16 +80,16 @@ class LoopHealth:
     def report(self) -> dict[str, Any]:
         with self._lock:
             age = self._clock() - self._last_beat
-            alive = True if self.alive is None else bool(self.alive())
-            stale = age > self.stale_after_s
+            started = self.alive is not None
+            alive = self.alive is None or bool(self.alive())
             problem = None if alive else "dead"
-            if alive and stale:
+            if started and alive and age > self.stale_after_s:
                 problem = f"stuck: no good turn for {age:.0f}s"
             return {
                 "healthy": problem is None,
                 "problem": problem,
                 "alive": alive,
-                "state": self.state,
+                "state": self.state if started else "not started",
                 "seconds_since_success": round(age, 3),
                 "last_success": self.last_success,
                 "last_error": self.last_error,

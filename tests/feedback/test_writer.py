@@ -143,9 +143,13 @@ def test_health_reports_a_dead_or_stuck_writer(arms):
     w = DecisionLogWriter(arms, max_batch=64, flush_interval_s=0.01, stale_after_s=5)
     w.health._clock = lambda: clock["t"]
     w.health.beat()
-    assert w.health.report()["healthy"]
     clock["t"] = 6.0
+    assert w.health.report()["healthy"]  # not started: neither stuck nor dead
+    assert w.health.report()["state"] == "not started"
+    w.health.alive = lambda: True  # a live thread that makes no progress
     assert w.health.report()["problem"].startswith("stuck")
+    w.health.beat()
+    assert w.health.report()["healthy"]
     w.start()
     w.close()
     assert w.health.report()["problem"] == "dead"

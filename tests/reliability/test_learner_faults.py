@@ -146,7 +146,7 @@ def test_a_learner_that_lost_its_lock_to_another_stops_learning(engine, db_url):
     # only: the second learner released that claim); its next claim is fenced
     turns = [runner.turn() for _ in range(3)]
     assert turns[1:] == [None, None], turns
-    assert runner.health.report()["state"] == "standby"
+    assert runner.health.state == "standby"
     with engine.connect() as conn:
         assert (
             conn.execute(
