@@ -163,3 +163,31 @@ def test_a_learner_that_lost_its_lock_to_another_stops_learning(engine, db_url):
     assert snap["events_applied"] == ref_snap["events_applied"]
     assert_same_learner(ref_snap["state"], snap["state"], cfg.featurizer.dim)
     eng.dispose()
+
+
+def test_the_learner_thread_survives_repeated_connection_kills(engine, db_url):
+    """The runner's own thread, as LearnerService runs it: every learner connection killed
+    three times while it learns; it recovers each time, reports it, and ends exact."""
+    cfg = learning_config(poll_interval_s=0.02)
+    write_traffic(engine, cfg, 8)
+    ref_snap, ref_credited = _reference(engine, cfg)
+
+    eng, app = tagged_engine(db_url, pool_size=4)
+    loop = LearnerLoop(eng, cfg, clock=now)
+    runner = LearnerRunner(loop, max_backoff_s=0.2).start()
+    try:
+        for _ in range(3):
+            wait_until(lambda: runner.health.state == "learning", timeout_s=30)
+            kill(engine, app)
+            wait_until(lambda: runner.health.errors > 0, timeout_s=30)
+        wait_until(lambda: final_state(loop)[1] == ref_credited, timeout_s=60)
+        report = runner.health.report()
+        assert report["alive"] and report["healthy"] and report["restarts"] >= 1, report
+    finally:
+        runner.stop()
+    assert not runner.health.report()["alive"]
+    snap, credited = final_state(loop)
+    assert credited == ref_credited
+    assert snap["events_applied"] == ref_snap["events_applied"]
+    assert_same_learner(ref_snap["state"], snap["state"], cfg.featurizer.dim)
+    eng.dispose()
