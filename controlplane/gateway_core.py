@@ -84,6 +84,7 @@ class GatewayCore:
         self.writer = writer or DecisionLogWriter(
             engine,
             max_buffer=config.gateway.log_buffer,
+            max_batch=min(5_000, config.gateway.log_buffer),
             flush_interval_s=config.gateway.log_flush_s,
             stale_after_s=config.gateway.loop_stale_s,
         )
@@ -308,6 +309,18 @@ class GatewayCore:
         try:
             with span(tracer, "banditctl.pool_call"):
                 gen = await self.call_pool(decision.arm, body)
+        except asyncio.CancelledError:  # the client went away: the decision keeps an outcome
+            self._log_outcome(
+                tracer,
+                OutcomeRecord(
+                    request_id=rid,
+                    created_at=datetime.now(UTC),
+                    status="error",
+                    latency_ms=(time.perf_counter() - start) * 1000.0,
+                    error="cancelled: the client went away",
+                ),
+            )
+            raise
         except Exception as exc:
             self.counters["errors"] += 1
             self._log_outcome(

@@ -12,8 +12,11 @@ Durability contract:
   what a crash can lose is bounded by ``max_buffer`` records (default
   50,000, about 1-2 s of traffic at full speed) and is visible as the
   ``buffered`` gauge;
-* when the buffer is full, ``log_*`` raises :class:`WriterFull` (counted in
-  ``rejected``): the caller sheds the request instead of losing it silently;
+* when the buffer is full, ``log_decision`` raises :class:`WriterFull` (counted
+  in ``rejected``): the caller sheds the request instead of losing it silently.
+  A decision is accepted only with room for its outcome too, and an outcome is
+  never refused (the buffer may exceed ``max_buffer`` by the outcomes of the
+  requests in flight), so no answered request is logged without its outcome;
 * transient database errors (connection lost, server restarting) are retried
   with exponential backoff, forever, while the buffer holds;
 * a batch that fails on its data (constraint or type error, or any other
@@ -99,16 +102,16 @@ class DecisionLogWriter:
     # -- request path -------------------------------------------------
 
     def log_decision(self, record: DecisionRecord) -> None:
-        self._append(record)
+        self._append(record, room=2)  # itself and, later, its outcome
 
     def log_outcome(self, record: OutcomeRecord) -> None:
-        self._append(record)
+        self._append(record, room=0)  # its decision kept room for it
 
-    def _append(self, record: Record) -> None:
+    def _append(self, record: Record, room: int) -> None:
         with self._cond:
             if self._closed:
                 raise WriterFull("decision log writer is closed")
-            if len(self._queue) >= self._max_buffer:
+            if room and len(self._queue) + room > self._max_buffer:
                 self.stats.rejected += 1
                 raise WriterFull(f"decision log buffer full ({self._max_buffer} records)")
             self._queue.append(record)

@@ -78,16 +78,22 @@ def test_invalid_records_are_isolated_and_counted_the_rest_lands(arms):
 
 
 def test_full_buffer_refuses_instead_of_dropping(arms):
+    """A decision needs room for itself and its outcome; an outcome is never refused, so
+    no answered request is logged without one."""
     w = DecisionLogWriter(arms, max_buffer=10, max_batch=10)
-    for i in range(10):
-        w.log_decision(decision(seed=i))
+    ds = [decision(seed=i) for i in range(9)]
+    for d in ds:
+        w.log_decision(d)
     with pytest.raises(WriterFull):
-        w.log_decision(decision(seed=99))
-    assert w.stats.rejected == 1 and w.stats.buffered == 10
-    w.flush_once_sync()
+        w.log_decision(decision(seed=99))  # 9 + itself + its outcome > 10
+    for d in ds[:3]:
+        w.log_outcome(outcome(d))  # over max_buffer: the decisions kept room for them
+    assert w.stats.rejected == 1 and w.stats.buffered == 12
+    while w.flush_once_sync():
+        pass
     w.log_decision(decision(seed=100))  # room again
     w.flush_once_sync()
-    assert _counts(arms) == (11, 0)
+    assert _counts(arms) == (10, 3)
 
 
 def test_unencodable_text_is_dropped_and_the_writer_thread_goes_on(arms):
