@@ -10,7 +10,7 @@ and, built from a scenario, the simulator's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -172,7 +172,17 @@ class CacheConfig(_Config):
     def demand_tracker(self, dim: int, rng: np.random.Generator) -> DemandTracker:
         return DemandTracker(self.clusters, dim, self.demand_half_life_s, rng)
 
-    def paging_model(self, adapters: Iterable[str]) -> PagingCostModel:
-        """Paging prices of ``adapters``, each of rank ``adapter_rank``."""
+    def paging_model(
+        self, adapters: Iterable[str], measured_s: Mapping[str, float] | None = None
+    ) -> PagingCostModel:
+        """Paging prices of ``adapters``: the median load seconds the replicas measured
+        (``measured_s``, from ``adapter_load_times``) where there is one, else the
+        estimate for a fake adapter of rank ``adapter_rank``."""
         ranks = dict.fromkeys(adapters, self.adapter_rank)
-        return PagingCostModel.from_ranks(ranks, self.latency_weight_per_s)
+        estimated = PagingCostModel.from_ranks(ranks, self.latency_weight_per_s)
+        if not measured_s:
+            return estimated
+        load_s = {
+            a: float(measured_s[a]) if a in measured_s else estimated.median_s(a) for a in ranks
+        }
+        return PagingCostModel.from_measured(load_s, self.latency_weight_per_s, estimated.sigma_log)

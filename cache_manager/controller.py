@@ -93,6 +93,7 @@ class CacheController:
         self.clock, self.demand, self.scorer = clock, demand, scorer
         self.arms = tuple(arms)
         self.penalty = paging.penalties(self.arms)
+        self.paging = paging
         self.rng = rng
         self.sink = sink
         self.history: list[EpochRecord] = []
@@ -110,6 +111,12 @@ class CacheController:
 
     def record_access(self, replica: str, adapter: str, hit: bool) -> None:
         self.policy.on_access(replica, adapter, self.clock(), hit)
+
+    def reprice(self, paging: PagingCostModel) -> None:
+        """Plan with ``paging``'s prices from the next epoch on (e.g. load times the
+        replicas measured since the last epoch)."""
+        self.paging = paging
+        self.penalty = paging.penalties(self.arms)
 
     def residency(self) -> dict[str, tuple[str, ...]]:
         return {r: tuple(self.executor.resident(r)) for r in self.executor.replicas()}

@@ -108,6 +108,10 @@ class ArmPrices:
         self._adapters = tuple(adapters[a] for a in self.arms)
         self._penalty = paging.penalties(self._adapters)
 
+    def reprice(self, paging: PagingCostModel) -> None:
+        """Price paging with ``paging`` from now on (e.g. newly measured load times)."""
+        self._penalty = paging.penalties(self._adapters)
+
     @property
     def active(self) -> bool:
         """Whether residency can change any arm's score."""

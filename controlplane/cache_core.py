@@ -10,7 +10,9 @@ Wires ``cache_manager.CacheController`` to the running system:
   and evicts), with the calls into them passed in;
 * record: every epoch's plan and outcome land in ``residency_epochs``
   (:class:`ResidencyTableSink`), where gateways read what is resident to price
-  paging into their routing (``cache_manager.router``).
+  paging into their routing (``cache_manager.router``), and the replicas' measured
+  adapter load times in ``adapter_load_times``, from which the controller and the
+  gateways price a page-in (the estimate for the configured rank until then).
 
 :class:`CacheCore` is one controller step at a time (``step``: refresh the scorer,
 observe new decisions, tick the epochs); ``deployments/cache.py`` runs it on a
@@ -39,6 +41,8 @@ from feedback.repositories import request_log
 from feedback.repositories import residency as residency_repo
 
 Traffic = Callable[[str], tuple[int, int]]  # replica -> cumulative (hits, misses)
+# replica -> its measured adapter loads: adapter -> (median ms, loads)
+LoadTimes = Callable[[str], Mapping[str, tuple[float, int]]]
 
 
 class PoolCalls(Protocol):
@@ -81,6 +85,14 @@ class PoolExecutor(ResidencyExecutor):
         """The replica's cumulative (hits, misses) of adapter requests."""
         s = self.pools[replica].residency_stats()
         return int(s["hits"]), int(s["misses"])
+
+    def load_times(self, replica: str) -> dict[str, tuple[float, int]]:
+        """The replica's measured adapter loads: adapter -> (median ms, loads)."""
+        s = self.pools[replica].residency_stats()
+        return {
+            str(a): (float(v["median_ms"]), int(v["loads"]))
+            for a, v in (s.get("adapter_loads") or {}).items()
+        }
 
 
 class SnapshotScorer:
@@ -131,10 +143,15 @@ class ResidencyTableSink:
     since this sink started, per replica, for ``/metrics``."""
 
     def __init__(
-        self, engine: Engine, traffic: Traffic | None = None, clock: Clock = time.monotonic
+        self,
+        engine: Engine,
+        traffic: Traffic | None = None,
+        clock: Clock = time.monotonic,
+        load_times: LoadTimes | None = None,
     ) -> None:
         self.engine = engine
         self.traffic = traffic
+        self.load_times = load_times
         self.t0_wall = datetime.now(UTC)
         self.t0_mono = clock()
         self._last: dict[str, tuple[int, int, int]] = {}  # replica -> (epoch, hits, misses)
@@ -180,6 +197,10 @@ class ResidencyTableSink:
         with self.engine.begin() as conn:
             for out in record.replicas or ():
                 self._settle(conn, out.replica, record.epoch)
+                if self.load_times is not None:
+                    residency_repo.record_load_times(
+                        conn, out.replica, self.load_times(out.replica), datetime.now(UTC)
+                    )
                 residency_repo.record_residency_epoch(
                     conn,
                     epoch=record.epoch,
@@ -234,6 +255,8 @@ class CacheCore:
 
     ``replica_of_arm``: the replica (pool) that serves each adapter arm.
     ``traffic``: cumulative (hits, misses) per replica, settled into each epoch's row.
+    ``load_times``: each replica's measured adapter loads, stored every epoch
+    (``adapter_load_times``); the controller plans with them from the next epoch on.
     """
 
     def __init__(
@@ -245,21 +268,33 @@ class CacheCore:
         *,
         traffic: Traffic | None = None,
         clock: Clock = time.monotonic,
+        load_times: LoadTimes | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
         self.replica_of_arm = dict(replica_of_arm)
         adapter_arms = {adapter: arm for arm, adapter in config.adapter_arms.items()}
         self.scorer = SnapshotScorer(engine, config, adapter_arms)
-        self.sink = ResidencyTableSink(engine, traffic, clock)
+        self.sink = ResidencyTableSink(engine, traffic, clock, load_times)
         self.controller = build_controller(config, executor, self.scorer, self.sink, clock)
         self.since = datetime.now(UTC) - timedelta(seconds=1)
+        self.measured_s: dict[str, float] = {}  # adapter -> the load seconds priced
 
     def step(self) -> None:
-        """Read the latest snapshot, observe decisions since the last step, tick the epochs."""
+        """Read the latest snapshot and measured load times, observe decisions since the
+        last step, tick the epochs."""
         self.scorer.refresh()
+        self.reprice()
         self.observe()
         self.controller.tick()
+
+    def reprice(self) -> None:
+        """Plan with the load times the replicas measured (``adapter_load_times``)."""
+        with self.engine.connect() as conn:
+            measured = residency_repo.load_times_s(conn)
+        if measured and measured != self.measured_s:
+            self.measured_s = measured
+            self.controller.reprice(self.config.cache.paging_model(self.scorer.adapters, measured))
 
     def observe(self) -> None:
         with self.engine.connect() as conn:
@@ -285,4 +320,5 @@ class CacheCore:
             "applied": sum(1 for r in h if str(r.status) == "applied"),
             "residency": {k: list(v) for k, v in self.controller.residency().items()},
             "totals": self.sink.totals(),
+            "load_ms": {a: round(t * 1000.0, 3) for a, t in sorted(self.measured_s.items())},
         }

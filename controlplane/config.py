@@ -49,7 +49,8 @@ class ArmConfig(_Strict):
     adapter_dir: str | None = Field(
         default=None,
         description="folder holding the adapters' peft folders (adapter = folder name); "
-        "unset: <data dir>/adapters",
+        "hf: unset means <data dir>/adapters; openai: a folder on the vLLM server, set "
+        "means the pool loads and unloads adapters there (vLLM's runtime LoRA API)",
     )
     max_new_tokens: int = Field(
         default=128, ge=1, description="a request's max_tokens when unset, and its cap"

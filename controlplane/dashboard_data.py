@@ -31,7 +31,14 @@ import numpy as np
 from sqlalchemy import Connection
 
 from controlplane.config import BanditConfig
-from controlplane.dashboard_stats import BEST_ARM_RULE, Window, best_arm, compare, mean_interval
+from controlplane.dashboard_stats import (
+    BEST_ARM_RULE,
+    Window,
+    best_arm,
+    compare,
+    mean_interval,
+    pooled_sd,
+)
 from controlplane.learner_loop import snapshot_learner
 from feedback.errors import NotFound
 from feedback.repositories import reports, reward_stream, snapshots
@@ -123,10 +130,11 @@ def arm_rows(
         learner = cache.get(conn, snapshots.latest_version(conn))
         summary = {} if learner is None else learner.arm_summary()
     total = sum(a["decisions"] for a in stats.values())
+    prior = pooled_sd((a["reward_n"], a["reward_sd"]) for a in stats.values())
     rows = []
     for arm in dict.fromkeys([*(a.name for a in config.arms), *stats]):
         a = stats.get(arm) or _no_decisions(arm)
-        ci = mean_interval(a["reward_n"], a["mean_reward"], a["reward_sd"])
+        ci = mean_interval(a["reward_n"], a["mean_reward"], a["reward_sd"], prior_sd=prior)
         pulls = summary.get(arm, {}).get("pulls")
         rows.append(
             {

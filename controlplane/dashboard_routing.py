@@ -6,7 +6,8 @@ the whole table), per task (``decisions.task``; unlabelled requests under
 
 - *share*: the arm's share of the task's decisions;
 - *observed*: the mean reward of its credited decisions, with a 95% interval
-  (:func:`controlplane.dashboard_stats.mean_interval`);
+  (:func:`controlplane.dashboard_stats.mean_interval`, moderated toward the
+  pooled spread of the task's arms);
 - *estimate*: the current policy's mean reward estimate at the task's typical
   context, the mean of the logged contexts of the task's decisions (for a linear
   model the mean of its predictions over those requests), and, for learners
@@ -31,7 +32,7 @@ from sqlalchemy import Connection
 
 from controlplane.config import BanditConfig
 from controlplane.dashboard_data import PolicyCache, finite_dict
-from controlplane.dashboard_stats import Window, best_arm, mean_interval
+from controlplane.dashboard_stats import Window, best_arm, mean_interval, pooled_sd
 from feedback.repositories import reports, snapshots
 
 NO_TASK = "(none)"
@@ -104,6 +105,9 @@ def _task_row(
         x = np.mean(np.stack(contexts), axis=0, dtype=np.float64)
         mean, w = learner.estimates(x, arms)
         estimate, width = np.asarray(mean, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    prior = pooled_sd(
+        (len(v), float(np.std(v, ddof=1)) if len(v) >= 2 else None) for v in by_arm.values()
+    )
     cells: list[dict[str, Any]] = []
     for i, arm in enumerate(arms):
         rewards = np.array(by_arm.get(arm, []), dtype=np.float64)
@@ -116,7 +120,7 @@ def _task_row(
         if posterior and est is not None and wid is not None and noise_sd is not None:
             half = Z95 * noise_sd * wid
             est_ci = [est - half, est + half]
-        ci = mean_interval(n, observed, sd)
+        ci = mean_interval(n, observed, sd, prior_sd=prior)
         cells.append(
             {
                 "arm": arm,

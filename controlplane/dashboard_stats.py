@@ -5,8 +5,10 @@ return (no SQL, no HTTP).
 - *window*: every figure of the page covers the decisions made in the last
   ``seconds`` (None: all time).
 - *interval*: a mean's 95% confidence interval, ``mean ± t(0.975, n-1) sd / sqrt(n)``
-  (Student's t, so that 2 values give a wide interval, as they should); none for
-  fewer than 2 values.
+  (Student's t, so that 2 values give a wide interval, as they should), its
+  variance moderated toward the pooled spread of all arms with the weight of 2
+  values, so that a few values that happen to agree do not read as certain; none
+  for fewer than 2 values.
 - *best arm* (the baseline of every card): the arm with the highest mean reward
   over its credited decisions in the window, among arms with at least
   ``min(10, the most any arm has)`` of them. Each arm served its own share of the
@@ -18,7 +20,7 @@ return (no SQL, no HTTP).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +28,8 @@ from typing import Any
 from scipy import stats
 
 BEST_ARM_MIN_REWARDED = 10
+# the prior spread's weight in an interval, in values (see mean_interval)
+PRIOR_DF = 2.0
 BEST_ARM_RULE = (
     "the arm with the highest mean reward over its credited decisions in the window, "
     f"among arms with at least min({BEST_ARM_MIN_REWARDED}, the most any arm has) of them"
@@ -67,14 +71,41 @@ class Window:
 
 
 def mean_interval(
-    n: int, mean: float | None, sd: float | None, level: float = 0.95
+    n: int,
+    mean: float | None,
+    sd: float | None,
+    level: float = 0.95,
+    prior_sd: float | None = None,
+    prior_n: float = PRIOR_DF,
 ) -> tuple[float, float] | None:
     """``mean ± t sd / sqrt(n)``: the ``level`` confidence interval of a mean of ``n``
-    values with sample standard deviation ``sd``; None for fewer than 2 values."""
+    values with sample standard deviation ``sd``; None for fewer than 2 values.
+
+    With ``prior_sd`` (the pooled spread of the other arms, :func:`pooled_sd`), the
+    variance is moderated: ``((n-1) sd^2 + prior_n prior_sd^2) / (n-1 + prior_n)``
+    on ``n-1 + prior_n`` degrees of freedom, so a few values that happen to agree
+    (2 answers both rated 1) do not read as a near-certain mean; with many values
+    the prior's weight vanishes and the interval is the plain one."""
     if n < 2 or mean is None or sd is None or not math.isfinite(sd):
         return None
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    df = float(n - 1)
+    var = sd * sd
+    if prior_sd is not None and math.isfinite(prior_sd) and prior_n > 0:
+        var = (df * var + prior_n * prior_sd * prior_sd) / (df + prior_n)
+        df += prior_n
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(var) / math.sqrt(n)
     return (mean - half, mean + half)
+
+
+def pooled_sd(groups: Iterable[tuple[int, float | None]]) -> float | None:
+    """The pooled within-group standard deviation of ``(n, sd)`` pairs,
+    ``sqrt(sum (n-1) sd^2 / sum (n-1))``; None when no group has 2 values."""
+    num = den = 0.0
+    for n, sd in groups:
+        if n >= 2 and sd is not None and math.isfinite(sd):
+            num += (n - 1) * sd * sd
+            den += n - 1
+    return math.sqrt(num / den) if den else None
 
 
 def best_arm(arms: Sequence[dict[str, Any]], n_key: str = "reward_n") -> dict[str, Any] | None:

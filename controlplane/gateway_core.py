@@ -101,6 +101,7 @@ class GatewayCore:
             config.cache.paging_model(set(adapters.values())),
         )
         self.paging: ArmTerms = self.prices.terms(())
+        self.measured_s: dict[str, float] = {}  # adapter -> measured load seconds priced
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
         self.instruments = GatewayInstruments(config)
         self.tracing = RequestTracer(tracer)
@@ -131,13 +132,19 @@ class GatewayCore:
         return True
 
     def refresh_residency(self) -> None:
-        """Price paging for adapter arms resident nowhere (planned cache policies)."""
+        """Price paging for adapter arms resident nowhere (planned cache policies), at
+        the load times the replicas measured (``adapter_load_times``) once known."""
         if not self.prices.active:
             return
         with self.engine.connect() as conn:
             held = {
                 a for adapters in residency_repo.resident_adapters(conn).values() for a in adapters
             }
+            measured = residency_repo.load_times_s(conn)
+        if measured and measured != self.measured_s:  # the replicas' measured load times
+            self.measured_s = measured
+            adapters = self.config.adapter_arms
+            self.prices.reprice(self.config.cache.paging_model(set(adapters.values()), measured))
         self.paging = self.prices.terms(held)
 
     async def policy_refresher(self) -> None:

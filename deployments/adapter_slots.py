@@ -11,7 +11,9 @@ class decides what they load and unload, so that
   adapter, and an eviction (the plan's, or Serve's LRU) of a pinned adapter
   takes effect when its last request ends;
 - every page-in's measured seconds (``Backend.load_adapter``) are what the
-  statistics record: the cost the planner prices is the one the replica paid.
+  statistics record (``adapter_loads``: per adapter, the median of its recent
+  loads): the cost the planner and the gateways price is the one the replica
+  paid (the cache controller stores it in ``adapter_load_times``).
 
 Under ``lru`` what is kept is Serve's ``@serve.multiplexed`` LRU (its loader is
 :meth:`mux_load`, its eviction :meth:`mux_drop`; Serve passes in as ``mux``);
@@ -27,13 +29,16 @@ loop keeps streaming other answers meanwhile.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import statistics
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cache_manager.executor import CapacityError
 from deployments.adapters import AdapterRegistry
 from deployments.backends import Backend
+
+RECENT_LOADS = 16  # loads per adapter behind its measured median
 
 
 class AdapterSlots:
@@ -54,6 +59,9 @@ class AdapterSlots:
         self.kept_by_mux: dict[str, float] = {}  # lru: what Serve's LRU keeps now
         self.pins: Counter[str] = Counter()  # adapter -> requests using it now
         self.load_s: dict[str, float] = {}  # adapter -> seconds of its last real load
+        # adapter -> seconds of its recent real loads, newest last (the measured price)
+        self.recent_loads: dict[str, deque[float]] = {}
+        self.load_counts: Counter[str] = Counter()  # adapter -> real loads, all time
         self.max_held = 0  # the most adapters the backends ever held at once
         self._cond = asyncio.Condition()
 
@@ -170,6 +178,8 @@ class AdapterSlots:
             return adapter, None  # held already (a pinned eviction or a one-off in flight)
         seconds = host.load_adapter(adapter)
         self.load_s[adapter] = seconds
+        self.recent_loads.setdefault(adapter, deque(maxlen=RECENT_LOADS)).append(seconds)
+        self.load_counts[adapter] += 1
         return adapter, seconds
 
     async def _drop_if_unused(self, adapter: str) -> None:
@@ -182,6 +192,17 @@ class AdapterSlots:
     def _note_held(self) -> None:
         self.max_held = max(self.max_held, len(self.held()))
 
+    def measured_loads(self) -> dict[str, dict[str, float]]:
+        """Per adapter loaded at least once: the median of its last
+        :data:`RECENT_LOADS` loads in ms, and how many loads it has had."""
+        return {
+            a: {
+                "median_ms": round(float(statistics.median(q)) * 1000.0, 3),
+                "loads": float(self.load_counts[a]),
+            }
+            for a, q in self.recent_loads.items()
+        }
+
     def stats(self) -> dict[str, Any]:
         s = self.registry.stats
         return {
@@ -193,6 +214,7 @@ class AdapterSlots:
             "page_ins": s.page_ins,
             "load_s": s.load_s,
             "adapter_load_ms": {a: round(t * 1000.0, 3) for a, t in self.load_s.items()},
+            "adapter_loads": self.measured_loads(),
             "adapter_mib": {
                 a: round(self.hosts[a].adapter_bytes(a) / 2**20, 3) for a in self.held()
             },

@@ -60,6 +60,7 @@ class CacheControllerService:
             executor,
             {a.name: pool_name(a.model) for a in config.arms if a.adapter},
             traffic=executor.traffic,
+            load_times=executor.load_times,
         )
         self.error: str | None = None
         self.health = LoopHealth("cache_controller", stale_after_s=config.gateway.loop_stale_s)

@@ -168,3 +168,15 @@ residency_epochs = Table(
     UniqueConstraint("epoch", "replica"),
     CheckConstraint("status IN ('planned', 'applied', 'failed')", name="status_known"),
 )
+
+adapter_load_times = Table(
+    "adapter_load_times",
+    metadata,
+    Column("replica", Text, primary_key=True),
+    Column("adapter", Text, primary_key=True),
+    Column("median_ms", Float, nullable=False, comment="median of the replica's recent loads"),
+    Column("loads", Integer, nullable=False, comment="loads the replica has measured"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("median_ms >= 0", name="median_ms_nonnegative"),
+    CheckConstraint("loads > 0", name="loads_positive"),
+)

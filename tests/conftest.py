@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 
+from feedback import models
+
 pytest_plugins = ["tests.ray_fixtures"]  # ray_session, deployed: e2e and browser tests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TABLES = ["feedback", "outcomes", "decisions", "arms", "policy_snapshots", "residency_epochs"]
+# every table of the schema: tests start and end on empty tables
+TABLES = [t.name for t in models.metadata.sorted_tables]
 
 
 class PgServer:

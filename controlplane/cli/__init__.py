@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "status": "status",
     "simulate": "simulate",
     "simulate-cache": "simulate_cache",
+    "ope": "ope",
     "demo": "demo",
     "up": "up",
     "serve-config": "serve_config",
@@ -53,6 +54,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "simulate-cache": (
         "banditctl simulate-cache --scenario drift --seeds 3",
         "banditctl simulate-cache --policies polar+,lru --plot drift.png --json drift.json",
+    ),
+    "ope": (
+        "banditctl ope --dataset synthetic --logging-policy random --candidates fixed:large,linucb,lints --seeds 3",
+        "banditctl ope --since 7d --route auto --candidates current,linucb:alpha=0.1 --weights quality=1,cost_usd=-50",
     ),
     "demo": (
         "banditctl demo --requests 300 --json out.json   # summarise and exit",

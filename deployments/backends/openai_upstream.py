@@ -6,9 +6,13 @@ first token are measured here; tokens come from the upstream's ``usage``; cost
 from the arm's price table; energy from the arm's joules per token. Closing the
 stream early closes the upstream connection.
 
-Adapters are served by name (a vLLM server with the adapter loaded: the request's
-``model`` is the adapter); loading and unloading are no-ops here for now (vLLM's
-runtime LoRA API is the next step), so they take no time.
+Adapters are served by name (the request's ``model`` is the adapter). With the
+arm's ``adapter_dir`` set, the upstream is a vLLM server with runtime LoRA updating
+and the pool drives its adapter slots: a load is ``POST /v1/load_lora_adapter`` of
+``<adapter_dir>/<adapter>`` (a path on the server), timed, an unload
+``/v1/unload_lora_adapter`` (:mod:`deployments.backends.vllm_lora`). Without it the
+server is assumed to hold every adapter already (``--lora-modules``): loads are
+bookkeeping and take no time.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import httpx
 
 from controlplane.config import ArmConfig
 from deployments.backends import AdapterNotLoaded, Chunk, Pricing, Usage
+from deployments.backends.vllm_lora import VLLMLoRA
 
 if TYPE_CHECKING:
     from deployments.backends import BuildContext
@@ -40,6 +45,11 @@ class OpenAIUpstream:
             base_url=arm.base_url.rstrip("/"), headers=headers, timeout=arm.timeout_s
         )
         self._adapters: dict[str, None] = {}
+        self.lora = (
+            None
+            if arm.adapter_dir is None
+            else VLLMLoRA(arm.base_url, arm.adapter_dir, headers=headers, timeout_s=arm.timeout_s)
+        )
 
     async def generate(
         self, body: dict[str, Any], adapter: str | None = None
@@ -87,13 +97,16 @@ class OpenAIUpstream:
             )
         )
 
-    # -- adapters: served by name upstream; nothing to move here yet ---------
+    # -- adapters: served by name upstream; loaded there through vLLM's LoRA API -----
 
     def load_adapter(self, name: str) -> float:
+        seconds = 0.0 if self.lora is None else self.lora.load(name)
         self._adapters[name] = None
-        return 0.0
+        return seconds
 
     def unload_adapter(self, name: str) -> None:
+        if self.lora is not None:
+            self.lora.unload(name)
         self._adapters.pop(name, None)
 
     def resident(self) -> tuple[str, ...]:

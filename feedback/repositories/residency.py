@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -93,3 +93,40 @@ def resident_adapters(conn: Connection) -> dict[str, list[str]]:
         )
     ).all()
     return {r[0]: list(r[1]) for r in rows}
+
+
+def record_load_times(
+    conn: Connection, replica: str, measured: Mapping[str, tuple[float, int]], at: datetime
+) -> None:
+    """Upsert a replica's measured adapter loads: adapter -> (median ms, loads)."""
+    rows = [
+        {"replica": replica, "adapter": a, "median_ms": ms, "loads": n, "updated_at": at}
+        for a, (ms, n) in measured.items()
+        if n > 0
+    ]
+    if not rows:
+        return
+    stmt = pg_insert(m.adapter_load_times).values(rows)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["replica", "adapter"],
+            set_={
+                "median_ms": stmt.excluded.median_ms,
+                "loads": stmt.excluded.loads,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+    )
+
+
+def load_times_s(conn: Connection) -> dict[str, float]:
+    """Per adapter, its measured load time in seconds: the median over the replicas
+    that measured it of their medians (a replica that loads it slowly counts once,
+    however often it loaded it)."""
+    rows = conn.execute(
+        text(
+            "SELECT adapter, percentile_cont(0.5) WITHIN GROUP (ORDER BY median_ms) "
+            "FROM adapter_load_times GROUP BY adapter"
+        )
+    ).all()
+    return {str(r[0]): float(r[1]) / 1e3 for r in rows}

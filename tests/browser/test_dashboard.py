@@ -232,9 +232,10 @@ def test_figures_shown_equal_the_api(deployed, api, page, traffic):
         assert cells.nth(10).inner_text() == _int(a["policy_pulls"])
         assert ("best arm" in cells.nth(0).inner_text()) == (a["arm"] == arm)
     assert sum(a["policy_pulls"] for a in o["arms"]) == traffic.feedback_posted
-    # on this data, the interval narrows with the credited decisions behind it
+    # an arm credited a few times reads as less certain than the most credited one,
+    # even when its few rewards happen to agree (the interval's moderated variance)
     rated = sorted((a for a in o["arms"] if a["reward_ci"]), key=lambda a: a["reward_n"])
-    if len(rated) >= 2 and rated[-1]["reward_n"] >= 4 * rated[0]["reward_n"]:
+    if len(rated) >= 2 and rated[0]["reward_n"] <= 5 and rated[-1]["reward_n"] >= 20:
         width = [a["reward_ci"][1] - a["reward_ci"][0] for a in (rated[0], rated[-1])]
         assert width[1] < width[0]
 

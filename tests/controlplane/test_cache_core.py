@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 import numpy as np
+import pytest
 from sqlalchemy import text
 
 from cache_manager.clock import ManualClock
@@ -19,6 +20,7 @@ from controlplane.tokens import FeedbackTokens
 from feedback.records import DecisionRecord
 from feedback.repositories import arms as arms_repo
 from feedback.repositories import reports, request_log, snapshots
+from feedback.repositories import residency as residency_repo
 from learners import RewardEvent
 
 TASKS = ("t0", "t1")
@@ -150,7 +152,11 @@ class _Replica:
 
     def __init__(self) -> None:
         self.held: list[str] = []
-        self.stats = {"hits": 3, "misses": 1}
+        self.stats = {
+            "hits": 3,
+            "misses": 1,
+            "adapter_loads": {"a0": {"median_ms": 40.5, "loads": 3.0}},
+        }
 
     def resident(self) -> list[str]:
         return list(self.held)
@@ -162,7 +168,7 @@ class _Replica:
     def evict(self, adapter: str) -> None:
         self.held.remove(adapter)
 
-    def residency_stats(self) -> dict[str, int]:
+    def residency_stats(self) -> dict:
         return self.stats
 
 
@@ -173,6 +179,61 @@ def test_pool_executor_makes_the_injected_calls():
     assert executor.prefetch(POOL, "a0") == 0.25 and executor.resident(POOL) == ("a0",)
     executor.evict(POOL, "a0")
     assert executor.resident(POOL) == () and executor.traffic(POOL) == (3, 1)
+    assert executor.load_times(POOL) == {"a0": (40.5, 3)}
+
+
+def test_paging_is_priced_at_the_load_times_the_replicas_measured(engine):
+    cfg = _config()
+    _publish_learned_policy(engine, cfg)
+    clock = ManualClock(100.0)
+    executor = InMemoryExecutor({POOL: 2, "pool-other": 2}, load=lambda _r, _a: 0.01)
+    # two replicas measured a2: their medians' median is what is priced (80 ms)
+    measured = {
+        POOL: {"a0": (5.0, 4), "a2": (60.0, 2)},
+        "pool-other": {"a2": (100.0, 1)},
+    }
+    core = CacheCore(
+        cfg,
+        engine,
+        executor,
+        {f"small:{a}": POOL for a in ADAPTERS},
+        clock=clock,
+        load_times=lambda r: measured[r],
+    )
+    estimated = cfg.cache.paging_model(ADAPTERS)
+    assert core.controller.penalty == pytest.approx(estimated.penalties(list(ADAPTERS)))
+    _decide(engine, cfg, 60, np.random.default_rng(1))
+    core.step()  # epoch 0: the replicas' measurements land in adapter_load_times
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT replica, adapter, median_ms, loads FROM adapter_load_times")
+        ).all()
+        assert residency_repo.load_times_s(conn) == pytest.approx({"a0": 0.005, "a2": 0.08})
+    assert sorted(tuple(r) for r in rows) == [
+        ("pool-other", "a2", 100.0, 1),
+        (POOL, "a0", 5.0, 4),
+        (POOL, "a2", 60.0, 2),
+    ]
+    clock.advance(1.0)
+    core.step()  # the next plan is priced at what was measured; a1 keeps its estimate
+    priced = cfg.cache.paging_model(ADAPTERS, {"a0": 0.005, "a2": 0.08})
+    assert core.controller.penalty == pytest.approx(priced.penalties(list(ADAPTERS)))
+    assert priced.median_s("a2") == pytest.approx(0.08)
+    assert priced.median_s("a1") == pytest.approx(estimated.median_s("a1"))
+    assert priced.penalty("a2") > estimated.penalty("a2")  # 80 ms, not the rank's ~4 ms
+    assert core.status()["load_ms"] == {"a0": 5.0, "a2": 80.0}
+
+    # a gateway prices an adapter resident nowhere at the same measured time
+    gateway = GatewayCore(cfg, engine, _no_pool, FeedbackTokens("unit-secret-0123456789", 60))
+    gateway.refresh_residency()
+    held = set(executor.resident(POOL)) | set(executor.resident("pool-other"))
+    for a in set(ADAPTERS) - held:
+        assert gateway.paging.penalties[f"small:{a}"] == pytest.approx(priced.penalty(a))
+    measured[POOL]["a1"] = (30.0, 1)  # a new measurement reaches both at the next epoch
+    clock.advance(1.0)
+    core.step()
+    gateway.refresh_residency()
+    assert gateway.measured_s == pytest.approx({"a0": 0.005, "a1": 0.03, "a2": 0.08})
 
 
 async def _no_pool(_arm: str, _body: dict) -> dict:

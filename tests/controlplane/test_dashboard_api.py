@@ -15,7 +15,14 @@ from sqlalchemy import text
 
 from controlplane.api import create_app
 from controlplane.config import ApiKey
-from controlplane.dashboard_stats import Window, best_arm, compare, mean_interval, ratio_figure
+from controlplane.dashboard_stats import (
+    Window,
+    best_arm,
+    compare,
+    mean_interval,
+    pooled_sd,
+    ratio_figure,
+)
 from controlplane.gateway_core import GatewayCore
 from controlplane.learner_loop import LearnerLoop, arm_records
 from controlplane.tokens import FeedbackTokens
@@ -192,6 +199,25 @@ def test_interval_of_a_mean_shrinks_with_the_values_behind_it():
     assert (hi2 - lo2) / 2 == pytest.approx(12.706 * 0.3 / math.sqrt(2), rel=1e-3)
     assert (hi893 - lo893) / 2 == pytest.approx(1.9626 * 0.3 / math.sqrt(893), rel=1e-3)
     assert (hi893 - lo893) < (hi2 - lo2) / 100
+
+
+def test_a_few_values_that_agree_do_not_read_as_certain():
+    # two answers with the same reward: sd 0, and without a prior a zero-width interval
+    assert mean_interval(2, 0.9, 0.0) == (0.9, 0.9)
+    spread = pooled_sd([(2, 0.0), (400, 0.2), (100, 0.3), (1, None)])
+    assert spread == pytest.approx(math.sqrt((399 * 0.04 + 99 * 0.09) / 499))
+    lo, hi = mean_interval(2, 0.9, 0.0, prior_sd=spread)
+    # moderated: variance 2/3 of the prior's on 3 degrees of freedom
+    assert (hi - lo) / 2 == pytest.approx(
+        3.1824 * math.sqrt(2 / 3) * spread / math.sqrt(2), rel=1e-3
+    )
+    # the well-measured arm's own interval: it barely moves, and is far narrower
+    plain = mean_interval(400, 0.7, 0.2)
+    moderated = mean_interval(400, 0.7, 0.2, prior_sd=spread)
+    assert plain is not None and moderated is not None
+    assert moderated[1] - moderated[0] == pytest.approx(plain[1] - plain[0], rel=0.01)
+    assert moderated[1] - moderated[0] < (hi - lo) / 10
+    assert pooled_sd([(1, None), (0, None)]) is None
 
 
 def test_savings_read_as_less_more_or_times_as_much():

@@ -114,6 +114,13 @@ def test_planned_one_off_load_is_dropped_after_its_request():
         assert (stats["hits"], stats["misses"], stats["page_ins"]) == (1, 1, 2)
         assert stats["load_s"] == pytest.approx(LOAD_S["a"] + LOAD_S["b"])  # measured, not assumed
         assert stats["adapter_load_ms"] == {"a": 11.0, "b": 12.0}
+        assert stats["adapter_loads"] == {
+            "a": {"median_ms": 11.0, "loads": 1.0},
+            "b": {"median_ms": 12.0, "loads": 1.0},
+        }
+        await core.generate("m:b", {})  # b again: a second one-off load, measured again
+        assert stats["adapter_loads"]["b"]["loads"] == 1.0  # (the earlier snapshot)
+        assert core.residency_stats()["adapter_loads"]["b"] == {"median_ms": 12.0, "loads": 2.0}
         with pytest.raises(CapacityError):
             await core.slots.prefetch("c")
         with pytest.raises(KeyError):

@@ -1,0 +1,1 @@
+"""Real HTTP servers standing in for the upstreams banditctl talks to."""
