@@ -5,8 +5,8 @@ reuse a client id keep two decision rows and no client can pick another request'
 The client's id is kept here only to correlate (not unique, not looked up by feedback).
 Nullable and without a default, so adding it rewrites nothing.
 
-Revision ID: 0004_client_request_id
-Revises: 0003
+Revision ID: 0005_client_request_id
+Revises: 0004_load_times
 Create Date: 2026-12-04
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_client_request_id"
-down_revision: str | None = "0003"
+revision: str = "0005_client_request_id"
+down_revision: str | None = "0004_load_times"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
