@@ -104,6 +104,36 @@ class GatewayConfig(_Strict):
         description="other arms a request may be retried on when its arm fails (an upstream "
         "error or timeout; a stream only before its first token), never the same arm twice",
     )
+    loop_stale_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a background loop (log writer, policy listener, learner, cache"
+        " controller) with no good turn for this long makes /healthz answer 503",
+    )
+
+
+class RequestLimits(_Strict):
+    """What the HTTP API accepts (``limits:``); a request over a limit is refused with a
+    4xx naming the field, before anything is decided or written."""
+
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="largest request body (HTTP 413 above)"
+    )
+    max_messages: int = Field(default=256, ge=1, description="messages in one chat request")
+    max_json_depth: int = Field(default=32, ge=4, description="nesting of objects and lists")
+    max_tokens: int = Field(
+        default=1_000_000, ge=1, description="largest max_tokens / max_completion_tokens"
+    )
+    max_metadata_keys: int = Field(default=16, ge=0)
+    max_metadata_key_chars: int = Field(default=64, ge=1)
+    max_metadata_value_chars: int = Field(default=512, ge=1)
+    max_label_chars: int = Field(
+        default=200, ge=1, description="model, role, metadata.tenant, task, user"
+    )
+    max_comment_chars: int = Field(default=4096, ge=0, description="a feedback comment")
+    max_client_request_id_chars: int = Field(
+        default=128, ge=1, description="the client's x-request-id (kept for correlation)"
+    )
 
 
 class RetentionConfig(_Strict):
@@ -163,7 +193,7 @@ class PoolConfig(_Strict):
     max_ongoing_requests: int = Field(default=64, ge=1)
 
 
-Scope = Literal["chat", "feedback", "admin"]
+Scope = Literal["chat", "feedback", "read", "admin"]
 
 
 class ApiKey(_Strict):
@@ -172,7 +202,8 @@ class ApiKey(_Strict):
     holding it, or ``key_sha256`` is its hex SHA-256 (``printf %s "$KEY" | sha256sum``).
 
     ``chat`` lets a key call ``/v1/chat/completions``, ``/v1/models`` and
-    ``/v1/route/explain``; ``feedback`` post feedback; ``admin`` everything, rollback too.
+    ``/v1/route/explain``; ``feedback`` post feedback; ``read`` read the dashboard's data
+    and the budgets in ``/v1/stats``; ``admin`` everything, rollback too.
     ``requests_per_minute`` and ``tokens_per_minute`` limit the key's chat traffic
     (token buckets in each gateway replica: see :class:`AuthConfig`). ``tenant``: the key's
     requests count as this tenant, whatever their ``metadata.tenant`` says."""
@@ -199,9 +230,13 @@ class AuthConfig(_Strict):
     anyway is still identified, logged and limited; an unknown one is ignored).
     ``limits_scope``: where the rate limits count; ``replica`` (the only one built): each
     gateway replica keeps its own token buckets, so with N replicas a key may send up to
-    N times its limit; divide the limits by ``gateway.replicas`` to share them out."""
+    N times its limit; divide the limits by ``gateway.replicas`` to share them out.
+    ``open_dashboard``: the dashboard's data (``/v1/dashboard/*``: recent feedback with its
+    comments and request ids, routing, residency) and the budgets in ``/v1/stats`` need no
+    key; else a key with the ``read`` (or ``admin``) scope."""
 
     open_chat: bool = False
+    open_dashboard: bool = False
     limits_scope: Literal["replica"] = "replica"
 
 
@@ -251,6 +286,7 @@ class BanditConfig(_Strict):
     api_keys: tuple[ApiKey, ...] = ()
     auth: AuthConfig = Field(default_factory=AuthConfig)
     budgets: tuple[Budget, ...] = ()
+    limits: RequestLimits = Field(default_factory=RequestLimits)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
 

@@ -37,6 +37,9 @@ def route_arm_pairs(config: BanditConfig) -> list[tuple[str, str]]:
     return list(dict.fromkeys(pairs))
 
 
+MAX_SOURCE_LABELS = 32  # distinct feedback sources with a series of their own
+
+
 class GatewayInstruments:
     def __init__(self, config: BanditConfig) -> None:
         reg = self.registry = CollectorRegistry(auto_describe=True)
@@ -101,7 +104,8 @@ class GatewayInstruments:
         self._ok = {a: self.request_seconds.labels(a, "ok") for a in arms}
         self._error = {a: self.request_seconds.labels(a, "error") for a in arms}
         self._ttft = {a: self.ttft_seconds.labels(a) for a in arms}
-        for source in ("user",):
+        self._sources: set[str] = {"user", "other"}
+        for source in self._sources:
             self.feedback_received.labels(source)
         for trigger in REFRESH_TRIGGERS:
             self.policy_updates.labels(trigger)
@@ -124,5 +128,12 @@ class GatewayInstruments:
         self._error[arm].observe(seconds)
 
     def feedback_stored(self, sources: Iterable[str]) -> None:
+        """By source: a client picks the source, so only the first ``MAX_SOURCE_LABELS``
+        distinct ones get a series of their own, the rest count as ``other`` (a flood of
+        made-up sources must not grow the registry without bound)."""
         for source in sources:
+            if source not in self._sources:
+                if len(self._sources) >= MAX_SOURCE_LABELS:
+                    source = "other"
+                self._sources.add(source)
             self.feedback_received.labels(source).inc()

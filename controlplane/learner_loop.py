@@ -18,6 +18,15 @@ loop checks for one newer than its own version and adopts it exactly as a
 restart would: old state, the rollback's watermark, claims above it released
 (and credited again to the rolled-back state), so no event is applied twice and
 its own next snapshot never overwrites the rollback.
+
+Faults: every claim, release and snapshot transaction first checks that the
+loop's lock connection still holds the learner lock (:class:`LockLost` if not:
+the server restarted, or the connection was killed, and another learner may
+hold the lock now), so a learner without the lock writes nothing. After any
+error, :meth:`LearnerLoop.recover` forgets the in-memory state and the lock;
+:class:`LearnerRunner` then takes the lock again and resumes from the latest
+snapshot exactly as a restarted process would (events applied in memory but
+not snapshotted are released and credited again, never twice).
 """
 
 from __future__ import annotations
@@ -44,6 +53,10 @@ log = logging.getLogger(__name__)
 
 class LearnerBusy(RuntimeError):
     """Another learner holds the lock on this database."""
+
+
+class LockLost(RuntimeError):
+    """The learner's lock connection no longer holds the learner lock."""
 
 
 def arm_records(config: BanditConfig) -> list[ArmRecord]:
@@ -98,6 +111,7 @@ class LearnerLoop:
         self.clock = clock
         self.monotonic = monotonic
         self._lock_conn: Connection | None = None
+        self._lock_pid: int | None = None
         self.learner: Learner | None = None
         self.version = 0
         self.watermark = 0
@@ -125,39 +139,89 @@ class LearnerLoop:
         deadline = self.monotonic() + wait_s
         while True:
             conn = self.engine.connect()
-            if reward_stream.try_learner_lock(conn):
+            try:
+                got = reward_stream.try_learner_lock(conn)
+                driver = conn.connection.driver_connection
+                pid = int(driver.info.backend_pid) if driver is not None else None
                 conn.commit()
+            except BaseException:
+                conn.invalidate()
+                conn.close()
+                raise
+            if got:
                 self._lock_conn = conn
+                self._lock_pid = pid
                 break
             conn.close()
             if self.monotonic() >= deadline:
                 raise LearnerBusy("another learner is consuming this database")
             time.sleep(0.1)
-        with self.engine.begin() as conn:
-            arms.upsert_arms(conn, arm_records(self.config))
-            snap = snapshots.latest_snapshot(conn)
-            wm = 0 if snap is None else int(snap["watermark"])
-            self.stats["released_on_start"] = reward_stream.release_claims_after(conn, wm)
-        if snap is None:
-            self.learner = snapshot_learner(self.config, None)
-            self.snapshot(reason="initial")
-        else:
-            self.learner = snapshot_learner(self.config, snap["state"])
-            self.version = int(snap["version"])
-            self.watermark = wm
-            self.events_applied = int(snap["events_applied"])
+        try:
+            with self.engine.begin() as conn:
+                self._fence(conn)
+                arms.upsert_arms(conn, arm_records(self.config))
+                snap = snapshots.latest_snapshot(conn)
+                wm = 0 if snap is None else int(snap["watermark"])
+                self.stats["released_on_start"] = reward_stream.release_claims_after(conn, wm)
+            self.pending = 0
+            self._last_snapshot = self.monotonic()
+            if snap is None:
+                self.version = self.watermark = self.events_applied = 0
+                self.learner = snapshot_learner(self.config, None)
+                self.snapshot(reason="initial")
+            else:
+                self.learner = snapshot_learner(self.config, snap["state"])
+                self.version = int(snap["version"])
+                self.watermark = wm
+                self.events_applied = int(snap["events_applied"])
+        except BaseException:
+            self.recover()
+            raise
         self.progress.stepped(self.monotonic(), self.events_applied)
         log.info("learner resumed at version %d, watermark %d", self.version, self.watermark)
 
     def stop(self, snapshot: bool = True) -> None:
         self._drop_ahead()  # released when a learner next starts
         self._worker.shutdown(wait=True)
-        if snapshot and self.pending:
+        if snapshot and self.pending and self.learner is not None:
             self.snapshot()
         if self._lock_conn is not None:
             reward_stream.release_learner_lock(self._lock_conn)
             self._lock_conn.close()
             self._lock_conn = None
+            self._lock_pid = None
+
+    @property
+    def holding(self) -> bool:
+        """Whether this loop believes it holds the lock and a resumed state (``start``
+        succeeded and no error since)."""
+        return self._lock_conn is not None and self.learner is not None
+
+    def recover(self) -> None:
+        """Forget everything after an error: the claim made ahead, the in-memory state
+        and the lock (released if the connection still works). ``start`` resumes from
+        the latest snapshot; claims past its watermark are released there."""
+        self._drop_ahead()
+        self.learner = None
+        self.pending = 0
+        conn, self._lock_conn, self._lock_pid = self._lock_conn, None, None
+        if conn is not None:
+            try:
+                reward_stream.release_learner_lock(conn)
+                conn.commit()
+                conn.close()
+            except Exception:  # the connection is gone, and the lock with it
+                log.info("learner lock connection lost", exc_info=True)
+                try:
+                    conn.invalidate()
+                    conn.close()
+                except Exception:
+                    log.debug("closing the dead lock connection failed", exc_info=True)
+
+    def _fence(self, conn: Connection) -> None:
+        """Raise :class:`LockLost` unless our lock connection holds the learner lock."""
+        if self._lock_pid is None or not reward_stream.holds_learner_lock(conn, self._lock_pid):
+            raise LockLost("the learner lock was lost (database restarted or connection killed)")
 
     # -- work -----------------------------------------------------------
 
@@ -171,8 +235,8 @@ class LearnerLoop:
         """
         assert self.learner is not None, "start() first"
         self.adopt_rollback()
-        rows = self._ahead.result() if self._ahead is not None else self._claim()
-        self._ahead = None
+        ahead, self._ahead = self._ahead, None  # a failed claim must not be read twice
+        rows = ahead.result() if ahead is not None else self._claim()
         behind = len(rows) >= self.config.learner_service.batch_size
         if behind:
             self._ahead = self._worker.submit(self._claim)
@@ -229,6 +293,7 @@ class LearnerLoop:
 
     def _claim(self) -> list[RewardRow]:
         with self.engine.begin() as conn:
+            self._fence(conn)
             return reward_stream.claim_reward_events(
                 conn, self.objective, self.clock(), self.config.learner_service.batch_size
             )
@@ -270,6 +335,7 @@ class LearnerLoop:
     def snapshot(self, reason: str = "update") -> int:
         assert self.learner is not None
         with self.engine.begin() as conn:
+            self._fence(conn)
             snapshots.lock_snapshots(conn)
             overtaken = snapshots.newer_rollback(conn, self.version) is not None
             if not overtaken:
@@ -304,6 +370,7 @@ class LearnerLoop:
                 return False
         self._drop_ahead()  # claimed past any watermark: released below with the rest
         with self.engine.begin() as conn:
+            self._fence(conn)
             snap = snapshots.newer_rollback(conn, self.version)
             if snap is None:
                 return False

@@ -8,7 +8,8 @@ loads the new policy at once instead of at its next poll. When the connection
 cannot be opened or is lost, the thread tries again with backoff while polling
 (``gateway.policy_refresh_s``) carries on; after each (re)connect it calls
 ``on_notify(None)`` so that a version published while nobody listened is
-picked up too.
+picked up too. :attr:`PolicyListener.health` beats on every turn of a live
+connection (at least every ``wait_s``) and counts each lost or refused one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from sqlalchemy import URL, create_engine
 from sqlalchemy.pool import NullPool
 
+from feedback.loop_health import LoopHealth
 from feedback.repositories import snapshots
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class PolicyListener:
         *,
         wait_s: float = 0.5,
         max_backoff_s: float = 5.0,
+        stale_after_s: float = 60.0,
     ) -> None:
         self.engine = create_engine(url, poolclass=NullPool, connect_args=CONNECT_ARGS)
         self.on_notify = on_notify
@@ -65,11 +68,14 @@ class PolicyListener:
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.health = LoopHealth("policy_listener", stale_after_s=stale_after_s)
 
     def start(self) -> PolicyListener:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="policy-listener", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="policy-listener", daemon=True)
+            self._thread = thread
+            self.health.alive = thread.is_alive
+            thread.start()
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -91,6 +97,7 @@ class PolicyListener:
                 if self.connected:  # a working connection was lost: retry soon
                     backoff = 0.1
                 self.last_error = repr(exc)[:500]
+                self.health.failed(exc)
                 log.warning("policy listener: %s; retrying in %.1fs", self.last_error, backoff)
             self.connected = False
             self.backend_pid = None
@@ -107,6 +114,7 @@ class PolicyListener:
             self.connects += 1
             self.on_notify(None)  # catch up: a version may have landed while not listening
             while not self._stop.is_set():
+                self.health.beat("listening")
                 for note in driver.notifies(timeout=self.wait_s):
                     if note.channel == snapshots.POLICY_CHANNEL:
                         self.notifications += 1

@@ -14,6 +14,8 @@ import hmac
 import time
 import uuid
 
+MAX_TOKEN_CHARS = 256
+
 
 class TokenError(Exception):
     def __init__(self, reason: str, expired: bool = False) -> None:
@@ -39,11 +41,17 @@ class FeedbackTokens:
 
     def verify(self, token: str, request_id: uuid.UUID, now: float | None = None) -> None:
         """Raise :class:`TokenError` unless ``token`` is valid for ``request_id`` now."""
+        # only what we issue gets past here: ASCII, bounded, ASCII digits for the expiry
+        # (str.isdigit() alone takes "²" and Arabic-Indic digits)
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+            raise TokenError("malformed feedback token")
         parts = token.split(".")
         if len(parts) != 4 or parts[0] != "v1":
             raise TokenError("malformed feedback token")
         _, rid, exp_s, sig = parts
-        if not exp_s.isdigit() or not hmac.compare_digest(sig, self._sig(rid, int(exp_s))):
+        if not (exp_s.isdigit() and len(exp_s) <= 12):
+            raise TokenError("malformed feedback token")
+        if not hmac.compare_digest(sig, self._sig(rid, int(exp_s))):
             raise TokenError("invalid feedback token signature")
         if rid != str(request_id):
             raise TokenError("feedback token was issued for another request")

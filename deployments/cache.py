@@ -15,6 +15,7 @@ from controlplane.cache_core import CacheCore, PoolExecutor
 from controlplane.config import BanditConfig
 from deployments.pool import pool_name
 from feedback.database import make_engine
+from feedback.loop_health import LoopHealth
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +63,30 @@ class CacheControllerService:
             load_times=executor.load_times,
         )
         self.error: str | None = None
+        self.health = LoopHealth("cache_controller", stale_after_s=config.gateway.loop_stale_s)
         self._stop = threading.Event()
-        threading.Thread(target=self._run, name="cache-controller", daemon=True).start()
+        thread = threading.Thread(target=self._run, name="cache-controller", daemon=True)
+        self.health.alive = thread.is_alive
+        thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.core.step()
+                self.health.beat("planning")
             except Exception as exc:  # keep planning after a transient failure
-                self.error = repr(exc)
+                self.health.failed(exc)
+                self.error = self.health.last_error
                 log.exception("cache controller tick failed")
             self._stop.wait(self.config.cache.tick_s)
 
     def status(self) -> dict[str, Any]:
-        return {**self.core.status(), "error": self.error}
+        return {**self.core.status(), "error": self.error, "health": self.health.report()}
+
+    def check_health(self) -> None:
+        """Serve restarts the replica when its controller thread died."""
+        if not self.health.report()["alive"]:
+            raise RuntimeError("the cache controller thread is dead")
 
     def __del__(self) -> None:
         self._stop.set()

@@ -100,6 +100,12 @@ class Gateway:
         status: dict[str, Any] = await self.cache_controller.status.remote()
         return status
 
+    def check_health(self) -> None:
+        """Serve restarts the replica when its decision log writer died (it should not:
+        the writer survives any error; this is the last line)."""
+        if not self.core.writer.health.report()["alive"]:
+            raise RuntimeError("the decision log writer thread is dead")
+
     def __del__(self) -> None:
         self.core.writer.close(timeout_s=10)
 

@@ -1,16 +1,17 @@
-"""LearnerService: the single learner replica, running :class:`LearnerLoop` on a thread."""
+"""LearnerService: the single learner replica, running :class:`LearnerLoop` on the thread
+of a :class:`LearnerRunner` (which recovers from any error and reports its health)."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
 from ray import serve
 
 from controlplane.config import BanditConfig
-from controlplane.learner_loop import LearnerBusy, LearnerLoop
+from controlplane.learner_loop import LearnerLoop
+from controlplane.learner_runner import LearnerRunner
 from feedback.database import make_engine
 
 log = logging.getLogger(__name__)
@@ -22,28 +23,11 @@ class LearnerService:
         self.config = config
         self.engine = make_engine(database_url, pool_size=2)
         self.loop = LearnerLoop(self.engine, config)
-        self._stop = threading.Event()
-        self.error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
-        self._thread.start()
+        self.runner = LearnerRunner(self.loop, stale_after_s=config.gateway.loop_stale_s).start()
 
-    def _run(self) -> None:
-        poll = self.config.learner_service.poll_interval_s
-        while not self._stop.is_set():
-            try:
-                self.loop.start()
-                break
-            except LearnerBusy:
-                log.warning("another learner holds the lock; retrying")
-                self._stop.wait(1.0)
-        while not self._stop.is_set():
-            try:
-                if self.loop.step() == 0:
-                    self._stop.wait(poll)
-            except Exception as exc:  # keep learning after a transient DB error
-                self.error = repr(exc)
-                log.exception("learner step failed")
-                self._stop.wait(min(5.0, poll * 4))
+    @property
+    def error(self) -> str | None:
+        return self.runner.error
 
     def status(self) -> dict[str, Any]:
         return {
@@ -53,6 +37,7 @@ class LearnerService:
             "pending": self.loop.pending,
             "stats": dict(self.loop.stats),
             "error": self.error,
+            "health": self.runner.health.report(),
             "time": time.time(),
         }
 
@@ -60,5 +45,10 @@ class LearnerService:
         """What ``/metrics`` shows of the learner (gateways fetch it, cached briefly)."""
         return {**self.loop.metrics(), "error": self.error}
 
+    def check_health(self) -> None:
+        """Serve restarts the replica when its learner thread died."""
+        if not self.runner.health.report()["alive"]:
+            raise RuntimeError("the learner thread is dead")
+
     def __del__(self) -> None:
-        self._stop.set()
+        self.runner.stop(timeout_s=1.0)

@@ -30,6 +30,8 @@ from sqlalchemy import Engine, create_engine, make_url, text
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 10
+
 
 @dataclass
 class DatabaseHandle:
@@ -152,4 +154,6 @@ def open_database(
 def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 5)
+    # a server that vanished (no refusal, no answer) must not hang a request or a loop
+    kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
     return create_engine(url, **kwargs)

@@ -91,6 +91,12 @@ decisions = Table(
         nullable=True,
         comment="a fallback's first attempt (the client request's id); null on a first attempt",
     ),
+    Column(
+        "client_request_id",
+        Text,
+        nullable=True,
+        comment="the client's x-request-id, for correlation only (not unique)",
+    ),
     Column("credit_seq", BigInteger, nullable=True),
     Column("credit_kind", Text, nullable=True),
     Column("credit_quality", Float, nullable=True),

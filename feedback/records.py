@@ -40,6 +40,7 @@ class DecisionRecord:
     key_id: str | None = None  # the API key's name, never the key
     attempt: int = 1  # a fallback's attempt number (2, 3, ...)
     fallback_of: uuid.UUID | None = None  # a fallback's first attempt: the request's id
+    client_request_id: str | None = None  # the client's x-request-id (correlation only)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,12 @@ class RewardRow:
 
 
 COMPLETION_ID_PREFIX = "chatcmpl-"  # the gateway's completion id: this prefix + the id's hex
+
+
+def clean_text(value: str) -> str:
+    """``value`` as PostgreSQL can store it: NUL dropped, unpaired surrogates replaced
+    (for text the server makes up from what it got, such as an upstream's error)."""
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def parse_request_id(value: object) -> uuid.UUID:

@@ -12,13 +12,21 @@ Durability contract:
   what a crash can lose is bounded by ``max_buffer`` records (default
   50,000, about 1-2 s of traffic at full speed) and is visible as the
   ``buffered`` gauge;
-* when the buffer is full, ``log_*`` raises :class:`WriterFull` (counted in
-  ``rejected``): the caller sheds the request instead of losing it silently;
+* when the buffer is full, ``log_decision`` raises :class:`WriterFull` (counted
+  in ``rejected``): the caller sheds the request instead of losing it silently.
+  A decision is accepted only with room for its outcome too, and an outcome is
+  never refused (the buffer may exceed ``max_buffer`` by the outcomes of the
+  requests in flight), so no answered request is logged without its outcome;
 * transient database errors (connection lost, server restarting) are retried
   with exponential backoff, forever, while the buffer holds;
-* a batch that fails on its data (constraint or type error) is split in
-  halves until the offending records stand alone; those are dropped and
-  counted in ``invalid``, the rest is written.
+* a batch that fails on its data (constraint or type error, or any other
+  error that is not a lost connection, such as a text the driver cannot
+  encode) is split in halves until the offending records stand alone; those
+  are dropped and counted in ``invalid`` (their request ids are logged), the
+  rest is written;
+* the background thread survives any error: a turn that raised is logged,
+  counted in ``health`` (:class:`feedback.loop_health.LoopHealth`:
+  last success, last error, restarts) and the loop goes on.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from feedback.errors import WriterFull
+from feedback.loop_health import LoopHealth
 from feedback.records import DecisionRecord, OutcomeRecord
 from feedback.repositories import request_log
 
@@ -69,7 +78,10 @@ class DecisionLogWriter:
         flush_interval_s: float = 0.2,
         max_backoff_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
+        stale_after_s: float = 60.0,
     ) -> None:
+        """``stale_after_s``: the health signal reports the writer stuck when no batch
+        was written (nor the queue found empty) for this long."""
         if max_buffer < max_batch:
             raise ValueError("max_buffer must be at least max_batch")
         self._engine = engine
@@ -83,21 +95,23 @@ class DecisionLogWriter:
         self._closed = False
         self._inflight = 0
         self._thread: threading.Thread | None = None
+        self._give_up_at: float | None = None  # a flush without the thread: its deadline
         self.stats = WriterStats()
+        self.health = LoopHealth("decision_log_writer", stale_after_s=stale_after_s)
 
     # -- request path -------------------------------------------------
 
     def log_decision(self, record: DecisionRecord) -> None:
-        self._append(record)
+        self._append(record, room=2)  # itself and, later, its outcome
 
     def log_outcome(self, record: OutcomeRecord) -> None:
-        self._append(record)
+        self._append(record, room=0)  # its decision kept room for it
 
-    def _append(self, record: Record) -> None:
+    def _append(self, record: Record, room: int) -> None:
         with self._cond:
             if self._closed:
                 raise WriterFull("decision log writer is closed")
-            if len(self._queue) >= self._max_buffer:
+            if room and len(self._queue) + room > self._max_buffer:
                 self.stats.rejected += 1
                 raise WriterFull(f"decision log buffer full ({self._max_buffer} records)")
             self._queue.append(record)
@@ -110,10 +124,10 @@ class DecisionLogWriter:
 
     def start(self) -> DecisionLogWriter:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="decision-log-writer", daemon=True
-            )
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
+            self._thread = thread
+            self.health.alive = thread.is_alive
+            thread.start()
         return self
 
     def flush(self, timeout_s: float = 30.0) -> bool:
@@ -128,8 +142,17 @@ class DecisionLogWriter:
                 if self._thread is None:
                     break
             time.sleep(0.01)
-        if self._thread is None:
-            self.flush_once_sync()
+        if self._thread is None:  # written here, retrying no longer than the timeout
+            self._give_up_at = deadline
+            try:
+                while self._queue and self.flush_once_sync():
+                    pass
+            except _GaveUp:
+                log.warning(
+                    "flush gave up: the database is away; %d records kept", len(self._queue)
+                )
+            finally:
+                self._give_up_at = None
             return not self._queue
         return False
 
@@ -152,8 +175,17 @@ class DecisionLogWriter:
                         return
                     self._cond.wait(self._flush_interval)
                 if not self._queue:
+                    self.health.beat("idle")
                     continue
-            self.flush_once_sync()
+            try:
+                self.flush_once_sync()
+            except Exception as exc:  # never let the writer die: the batch stays queued
+                self.health.failed(exc)
+                self.health.restarted()
+                log.exception("decision log writer turn failed; going on")
+                self._sleep(self._flush_interval)
+            else:
+                self.health.beat("writing")
 
     def flush_once_sync(self) -> int:
         """Write one batch from the head of the queue; returns records taken."""
@@ -163,7 +195,12 @@ class DecisionLogWriter:
             self._inflight = n
         if not batch:
             return 0
-        self._write_with_retry(batch)
+        try:
+            self._write_with_retry(batch)
+        except _GaveUp:
+            with self._cond:
+                self._inflight = 0
+            raise
         with self._cond:
             for _ in range(n):
                 self._queue.popleft()
@@ -178,16 +215,22 @@ class DecisionLogWriter:
             try:
                 self._write(batch)
                 return
-            except (IntegrityError, DBAPIError) as exc:
-                if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            except Exception as exc:
+                if _transient(exc):
                     self.stats.retries += 1
-                    self.stats.last_error = str(exc.orig or exc)[:500]
-                    log.warning(
-                        "decision log write failed, retrying in %.2fs: %s", backoff, exc.orig
-                    )
+                    self.stats.last_error = _describe(exc)
+                    self.health.failed(exc)
+                    log.warning("decision log write failed, retrying in %.2fs: %s", backoff, exc)
+                    if (
+                        self._give_up_at is not None
+                        and time.monotonic() + backoff > self._give_up_at
+                    ):
+                        raise _GaveUp from exc
                     self._sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff)
                     continue
+                # refused on its data, or a record the driver cannot even send (an
+                # unencodable text): find the bad records, write the rest
                 self._isolate(batch, exc)
                 return
 
@@ -195,10 +238,12 @@ class DecisionLogWriter:
         """A batch the database refuses on its data: write what it accepts."""
         if len(batch) == 1:
             self.stats.invalid += 1
-            self.stats.last_error = str(getattr(exc, "orig", exc))[:500]
+            self.stats.last_error = _describe(exc)
+            self.health.failed(exc)
             log.error(
-                "dropping invalid log record %r: %s", batch[0].request_id, self.stats.last_error
-            )
+                "dropping invalid %s record %s: %s",
+                type(batch[0]).__name__, batch[0].request_id, self.stats.last_error,
+            )  # fmt: skip
             return
         mid = len(batch) // 2
         for half in (batch[:mid], batch[mid:]):
@@ -212,3 +257,22 @@ class DecisionLogWriter:
             no = request_log.write_outcomes(conn, outcomes)
         self.stats.written_decisions += nd
         self.stats.written_outcomes += no
+
+
+class _GaveUp(Exception):
+    """A flush without the background thread ran out of time while the database is away."""
+
+
+def _transient(exc: Exception) -> bool:
+    """A lost connection or a server going away: the same batch may succeed later."""
+    if isinstance(exc, IntegrityError):
+        return False
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, OperationalError) or exc.connection_invalidated
+    return False
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, DBAPIError):
+        return str(exc.orig or exc)[:500]
+    return f"{type(exc).__name__}: {exc}"[:500]

@@ -52,9 +52,9 @@ def create_app(
     what ``/v1/stats`` reports for the learner; ``cache_status``: for the cache
     controller, when a planned cache policy runs (``/metrics`` reads its residency
     totals too). ``learner_metrics``: the learner's figures for ``/metrics``
-    (``LearnerService.metrics``). ``proxy_request_id``: the id a
-    fronting proxy (Ray Serve's) already put in ``x-request-id``; when it is a
-    UUID, the decision is logged under it. ``admission``: rate limits and budgets (by
+    (``LearnerService.metrics``). ``proxy_request_id``: given when a
+    fronting proxy (Ray Serve's) answers with its own ``x-request-id`` (the client's,
+    when it sent one); the decision's id is always generated here. ``admission``: rate limits and budgets (by
     default built from the core's config, on the real clocks). ``instance_id``: what
     ``/healthz`` reports as ``instance`` (the launcher's readiness probe checks it)."""
     app = FastAPI(title="banditctl gateway", lifespan=_lifespan)

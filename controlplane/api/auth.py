@@ -7,7 +7,9 @@ the SHA-256 of each key is kept; a request shows a key as ``Authorization: Beare
 decision rows carry the key's id, never the key.
 
 Scopes: ``chat`` (chat completions, models, route explain; open to anyone under
-``auth: {open_chat: true}``), ``feedback``, ``admin`` (all of them, rollback too).
+``auth: {open_chat: true}``), ``feedback``, ``read`` (the dashboard's data and the
+budgets in ``/v1/stats``; open to anyone under ``auth: {open_dashboard: true}``),
+``admin`` (all of them, rollback too).
 Feedback without a key needs the answer's signed feedback token instead.
 """
 
@@ -123,6 +125,33 @@ async def chat_key(request: Request, keys: ApiKeysDep) -> ApiKey | None:
 
 
 ChatKeyDep = Annotated[ApiKey | None, Depends(chat_key)]
+
+
+def may_read(request: Request, keys: ApiKeys) -> bool:
+    """Whether the caller may read per-user data (recent feedback, budgets): the config
+    opens the dashboard, or the request shows a key with the read or admin scope. An
+    unknown key is refused (401) rather than treated as anonymous."""
+    if request.app.state.core.config.auth.open_dashboard:
+        return True
+    scopes = keys.scopes(request)
+    return scopes is not None and bool(scopes & {"read", "admin"})
+
+
+async def read_key(request: Request, keys: ApiKeysDep) -> None:
+    """The dashboard's data endpoints: 401 without a key, 403 without the read scope,
+    unless ``auth.open_dashboard``."""
+    if may_read(request, keys):
+        return
+    if keys.identify(request) is None:
+        raise AuthError(
+            401,
+            "the dashboard's data needs an API key with the read scope (Authorization: Bearer)",
+            INVALID_KEY,
+        )
+    raise AuthError(403, "API key lacks the read scope", INSUFFICIENT_SCOPE)
+
+
+ReadDep = Depends(read_key)
 
 
 def authorise_feedback(

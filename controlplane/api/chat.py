@@ -8,8 +8,10 @@ stops the generation. Request fields are checked and routed by
 Both need an API key with the chat scope unless ``auth.open_chat`` (:mod:`.auth`).
 ``app.state.admission`` (:class:`controlplane.admission.Admission`) applies the key's
 rate limits and the budgets before a request is decided, and learns its real usage
-after. ``app.state.proxy_request_id``: the id a fronting proxy (Ray Serve's) already
-put in ``x-request-id``; when it is a UUID, the decision is logged under it.
+after. The gateway generates every decision's request id; the client's ``x-request-id``
+(or, behind Ray Serve, the proxy's) is kept only as the decision's ``client_request_id``,
+for correlation, and returned as ``x-request-id``. Bodies are checked by
+:mod:`.validation` before anything is decided.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from controlplane.admission import Admission
 from controlplane.api.auth import ChatKeyDep
 from controlplane.api.deps import CoreDep, read_json
+from controlplane.api.validation import client_request_id, validate_chat
 
 router = APIRouter()
 
@@ -43,14 +46,14 @@ async def models(core: CoreDep, _key: ChatKeyDep) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions")
 async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
-    body = core.validate_body(await read_json(request))
-    proxy_request_id = request.app.state.proxy_request_id
-    proxied = _as_uuid(proxy_request_id() if proxy_request_id else None)
+    body = core.validate_body(validate_chat(await read_json(request), core.config.limits))
+    correlation = client_request_id(request, core.config.limits)
+    proxied = request.app.state.proxy_request_id is not None  # the proxy sets x-request-id
     if key is not None and key.tenant is not None:  # the key's tenant, whatever the body says
         body = {**body, "metadata": {**(body.get("metadata") or {}), "tenant": key.tenant}}
     admission: Admission = request.app.state.admission
     arms = core.servable_arms(body)
-    ticket = await admission.admit(key, body, arms, core.policy.learner, proxied or uuid.uuid4())
+    ticket = await admission.admit(key, body, arms, core.policy.learner, uuid.uuid4())
     key_id = key.name if key is not None else None
     if body.get("stream"):
         # the pool's deltas as they come; settled once the stream ends (or fails)
@@ -60,29 +63,36 @@ async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
             key_id=key_id,
             exclude=ticket.exclude,
             on_done=lambda result: admission.settle(ticket, result),
+            client_request_id=correlation,
         )
         return StreamingResponse(
             _sse(streamed.events),
             media_type="text/event-stream",
-            headers=_headers(streamed.meta, proxied),
+            headers=_headers(streamed.meta, proxied, correlation),
         )
     result = None
     try:
-        result = await core.complete(body, ticket.request_id, key_id=key_id, exclude=ticket.exclude)
+        result = await core.complete(
+            body,
+            ticket.request_id,
+            key_id=key_id,
+            exclude=ticket.exclude,
+            client_request_id=correlation,
+        )
     finally:
         admission.settle(ticket, result)
-    return JSONResponse(result, headers=_headers(result["banditctl"], proxied))
+    return JSONResponse(result, headers=_headers(result["banditctl"], proxied, correlation))
 
 
-def _headers(meta: dict[str, Any], proxied: uuid.UUID | None) -> dict[str, str]:
+def _headers(meta: dict[str, Any], proxied: bool, correlation: str | None) -> dict[str, str]:
     headers = {
         "x-banditctl-request-id": meta["request_id"],
         "x-banditctl-arm": meta["arm"],
         "x-banditctl-policy-version": str(meta["policy_version"]),
         "x-banditctl-feedback-token": meta["feedback_token"],
     }
-    if proxied is None:  # else the proxy sets x-request-id to the same id
-        headers["x-request-id"] = meta["request_id"]
+    if not proxied:  # else the proxy returns its id (the client's, when it sent one)
+        headers["x-request-id"] = correlation or meta["request_id"]
     return headers
 
 
@@ -94,12 +104,3 @@ async def _sse(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[by
             if "error" in event:
                 return
     yield b"data: [DONE]\n\n"
-
-
-def _as_uuid(value: str | None) -> uuid.UUID | None:
-    if not value:
-        return None
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None

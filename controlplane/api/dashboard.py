@@ -3,7 +3,10 @@
 The figures come from :mod:`controlplane.dashboard_data` and
 :mod:`controlplane.dashboard_routing` (no HTTP there); ``app.state.policy_cache``
 holds the snapshot learners they replay. Every JSON endpoint takes ``window_s``:
-the figures cover the decisions of its last seconds (absent: all time).
+the figures cover the decisions of its last seconds (absent: all time). The JSON
+endpoints hold per-user data (recent feedback with comments and request ids): they need
+a key with the read scope unless ``auth.open_dashboard`` (:func:`.auth.read_key`); the
+page and its assets are static and open.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from fastapi.responses import Response
 
 from controlplane import dashboard_data as data
 from controlplane import dashboard_routing
+from controlplane.api.auth import ReadDep
 from controlplane.api.deps import CoreDep
 from controlplane.api.errors import error_response
 from controlplane.dashboard_stats import Window
@@ -80,7 +84,7 @@ async def asset(name: str) -> Response:
     return Response(body, media_type=ASSETS[name], headers={"cache-control": "no-cache"})
 
 
-@router.get("/v1/dashboard/overview")
+@router.get("/v1/dashboard/overview", dependencies=[ReadDep])
 async def overview(core: CoreDep, cache: PolicyCacheDep, window: WindowDep) -> Any:
     result = await _read(core, data.overview, core.config, cache, window)
     result["gateway"] = {
@@ -91,7 +95,7 @@ async def overview(core: CoreDep, cache: PolicyCacheDep, window: WindowDep) -> A
     return result
 
 
-@router.get("/v1/dashboard/routing")
+@router.get("/v1/dashboard/routing", dependencies=[ReadDep])
 async def routing(
     core: CoreDep,
     cache: PolicyCacheDep,
@@ -101,17 +105,17 @@ async def routing(
     return await _read(core, dashboard_routing.routing, core.config, cache, window, limit)
 
 
-@router.get("/v1/dashboard/learning")
+@router.get("/v1/dashboard/learning", dependencies=[ReadDep])
 async def learning(core: CoreDep, window: WindowDep, buckets: int = Query(40, ge=1, le=500)) -> Any:
     return await _read(core, data.learning_curves, core.config, window, buckets)
 
 
-@router.get("/v1/dashboard/feedback")
+@router.get("/v1/dashboard/feedback", dependencies=[ReadDep])
 async def feedback(core: CoreDep, window: WindowDep, limit: int = Query(50, ge=1, le=500)) -> Any:
     return await _read(core, data.recent_feedback, window, limit)
 
 
-@router.get("/v1/dashboard/residency")
+@router.get("/v1/dashboard/residency", dependencies=[ReadDep])
 async def residency(
     core: CoreDep, window: WindowDep, limit: int = Query(500, ge=1, le=5000)
 ) -> Any:

@@ -9,12 +9,12 @@ them on the event loop, not in its thread pool.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from controlplane.gateway_core import BadRequest, GatewayCore
+from controlplane.api.validation import read_body
+from controlplane.gateway_core import GatewayCore
 
 
 async def get_core(request: Request) -> GatewayCore:
@@ -26,7 +26,6 @@ CoreDep = Annotated[GatewayCore, Depends(get_core)]
 
 
 async def read_json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("body", "not valid JSON", 400) from None
+    """The JSON body, under the config's ``limits`` (:func:`.validation.read_body`)."""
+    core: GatewayCore = request.app.state.core
+    return await read_body(request, core.config.limits)

@@ -13,7 +13,12 @@ with 4xx/5xx codes:
   ``invalid_api_key`` (no key, an unknown one) or ``insufficient_scope``.
 - ``LimitExceeded``: 429 ``rate_limit_exceeded`` or ``budget_exceeded``; code: the
   limit's or the budget's name; a ``Retry-After`` header (seconds).
-- ``WriterFull``: 503 ``overloaded``; ``UpstreamError``: 502 ``upstream_error``.
+- ``WriterFull``: 503 ``overloaded`` with ``Retry-After``; ``UpstreamError``: 502
+  ``upstream_error``.
+- The database away (a refused or lost connection, the pool exhausted): 503
+  ``database_unavailable`` with ``Retry-After``; nothing was stored, the client may
+  retry. A value the database refuses: 422. Anything else: 500 ``internal_error``,
+  whose message says nothing of the cause (the log has it).
 
 FastAPI's own answers (a path or query parameter that fails validation, an
 unknown route or method) keep FastAPI's ``{"detail": ...}`` shape.
@@ -27,12 +32,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 
 from controlplane.gateway_core import BadRequest, UpstreamError
 from controlplane.limits import LimitExceeded
 from feedback.errors import Compacted, InvalidInput, NotFound, WriterFull
 
 log = logging.getLogger(__name__)
+
+DATABASE_RETRY_AFTER_S = 5
+WRITER_RETRY_AFTER_S = 1
 
 
 class AuthError(Exception):
@@ -87,7 +96,36 @@ async def _limit(_: Request, exc: LimitExceeded) -> JSONResponse:
 
 
 async def _full(_: Request, exc: WriterFull) -> JSONResponse:
-    return error_response(503, str(exc), "overloaded")
+    headers = {"Retry-After": str(WRITER_RETRY_AFTER_S)}
+    return error_response(503, str(exc), "overloaded", headers=headers)
+
+
+def _database_unavailable() -> JSONResponse:
+    return error_response(
+        503,
+        "the database is unavailable; nothing was stored, retry later",
+        "database_unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
+async def _db_away(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+    return _database_unavailable()
+
+
+async def _db_error(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
+    if exc.connection_invalidated:
+        return await _db_away(request, exc)
+    if isinstance(exc, sa_exc.DataError):
+        log.info("%s %s: value refused by the database: %s", request.method, request.url.path, exc)
+        return error_response(422, "a value is out of range", "invalid_request_error")
+    return await _internal(request, exc)
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error", "internal_error")
 
 
 async def _upstream(_: Request, exc: UpstreamError) -> JSONResponse:
@@ -103,6 +141,11 @@ _HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse
     LimitExceeded: _limit,
     WriterFull: _full,
     UpstreamError: _upstream,
+    sa_exc.OperationalError: _db_away,
+    sa_exc.InterfaceError: _db_away,
+    sa_exc.TimeoutError: _db_away,  # no pooled connection came free in time
+    sa_exc.DBAPIError: _db_error,
+    Exception: _internal,
 }
 
 

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Request
 
 from controlplane.api.auth import ChatKeyDep
 from controlplane.api.deps import CoreDep, read_json
+from controlplane.api.validation import validate_chat
 
 router = APIRouter()
 
 
 @router.post("/v1/route/explain")
 async def explain(request: Request, core: CoreDep, _key: ChatKeyDep) -> Any:
-    return core.explain(await read_json(request))
+    return core.explain(validate_chat(await read_json(request), core.config.limits))

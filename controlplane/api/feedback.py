@@ -3,6 +3,10 @@
 Each item names the answer's ``request_id`` and carries its ``feedback_token``
 (or the request shows an API key with the feedback scope); the quality is
 ``quality`` in [0, 1] or a ``rating``: thumbs ("up"/"down") or 1-5 stars.
+With a token, one feedback row per answer, whatever its ``source`` (a repeat is
+answered ``duplicate: true``); with a feedback key, one per (answer, source).
+``source`` is a label (printable, at most 64 characters), ``comment`` free text of at
+most ``limits.max_comment_chars`` (:mod:`.validation`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from fastapi import APIRouter, Request
 
 from controlplane.api.auth import ApiKeys, ApiKeysDep, authorise_feedback
 from controlplane.api.deps import CoreDep, read_json
-from controlplane.gateway_core import GatewayCore
+from controlplane.api.validation import check_free_text, check_label
+from controlplane.gateway_core import BadRequest, GatewayCore
 from feedback.errors import InvalidInput
-from feedback.records import FeedbackInput, parse_request_id
+from feedback.records import MAX_SOURCE_LEN, FeedbackInput, parse_request_id
 from feedback.repositories import feedback as feedback_repo
 
 THUMBS = {"up": 1.0, "thumbs_up": 1.0, "down": 0.0, "thumbs_down": 0.0}
@@ -47,11 +52,11 @@ def _parse_feedback(
     require_known = authorise_feedback(request, payload, rid, keys, core.tokens)
     quality, raw = quality_from(payload)
     comment = payload.get("comment")
-    if comment is not None and not isinstance(comment, str):
-        raise InvalidInput("comment", "must be a string")
-    fb = FeedbackInput.validated(
-        rid, quality, payload.get("source", "user"), raw_rating=raw, comment=comment
-    )
+    if comment is not None:
+        check_free_text("comment", comment, core.config.limits.max_comment_chars)
+    source = payload.get("source", "user")
+    check_label("source", source, MAX_SOURCE_LEN)
+    fb = FeedbackInput.validated(rid, quality, source, raw_rating=raw, comment=comment)
     return fb, require_known
 
 
@@ -68,8 +73,12 @@ def _counted(core: GatewayCore, results: list[Any]) -> list[dict[str, Any]]:
 
 
 def _store_one(core: GatewayCore, fb: FeedbackInput, require_known: bool) -> Any:
+    # a key's feedback is kept per source; a token's once per answer (require_known is
+    # False exactly when a token authorised it)
     with core.engine.begin() as conn:
-        return feedback_repo.record_feedback(conn, fb, require_known=require_known)
+        return feedback_repo.record_feedback(
+            conn, fb, require_known=require_known, once_per_request=not require_known
+        )
 
 
 @router.post("/v1/feedback")
@@ -91,6 +100,8 @@ async def feedback_batch(request: Request, core: CoreDep, keys: ApiKeysDep) -> A
             parsed.append(_parse_feedback(request, item, core, keys))
         except InvalidInput as exc:
             raise InvalidInput(f"items[{i}].{exc.field}", exc.message) from None
+        except BadRequest as exc:
+            raise BadRequest(f"items[{i}].{exc.field}", exc.message, exc.status) from None
     if any(req for _, req in parsed):
 
         def store() -> Any:
@@ -103,7 +114,10 @@ async def feedback_batch(request: Request, core: CoreDep, keys: ApiKeysDep) -> A
         def store_tokens() -> Any:
             with core.engine.begin() as conn:
                 return [
-                    feedback_repo.record_feedback(conn, fb, require_known=False) for fb, _ in parsed
+                    feedback_repo.record_feedback(
+                        conn, fb, require_known=False, once_per_request=True
+                    )
+                    for fb, _ in parsed
                 ]
 
         results = await asyncio.to_thread(store_tokens)

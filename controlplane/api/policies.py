@@ -4,9 +4,9 @@ admin-only rollback (which publishes an old version's state as a new version).""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 
 from controlplane.api.auth import ApiKeysDep, authorise_rollback
 from controlplane.api.deps import CoreDep
@@ -15,6 +15,9 @@ from feedback.errors import NotFound
 from feedback.repositories import reports, snapshots
 
 router = APIRouter()
+
+# a policy version is a PostgreSQL integer: a larger one is refused (422), not looked up
+Version = Annotated[int, Path(ge=0, le=2**31 - 1, description="a policy version")]
 
 
 def _policy_view(snap: dict[str, Any], traffic: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +67,7 @@ async def policy_current(core: CoreDep) -> Any:
 
 
 @router.get("/v1/policies/{version}")
-async def policy_version(version: int, core: CoreDep) -> Any:
+async def policy_version(version: Version, core: CoreDep) -> Any:
     return await asyncio.to_thread(_load_policy, core, version)
 
 
@@ -90,7 +93,7 @@ async def policy_list(core: CoreDep) -> Any:
 
 
 @router.post("/v1/policies/{version}/rollback")
-async def rollback(version: int, request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
+async def rollback(version: Version, request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
     authorise_rollback(request, keys)
 
     def publish() -> int:

@@ -50,8 +50,9 @@ def demo_config(dataset: str = "synthetic", **overrides: Any) -> BanditConfig:
             "min_snapshot_interval_s": 0.5,
         },
         "gateway": {"policy_refresh_s": 0.25},
-        # a local demo: chat needs no API key (a real deployment gives clients chat keys)
-        "auth": {"open_chat": True},
+        # a local demo: chat and the dashboard need no API key (a real deployment gives
+        # clients chat keys and readers read keys)
+        "auth": {"open_chat": True, "open_dashboard": True},
     }
     data.update(overrides)
     return parse_config(data, "<demo>")

@@ -66,7 +66,14 @@ def feedback_secret(settings: Settings) -> str:
     path = Path(settings.data_dir) / "feedback.secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
+        try:  # created 0600 from the start: never readable by others, not even briefly
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+    if path.stat().st_mode & 0o077:  # an older or hand-made file: only its owner reads it
         path.chmod(0o600)
     return path.read_text().strip()
 

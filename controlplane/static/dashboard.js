@@ -45,8 +45,12 @@ function when(iso) {
 const clock = (s) => new Date(s * 1000).toLocaleTimeString([], { hour12: false });
 function armColor(i) { return PALETTE[i % PALETTE.length]; }
 
-async function api(path, init) {
-  const r = await fetch(path, init);
+async function api(path, init = {}) {
+  // the key typed below (read or admin scope) goes with every call, unless one is given
+  const key = sessionStorage.getItem("banditctl-admin-key");
+  const headers = { ...(init.headers || {}) };
+  if (key && !headers.Authorization) headers.Authorization = `Bearer ${key}`;
+  const r = await fetch(path, { ...init, headers });
   let body = null;
   try { body = await r.json(); } catch (_) { body = null; }
   if (!r.ok) {
@@ -604,6 +608,10 @@ function chooseWindow(key) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("admin-key").value = sessionStorage.getItem("banditctl-admin-key") || "";
+  $("admin-key").addEventListener("change", () => {
+    sessionStorage.setItem("banditctl-admin-key", $("admin-key").value.trim());
+    refresh();
+  });
   $("live").addEventListener("change", schedule);
   $("try-form").addEventListener("submit", explain);
   for (const b of document.querySelectorAll(".windows button")) b.addEventListener("click", () => chooseWindow(b.dataset.window));

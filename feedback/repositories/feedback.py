@@ -1,11 +1,13 @@
-"""Feedback: quality ratings of served answers, stored once per (request id, source)."""
+"""Feedback: quality ratings of served answers, stored once per (request id, source), or
+once per request id whatever the source (``once_per_request``: feedback that shows the
+answer's token, which proves one answer, not who rates it)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from feedback import models as m
@@ -13,9 +15,19 @@ from feedback.errors import NotFound
 from feedback.records import FeedbackInput, FeedbackResult
 from feedback.repositories._sql import copy_insert
 
+FEEDBACK_LOCK_CLASS = 0x66656564  # "feed": the two-key advisory lock space of feedback
+
+
+def _request_lock_key(request_id: uuid.UUID) -> int:
+    return int.from_bytes(request_id.bytes[:4], "big", signed=True)
+
 
 def record_feedback(
-    conn: Connection, fb: FeedbackInput, *, require_known: bool = True
+    conn: Connection,
+    fb: FeedbackInput,
+    *,
+    require_known: bool = True,
+    once_per_request: bool = False,
 ) -> FeedbackResult:
     """Store feedback once per (request id, source).
 
@@ -23,7 +35,18 @@ def record_feedback(
     :class:`NotFound`, nothing written). The HTTP layer turns it off when a
     valid signed feedback token proves the request was served but its
     decision may still sit in a gateway's write buffer.
+    ``once_per_request``: store nothing (a duplicate) when the request has feedback of
+    any source already; concurrent posts for one request are serialized by a
+    transaction-level advisory lock on its id.
     """
+    if once_per_request:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:c, :k)"),
+            {"c": FEEDBACK_LOCK_CLASS, "k": _request_lock_key(fb.request_id)},
+        )
+        had = select(m.feedback.c.id).where(m.feedback.c.request_id == fb.request_id).limit(1)
+        if conn.execute(had).first() is not None:
+            return FeedbackResult(fb.request_id, fb.source, duplicate=True, feedback_id=None)
     if require_known:
         known = select(m.decisions.c.request_id).where(m.decisions.c.request_id == fb.request_id)
         if conn.execute(known).first() is None:

@@ -34,6 +34,7 @@ _DECISION_COLS = (
     "key_id",
     "attempt",
     "fallback_of",
+    "client_request_id",
 )
 _OUTCOME_COLS = (
     "request_id",
@@ -66,6 +67,7 @@ def _decision_row(d: DecisionRecord) -> tuple[Any, ...]:
         d.key_id,
         int(d.attempt),
         d.fallback_of,
+        d.client_request_id,
     )
 
 

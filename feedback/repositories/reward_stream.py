@@ -137,3 +137,19 @@ def try_learner_lock(conn: Connection) -> bool:
 
 def release_learner_lock(conn: Connection) -> None:
     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LEARNER_LOCK_KEY})
+
+
+def holds_learner_lock(conn: Connection, backend_pid: int) -> bool:
+    """Whether the session ``backend_pid`` (the learner's lock connection) holds the
+    learner lock now. Checked inside each claim and snapshot transaction, so that a
+    learner whose lock connection died (and whose lock another learner may have taken
+    since) writes nothing."""
+    row = conn.execute(
+        text(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid::bigint = :hi AND objid::bigint = :lo AND objsubid = 1 "
+            "AND pid = :pid"
+        ),
+        {"hi": LEARNER_LOCK_KEY >> 32, "lo": LEARNER_LOCK_KEY & 0xFFFFFFFF, "pid": backend_pid},
+    ).first()
+    return row is not None

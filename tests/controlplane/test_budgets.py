@@ -27,21 +27,24 @@ from tests.controlplane.gatekeeping import (
 )
 
 EVALS, OTHER, TEAM = "sk-evals-0123456789abcdef", "sk-other-0123456789abcdef", "sk-team-0123456"
+READER = "sk-reader-0123456789abcdef"
 
 
 @pytest.fixture
 def keys(monkeypatch):
-    for var, key in (("EVALS", EVALS), ("OTHER", OTHER), ("TEAM", TEAM)):
+    for var, key in (("EVALS", EVALS), ("OTHER", OTHER), ("TEAM", TEAM), ("READER", READER)):
         monkeypatch.setenv(f"BANDITCTL_UNIT_{var}", key)
     return [
         {"name": "evals", "key_env": "BANDITCTL_UNIT_EVALS", "scopes": ["chat"]},
         {"name": "other", "key_env": "BANDITCTL_UNIT_OTHER", "scopes": ["chat"]},
         {"name": "team", "key_env": "BANDITCTL_UNIT_TEAM", "scopes": ["chat"], "tenant": "team-a"},
+        {"name": "reader", "key_env": "BANDITCTL_UNIT_READER", "scopes": ["read"]},
     ]
 
 
 def _budget(gw, name):
-    [b] = [b for b in gw.http.get("/v1/stats").json()["budgets"] if b["name"] == name]
+    stats = gw.http.get("/v1/stats", headers={"Authorization": f"Bearer {READER}"}).json()
+    [b] = [b for b in stats["budgets"] if b["name"] == name]
     return b
 
 

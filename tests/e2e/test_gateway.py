@@ -64,7 +64,13 @@ def test_openai_client_through_gateway_to_replay_backend(deployed, client):
     assert completion.model in arms and meta["arm"] == completion.model
     assert completion.choices[0].message.content.startswith(f"[{completion.model}]")
     assert completion.usage.total_tokens > 0
-    assert raw.headers["x-request-id"] == meta["request_id"]
+    assert raw.headers["x-banditctl-request-id"] == meta["request_id"]
+    assert raw.headers["x-request-id"]  # Serve's correlation id, not the decision's
+    health = httpx.get(f"{deployed.base_url}/healthz", timeout=30)
+    assert health.status_code == 200, health.text
+    loops = health.json()["loops"]
+    assert {"decision_log_writer", "policy_refresher", "learner"} <= set(loops), loops
+    assert all(r["healthy"] for r in loops.values()), loops
     assert raw.headers["x-banditctl-arm"] == meta["arm"]
     assert int(raw.headers["x-banditctl-policy-version"]) == meta["policy_version"] >= 1
     assert 0 < meta["propensity"] <= 1
@@ -357,6 +363,9 @@ def test_learner_replica_killed_midstream_resumes_exactly_once(deployed, client,
         return new == len(ids) and snap["events_applied"] == credited == distinct
 
     _wait(settled, timeout=120, what="the restarted learner to apply every event once")
+    health = http.get(f"{deployed.base_url}/healthz")
+    assert health.status_code == 200, health.text  # the new learner replica reports healthy
+    assert health.json()["loops"]["learner"]["state"] == "learning"
 
 
 def test_pool_streams_chunks_through_a_serve_handle(deployed):

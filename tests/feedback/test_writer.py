@@ -78,13 +78,84 @@ def test_invalid_records_are_isolated_and_counted_the_rest_lands(arms):
 
 
 def test_full_buffer_refuses_instead_of_dropping(arms):
+    """A decision needs room for itself and its outcome; an outcome is never refused, so
+    no answered request is logged without one."""
     w = DecisionLogWriter(arms, max_buffer=10, max_batch=10)
-    for i in range(10):
-        w.log_decision(decision(seed=i))
+    ds = [decision(seed=i) for i in range(9)]
+    for d in ds:
+        w.log_decision(d)
     with pytest.raises(WriterFull):
-        w.log_decision(decision(seed=99))
-    assert w.stats.rejected == 1 and w.stats.buffered == 10
-    w.flush_once_sync()
+        w.log_decision(decision(seed=99))  # 9 + itself + its outcome > 10
+    for d in ds[:3]:
+        w.log_outcome(outcome(d))  # over max_buffer: the decisions kept room for them
+    assert w.stats.rejected == 1 and w.stats.buffered == 12
+    while w.flush_once_sync():
+        pass
     w.log_decision(decision(seed=100))  # room again
     w.flush_once_sync()
-    assert _counts(arms) == (11, 0)
+    assert _counts(arms) == (10, 3)
+
+
+def test_unencodable_text_is_dropped_and_the_writer_thread_goes_on(arms):
+    """An unpaired surrogate cannot be encoded for COPY: that record is dropped and
+    counted, its batch's other records land, and the background thread keeps writing."""
+    from dataclasses import replace
+
+    w = DecisionLogWriter(arms, max_batch=64, flush_interval_s=0.01).start()
+    good = [decision(seed=i) for i in range(10)]
+    bad = replace(decision(seed=99), tenant="team-\ud800")
+    nul = replace(decision(seed=98), task="a\x00b")
+    for d in good[:5] + [bad, nul] + good[5:]:
+        w.log_decision(d)
+    assert w.flush(timeout_s=30)
+    assert w._thread is not None and w._thread.is_alive()
+    later = [decision(seed=100 + i) for i in range(5)]
+    for d in later:
+        w.log_decision(d)
+        w.log_outcome(outcome(d))
+    assert w.close(timeout_s=30)
+    assert _counts(arms) == (15, 5)
+    assert w.stats.invalid == 2
+    report = w.health.report()
+    assert report["errors"] >= 2 and report["last_error"] is not None
+    assert "\ud800" not in report["last_error"]
+
+
+def test_an_unexpected_error_in_a_turn_does_not_kill_the_writer(arms, monkeypatch):
+    """A turn that raises outside the batch write (a bug) is counted as a restart; the
+    batch stays queued and lands on a later turn."""
+    real = DecisionLogWriter.flush_once_sync
+    calls = {"n": 0}
+
+    def broken_once(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return real(self)
+
+    monkeypatch.setattr(DecisionLogWriter, "flush_once_sync", broken_once)
+    w = DecisionLogWriter(arms, max_batch=64, flush_interval_s=0.01, sleep=lambda _s: None).start()
+    d = decision(seed=1)
+    w.log_decision(d)
+    assert w.flush(timeout_s=30)
+    assert _counts(arms) == (1, 0)
+    h = w.health.report()
+    assert h["alive"] and h["healthy"] and h["restarts"] == 1 and h["last_error"] == "RuntimeError"
+    w.close()
+
+
+def test_health_reports_a_dead_or_stuck_writer(arms):
+    clock = {"t": 0.0}
+    w = DecisionLogWriter(arms, max_batch=64, flush_interval_s=0.01, stale_after_s=5)
+    w.health._clock = lambda: clock["t"]
+    w.health.beat()
+    clock["t"] = 6.0
+    assert w.health.report()["healthy"]  # not started: neither stuck nor dead
+    assert w.health.report()["state"] == "not started"
+    w.health.alive = lambda: True  # a live thread that makes no progress
+    assert w.health.report()["problem"].startswith("stuck")
+    w.health.beat()
+    assert w.health.report()["healthy"]
+    w.start()
+    w.close()
+    assert w.health.report()["problem"] == "dead"

@@ -168,6 +168,16 @@ def _size(n: int) -> str:
 # -- gateway ---------------------------------------------------------------------
 
 
+def _unhealthy(health: Any) -> str | None:
+    """The loops a 503 from ``/healthz`` names, with their problems."""
+    try:
+        loops = health.json().get("loops") or {}
+    except ValueError:
+        return None
+    bad = [f"{name} {r.get('problem')}" for name, r in loops.items() if not r.get("healthy")]
+    return "unhealthy: " + "; ".join(bad) if bad else None
+
+
 def _gateway(url: str, timeout: float) -> None:
     import httpx
 
@@ -177,7 +187,7 @@ def _gateway(url: str, timeout: float) -> None:
         _line("/healthz", f"not running (no answer: {type(exc).__name__})")
         return
     if health.status_code != 200:
-        _line("/healthz", f"HTTP {health.status_code}: {health.text[:200]}")
+        _line("/healthz", f"HTTP {health.status_code}: {_unhealthy(health) or health.text[:200]}")
         return
     body = health.json()
     _line("/healthz", f"ok, this replica serves policy version {body.get('policy_version')}")
