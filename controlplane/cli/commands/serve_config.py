@@ -27,8 +27,8 @@ def register(sub: Any) -> None:
         "--resources",
         action="append",
         default=[],
-        metavar="DEPLOYMENT=RES[:AMOUNT][,...]",
-        help="custom resources each replica of DEPLOYMENT needs, so that it runs only on "
+        metavar="DEPLOYMENT[,...]=RES[:AMOUNT][,...]",
+        help="custom resources each replica of each DEPLOYMENT needs, so that it runs only on "
         f"nodes started with them (`ray start --resources`); AMOUNT default {DEFAULT_AMOUNT}. "
         "Deployments: Gateway, LearnerService, CacheControllerService, pool-<model>. Repeatable",
     )
@@ -117,12 +117,13 @@ def deployment_overrides(
         return out.setdefault(name, {"name": name})
 
     for value in resources:
-        name, spec = _split("--resources", value)
+        names, spec = _split("--resources", value)
         need = _amounts(value, spec)
-        opts = entry("--resources", name).setdefault(
-            "ray_actor_options", {"num_cpus": 0, "resources": {}}
-        )
-        opts["resources"].update(need)
+        for name in names.split(","):
+            opts = entry("--resources", name.strip()).setdefault(
+                "ray_actor_options", {"num_cpus": 0, "resources": {}}
+            )
+            opts["resources"].update(need)
     for value in replicas:
         name, n = _split("--replicas", value)
         if not n.isdigit() or int(n) < 1:
