@@ -145,7 +145,24 @@ def test_placement_options_become_serve_deployment_overrides(tmp_path):
     assert by_name["pool-large"]["num_replicas"] == 2
     assert by_name["pool-large"]["ray_actor_options"]["resources"] == {"slot": 1.0}
     assert by_name["pool-coder"]["ray_actor_options"]["resources"] == {"worker": 0.5, "gpu_a": 1.0}
-    assert set(by_name) == {"Gateway", "LearnerService", "pool-large", "pool-coder"}
+    assert "ray_actor_options" not in by_name["pool-small"]  # the code's options stand
+    assert set(by_name) == {"Gateway", "LearnerService"} | {
+        f"pool-{m}" for m in ("small", "coder", "mathy", "large")
+    }
+
+
+def test_rollouts_start_each_replacement_before_stopping_the_old_replica(tmp_path):
+    """Serve's default surge (0) stops a replica first: a one-replica gateway would leave
+    a gap during `serve deploy` of a new version. Every deployment surges unless told."""
+    out = tmp_path / "serve.yaml"
+    assert main(["serve-config", "--config", SAMPLE, "-o", str(out),
+                 "--max-surge", "pool-large,pool-coder=0", "--max-surge", "Gateway=50"]) == 0  # fmt: skip
+    deps = {d["name"]: d for d in yaml.safe_load(out.read_text())["applications"][0]["deployments"]}
+    surge = {name: d["max_surge_percent"] for name, d in deps.items()}
+    assert surge == {
+        "Gateway": 50, "LearnerService": 100, "pool-small": 100, "pool-mathy": 100,
+        "pool-coder": 0, "pool-large": 0,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -158,6 +175,8 @@ def test_placement_options_become_serve_deployment_overrides(tmp_path):
         ["--replicas", "pool-large=0"],
         ["--replicas", "LearnerService=two"],
         ["--format", "rayservice", "--workers", "-1"],
+        ["--max-surge", "Gateway=150"],
+        ["--max-surge", "pool-nope=0"],
     ],
 )
 def test_bad_placement_options_exit_2_naming_the_option(tmp_path, capsys, flags):

@@ -10,6 +10,9 @@ from typing import Any
 import yaml
 
 DEFAULT_AMOUNT = 0.01  # of a custom resource per replica: 100 replicas fit a node holding 1
+# Serve's default (0) stops a replica before starting its replacement: a deployment of one
+# replica, such as the gateway, would be down for the new one's start during a rollout
+DEFAULT_SURGE = 100
 
 
 def register(sub: Any) -> None:
@@ -39,6 +42,15 @@ def register(sub: Any) -> None:
         metavar="DEPLOYMENT=N",
         help="replicas of one deployment (default: the config's gateway.replicas, "
         "pools.replicas; 1 for the learner). Repeatable",
+    )
+    p.add_argument(
+        "--max-surge",
+        action="append",
+        default=[],
+        metavar="DEPLOYMENT[,...]=PERCENT",
+        help=f"extra replicas a rollout may start before stopping old ones (default "
+        f"{DEFAULT_SURGE}: each replacement starts first, so one replica never leaves a gap); "
+        "0 for a deployment whose replicas fill their custom resources exactly. Repeatable",
     )
     p.add_argument(
         "--format",
@@ -101,15 +113,18 @@ def _amounts(value: str, spec: str) -> dict[str, float]:
 
 
 def deployment_overrides(
-    cfg: Any, resources: list[str], replicas: list[str]
+    cfg: Any, resources: list[str], replicas: list[str], surge: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Serve's per-deployment overrides (``applications[].deployments``) for the
-    ``--resources`` and ``--replicas`` options. An override's ``ray_actor_options``
+    """Serve's per-deployment overrides (``applications[].deployments``): every
+    deployment's ``max_surge_percent`` (:data:`DEFAULT_SURGE` unless ``--max-surge``), and
+    the ``--resources`` and ``--replicas`` options. An override's ``ray_actor_options``
     replaces the code's, so it repeats ``num_cpus: 0``."""
     from controlplane.config import ConfigError
 
     known = deployment_names(cfg)
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {
+        name: {"name": name, "max_surge_percent": DEFAULT_SURGE} for name in known
+    }
 
     def entry(option: str, name: str) -> dict[str, Any]:
         if name not in known:
@@ -124,6 +139,12 @@ def deployment_overrides(
                 "ray_actor_options", {"num_cpus": 0, "resources": {}}
             )
             opts["resources"].update(need)
+    for value in surge or []:
+        names, n = _split("--max-surge", value)
+        if not n.isdigit() or int(n) > 100:
+            raise ConfigError(f"--max-surge {value!r}: expected a percentage 0-100")
+        for name in names.split(","):
+            entry("--max-surge", name.strip())["max_surge_percent"] = int(n)
     for value in replicas:
         name, n = _split("--replicas", value)
         if not n.isdigit() or int(n) < 1:
@@ -141,6 +162,7 @@ def build(
     *,
     resources: list[str] | None = None,
     replicas: list[str] | None = None,
+    surge: list[str] | None = None,
 ) -> dict[str, Any]:
     """The Serve config; its ``http_options`` and the embedded config name the same host and
     port: ``port``, else the config's ``http_port``."""
@@ -163,9 +185,7 @@ def build(
     }
     if working_dir:
         app["runtime_env"] = {"working_dir": working_dir}
-    overrides = deployment_overrides(cfg, resources or [], replicas or [])
-    if overrides:
-        app["deployments"] = overrides
+    app["deployments"] = deployment_overrides(cfg, resources or [], replicas or [], surge)
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": cfg.http_host, "port": cfg.http_port},
@@ -185,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             args.working_dir,
             resources=args.resources,
             replicas=args.replicas,
+            surge=args.max_surge,
         )
         if args.format == "rayservice":
             from controlplane.cli.rayservice import rayservice
