@@ -25,6 +25,7 @@ from typing import Any
 from controlplane.cli.launch import NODE_MARKER, LocalRay
 
 BIN = Path(sys.executable).parent  # the venv's ray, serve and banditctl
+RAN: list[list[str]] = []  # every command run, in order (checked against the README)
 
 
 def free_ports(n: int) -> list[int]:
@@ -163,21 +164,28 @@ class Node:
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         return env
 
-    def start(self, timeout_s: float = 180.0) -> float:
-        """``ray start``; the seconds it took. Raises with Ray's output on failure."""
+    def start(self, timeout_s: float = 180.0, attempts: int = 3) -> float:
+        """``ray start``; the seconds it took. A start that times out on a busy machine is
+        retried once every process of the failed attempt is stopped (as ``banditctl up``
+        does). Raises with Ray's output on failure."""
         t0 = time.monotonic()
-        done = subprocess.run(
-            self.start_command(),
-            env=self.process_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-        self.log.append(done.stdout[-3000:] + done.stderr[-3000:])
-        if done.returncode != 0:
+        for attempt in range(1, attempts + 1):
+            RAN.append(self.start_command())
+            done = subprocess.run(
+                self.start_command(),
+                env=self.process_env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+            self.log.append(done.stdout[-3000:] + done.stderr[-3000:])
+            if done.returncode == 0:
+                return time.monotonic() - t0
             self.kill()
-            raise RuntimeError(f"ray start ({self.name}) exited {done.returncode}:\n{self.log[-1]}")
-        return time.monotonic() - t0
+            if "timed out during startup" not in self.log[-1] or attempt == attempts:
+                break
+            time.sleep(2.0)
+        raise RuntimeError(f"ray start ({self.name}) exited {done.returncode}:\n{self.log[-1]}")
 
     def processes(self) -> list[Any]:
         return LocalRay(self.temp_dir).processes()
@@ -203,6 +211,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run one of the README's commands; fail with its output when it exits non-zero."""
     argv = list(cmd)
+    RAN.append(argv)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
         raise AssertionError(

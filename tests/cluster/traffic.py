@@ -87,6 +87,8 @@ class Traffic:
                 },
             )
             s.feedback_status = fb.status_code
+            if fb.status_code != 200:
+                s.error = f"feedback {fb.status_code}: {fb.text[:200]}"
         except httpx.HTTPError as exc:
             s.error = f"feedback: {exc!r}"[:300]
         return s
