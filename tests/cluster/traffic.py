@@ -114,12 +114,14 @@ class Traffic:
         return self.sent[start:]
 
     def start(self, max_requests: int = 5000) -> None:
-        """Keep sending from background threads until :meth:`stop` (or ``max_requests``)."""
+        """Keep sending from background threads until :meth:`stop` (or ``max_requests``
+        more)."""
         self._stop.clear()
+        limit = self._n + max_requests
 
         def loop() -> None:
             with httpx.Client(timeout=self.timeout_s) as http:
-                while not self._stop.is_set() and self._n < max_requests:
+                while not self._stop.is_set() and self._n < limit:
                     self._record(self.one(http, self._next()))
 
         self._threads = [
