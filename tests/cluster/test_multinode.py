@@ -18,11 +18,13 @@ has its decision and outcome rows, every rated one was credited exactly once, an
 newest snapshot accounts for exactly the events under its watermark.
 
 Bounded: each test has a hard timeout; every process started is stopped by its node's
-temp dir, also on failure. Figures are printed (``-s``) and kept in ``FIGURES``.
+temp dir, also on failure; its logs are kept on a failure (or with BANDITCTL_CLUSTER_KEEP=1).
+Figures are printed (``-s``) and kept in ``FIGURES``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -69,6 +71,7 @@ class Cluster:
     traffic: Traffic | None = None
     engine: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)  # phase -> time.monotonic()
 
     @property
     def head_url(self) -> str:
@@ -139,7 +142,7 @@ def _placed(c: Cluster) -> dict[str, list[str]] | None:
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_server: Any) -> Iterator[Cluster]:
+def cluster(pg_server: Any, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="bcl-", dir="/tmp"))  # short: Ray's socket paths
     db_url = pg_server.create_database("banditctl_cluster")
     token = new_token()
@@ -217,7 +220,8 @@ def cluster(pg_server: Any) -> Iterator[Cluster]:
         FIGURES["timings"] = c.timings
         FIGURES["stopped_processes"] = stopped
         print("\ncluster figures:", json.dumps(FIGURES, indent=1, default=str))
-        if os.environ.get("BANDITCTL_CLUSTER_KEEP") == "1":
+        failed = request.session.testsfailed > 0
+        if failed or os.environ.get("BANDITCTL_CLUSTER_KEEP") == "1":
             print(f"kept {root} (Ray's logs: {root}/h and {root}/w, session_latest/logs)")
         else:
             shutil.rmtree(root, ignore_errors=True)
@@ -301,7 +305,7 @@ def test_a_killed_worker_node_serving_goes_on_and_its_replica_returns(cluster: C
     # the worker dies as a crashed machine would: SIGKILL to its raylet; traffic moves to
     # the head's proxy (a load balancer's health check would do the same)
     use_worker["on"] = False
-    killed_at = time.monotonic()
+    killed_at = c.marks["worker killed"] = time.monotonic()
     c.worker.kill_raylet()
     c.worker.kill()  # what the raylet's death left (agents, workers): the machine is gone
     # the head goes on serving every arm: pool-large's head replica takes its traffic
@@ -312,10 +316,10 @@ def test_a_killed_worker_node_serving_goes_on_and_its_replica_returns(cluster: C
     settled_at = time.monotonic()
     time.sleep(10)
     during = c.traffic.since(settled_at)
+    assert not c.worker.processes()  # the node is gone, all of it
     assert during and all(s.status == 200 for s in during), _failures(during)
-    assert {s.arm for s in during} >= {"large"} or len(during) < 20
     # the node returns (same ports, same temp dir): pool-large's second replica comes back
-    returned_at = time.monotonic()
+    returned_at = c.marks["worker restarted"] = time.monotonic()
     c.timings["worker_restart_s"] = c.worker.start()
     wait_for(lambda: _placed(c), 300, "pool-large back on both nodes", 2.0)
     c.timings["replica_restored_after_node_start_s"] = time.monotonic() - returned_at
@@ -336,6 +340,7 @@ def test_a_killed_worker_node_serving_goes_on_and_its_replica_returns(cluster: C
     assert all(s.status is not None and s.status >= 500 for s in failed), _failures(failed)
     assert all(s.started <= settled_at for s in failed), _failures(failed)
     assert len(failed) <= 0.2 * len(window), _failures(failed)
+    assert FIGURES["node_loss"]["worker_urls_after_return"] > 0  # its proxy serves again
 
 
 @pytest.mark.timeout(600)
@@ -354,7 +359,7 @@ def test_a_new_config_rolled_out_under_traffic_loses_no_request(cluster: Cluster
     c.traffic.urls = lambda: [c.head_url, c.worker_url]
     c.traffic.start()
     time.sleep(3)
-    t0 = time.monotonic()
+    t0 = c.marks["rollout started"] = time.monotonic()
     run([str(BIN / "serve"), "deploy", str(new_yaml), "--address", c.head.dashboard_url],
         c.deploy_env)  # fmt: skip
 
@@ -368,6 +373,7 @@ def test_a_new_config_rolled_out_under_traffic_loses_no_request(cluster: Cluster
 
     wait_for(rolled, 420, "every deployment replaced by the new version", 2.0)
     rollout_s = time.monotonic() - t0
+    c.marks["rollout done"] = time.monotonic()
     time.sleep(5)
     c.traffic.stop()
     window = c.traffic.since(t0)
@@ -379,8 +385,10 @@ def test_a_new_config_rolled_out_under_traffic_loses_no_request(cluster: Cluster
     ]
     assert len(window) >= 20
     assert not failed and not fb_failed, FIGURES["upgrade"]["failures"]
-    new_cfg = httpx.get(c.head_url + "/v1/policies/current", timeout=10)
-    assert new_cfg.status_code == 200
+    # what runs now is the new version's config
+    deployed = c.serve_apps()[APP]["deployed_app_config"]["args"]["config"]
+    assert deployed["learner"]["alpha"] == 0.2
+    assert deployed["objective"]["feedback_window_s"] == 240.0
 
 
 @pytest.mark.timeout(300)
@@ -393,15 +401,31 @@ def test_nothing_is_lost_and_every_event_is_credited_once(cluster: Cluster) -> N
     # every answer (200 or a 5xx from the gateway) names its request; each has both rows
     gateway_answers = [s for s in answered if s.status == 200 or s.request_id]
     assert len(ids) == len(gateway_answers)
-    rows = {
-        str(r[0]): (r[1], r[2])
-        for r in c.rows(
-            "SELECT d.request_id, o.status, d.credit_seq FROM decisions d "
-            "LEFT JOIN outcomes o ON o.request_id = d.request_id"
-        )
-    }
+    assert not [s.error for s in answered if s.error and "x-request-id" in s.error]
+
+    def read() -> dict[str, tuple[Any, Any]]:
+        return {
+            str(r[0]): (r[1], r[2])
+            for r in c.rows(
+                "SELECT d.request_id, o.status, d.credit_seq FROM decisions d "
+                "LEFT JOIN outcomes o ON o.request_id = d.request_id"
+            )
+        }
+
+    # the gateway writes its log in batches, a fraction of a second after the answers:
+    # wait (bounded) for the last batch, then name what is still missing
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: all(read().get(i, (None,))[0] for i in ids), 30, "the last log batch")
+    rows = read()
     missing = [i for i in ids if i not in rows or rows[i][0] is None]
-    assert not missing, f"{len(missing)} answered requests without decision/outcome rows"
+    by_id = {s.request_id: s for s in answered}
+
+    def where(i: str) -> str:
+        s, lost = by_id[i], "decision" if i not in rows else "outcome"
+        phases = [p for p, t in c.marks.items() if t <= s.started]
+        return f"{i}: no {lost} row; HTTP {s.status} via {s.url}, sent after {phases or 'none'}"
+
+    assert not missing, [where(i) for i in missing]
     for s in answered:
         if s.request_id:
             assert rows[s.request_id][0] == ("ok" if s.status == 200 else "error")

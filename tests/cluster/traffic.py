@@ -75,6 +75,9 @@ class Traffic:
             return s
         meta = r.json()["banditctl"]
         s.arm, s.policy_version = meta["arm"], int(meta["policy_version"])
+        if meta["request_id"] != s.request_id:  # the body's id is the decision's key
+            s.error = f"x-request-id {s.request_id} but banditctl.request_id {meta['request_id']}"
+            s.request_id = meta["request_id"]
         quality = float(self.ds.quality[i, self.models.index(meta["arm"])])
         try:
             fb = http.post(
