@@ -95,7 +95,12 @@ class BadRequest(ValueError):
 
 
 class UpstreamError(RuntimeError):
-    pass
+    """Every arm tried failed; ``request_id``: the last attempt's decision (it has its
+    error outcome), returned as ``x-banditctl-request-id``."""
+
+    def __init__(self, message: str, request_id: uuid.UUID | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 @dataclass
@@ -472,7 +477,7 @@ class GatewayCore:
         )
         if isinstance(exc, UpstreamStatus) and exc.client_error:
             return BadRequest(exc.param or "body", exc.message, exc.status)
-        return UpstreamError(f"arm {arm} failed: {exc}")
+        return UpstreamError(f"arm {arm} failed: {exc}", rid)
 
     async def _complete(
         self,

@@ -129,7 +129,8 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _upstream(_: Request, exc: UpstreamError) -> JSONResponse:
-    return error_response(502, str(exc), "upstream_error")
+    headers = None if exc.request_id is None else {"x-banditctl-request-id": str(exc.request_id)}
+    return error_response(502, str(exc), "upstream_error", headers=headers)
 
 
 _HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {

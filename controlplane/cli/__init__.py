@@ -71,6 +71,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "serve-config": (
         "banditctl serve-config --config banditctl.yaml -o serve.yaml",
         "banditctl serve-config --database-url postgresql+psycopg://u:p@db/banditctl --port 8000",
+        "banditctl serve-config --config banditctl.yaml --resources Gateway=head -o serve.yaml",
+        "banditctl serve-config --config banditctl.yaml --format rayservice -o rayservice.yaml",
     ),
     "adapters": (
         "banditctl adapters make --n 4 --ranks 4,8,16 --out ~/.banditctl/adapters",

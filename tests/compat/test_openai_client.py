@@ -317,6 +317,10 @@ def test_the_client_retries_a_failing_upstream_then_a_dead_one_is_a_502(gateway:
         client.chat.completions.create(model="up-a", messages=ASK)
     assert failed.value.status_code == 502 and failed.value.body["type"] == "upstream_error"
     assert len(fake.requests) == 4  # arm max_retries 1: two attempts
+    # the 502 names its decision, which has its error outcome
+    rid = failed.value.response.headers["x-banditctl-request-id"]
+    [row] = gateway.rows("SELECT status FROM outcomes WHERE request_id = :rid", rid=rid)
+    assert row["status"] == "error"
 
 
 def test_an_upstream_timeout_is_logged_as_a_timeout(gateway: Gateway, fake):
