@@ -73,13 +73,13 @@ def decision_overhead(cfg, url: str, n: int) -> tuple[float, float, float, float
 
 
 async def load(
-    url: str, bodies: list[dict], concurrency: int
+    url: str, bodies: list[dict], concurrency: int, headers: dict[str, str] | None = None
 ) -> tuple[float, list[float], list[dict]]:
     lat: list[float] = []
     results: list[dict] = []
     queue = list(range(len(bodies)))
     async with httpx.AsyncClient(
-        timeout=60, limits=httpx.Limits(max_connections=concurrency)
+        timeout=60, limits=httpx.Limits(max_connections=concurrency), headers=headers
     ) as client:
 
         async def worker() -> None:
@@ -243,6 +243,9 @@ def main() -> int:
     ap.add_argument("--scrape-sizes", default="1000,1000000",
                     help="decisions in the database for each scrape measurement")  # fmt: skip
     ap.add_argument("--scrapes", type=int, default=50, help="scrapes timed per size")
+    ap.add_argument("--guarded", action="store_true",
+                    help="the gateway with an API key, its rate limits, a budget and one "
+                         "fallback on (limits set high enough never to refuse)")  # fmt: skip
     ap.add_argument("--scrape-only", action="store_true",
                     help="decision overhead and scrapes only (no Ray)")  # fmt: skip
     args = ap.parse_args()
@@ -257,6 +260,20 @@ def main() -> int:
             "gateway": cfg.gateway.model_copy(update={"max_ongoing_requests": args.concurrency * 2}),
             "pools": cfg.pools.model_copy(update={"max_ongoing_requests": args.concurrency * 2}),
         })  # fmt: skip
+        headers = None
+        if args.guarded:  # every request checked against a key, its limits and a budget
+            os.environ["BANDITCTL_BENCH_KEY"] = "bench-key-" + uuid.uuid4().hex
+            headers = {"authorization": f"Bearer {os.environ['BANDITCTL_BENCH_KEY']}"}
+            cfg = cfg.model_validate({
+                **cfg.model_dump(mode="json"),
+                "api_keys": [{"name": "bench", "key_env": "BANDITCTL_BENCH_KEY",
+                              "scopes": ["chat", "feedback"], "requests_per_minute": 10**7,
+                              "tokens_per_minute": 10**10}],
+                "budgets": [{"key": "bench", "usd": 10**6, "period": "day"}],
+                "auth": {**cfg.auth.model_dump(mode="json"), "open_chat": False},
+                "gateway": {**cfg.gateway.model_dump(mode="json"), "fallbacks": 1},
+            })  # fmt: skip
+            print("gateway: API key, rate limits, budget and 1 fallback on")
         with create_engine(url).begin() as conn:
             arms_repo.upsert_arms(conn, arm_records(cfg))
 
@@ -286,13 +303,15 @@ def main() -> int:
         ]
         warm = bodies[:100]
         asyncio.run(load(base + "/bare/v1/chat/completions", warm, 8))
-        asyncio.run(load(base + "/v1/chat/completions", warm, 8))
+        asyncio.run(load(base + "/v1/chat/completions", warm, 8, headers))
         rows = []
         for label, path in (
             ("bare pass-through", "/bare/v1/chat/completions"),
             ("banditctl gateway", "/v1/chat/completions"),
         ):
-            secs, lat, results = asyncio.run(load(base + path, bodies, args.concurrency))
+            secs, lat, results = asyncio.run(
+                load(base + path, bodies, args.concurrency, headers if "gateway" in label else None)
+            )
             rows.append((label, len(bodies) / secs, pct(lat, 50), pct(lat, 99), results))
         for label, rps, l50, l99, _ in rows:
             print(

@@ -103,6 +103,7 @@ def config(args: argparse.Namespace, policy: str, adapters: list[str], folder: s
         "slots_per_replica": args.slots,
         "tick_s": 0.1,
         "clusters": args.adapters,
+        "demand_half_life_s": args.half_life_s,
     }
     return parse_config(
         {
@@ -271,6 +272,9 @@ def main() -> None:
     parser.add_argument("--phases", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--epoch-s", type=float, default=2.0)
+    parser.add_argument(
+        "--half-life-s", type=float, default=15.0, help="POLAR's demand half-life (seconds)"
+    )
     parser.add_argument("--steps", type=int, default=4, help="adapters make: training steps")
     parser.add_argument("--adapter-dir", default=None, help="existing peft adapters to use")
     parser.add_argument("--policies", default="lru,polar")
