@@ -35,6 +35,8 @@ from sqlalchemy import Connection, Engine
 
 from controlplane.config import BanditConfig
 from controlplane.learner_metrics import CreditTally, Progress
+from controlplane.releases import RollbackWatch
+from controlplane.shadows import ShadowSet
 from feedback.records import ArmRecord, RewardRow
 from feedback.repositories import arms, reward_stream, snapshots
 from learners import Learner, RewardEvent, load_learner, make_learner
@@ -117,6 +119,10 @@ class LearnerLoop:
         self._ahead: Future[list[RewardRow]] | None = None
         self.credits = CreditTally()  # for /metrics: what this process credited
         self.progress = Progress()
+        # policy releases (issue #12): candidates' shadow learners, and the watch that
+        # rolls a promotion back (controlplane.shadows, controlplane.releases)
+        self.shadows = ShadowSet(engine, config)
+        self.release_watch = RollbackWatch(engine, config, monotonic)
 
     # -- lifecycle ------------------------------------------------------
 
@@ -146,6 +152,7 @@ class LearnerLoop:
             self.version = int(snap["version"])
             self.watermark = wm
             self.events_applied = int(snap["events_applied"])
+        self.shadows.resume(self.learner, self.watermark)
         self.progress.stepped(self.monotonic(), self.events_applied)
         log.info("learner resumed at version %d, watermark %d", self.version, self.watermark)
 
@@ -171,6 +178,7 @@ class LearnerLoop:
         """
         assert self.learner is not None, "start() first"
         self.adopt_rollback()
+        self.shadows.discover(self.learner, self.watermark)
         rows = self._ahead.result() if self._ahead is not None else self._claim()
         self._ahead = None
         behind = len(rows) >= self.config.learner_service.batch_size
@@ -178,10 +186,12 @@ class LearnerLoop:
             self._ahead = self._worker.submit(self._claim)
         if rows:
             self._apply(rows)
+            self.shadows.apply(rows)
         self._track_progress(behind)
         if self.snapshot_due():
             self.snapshot()
         self._prune_if_due()
+        self.release_watch.check()
         return len(rows)
 
     def snapshot_due(self) -> bool:
@@ -289,6 +299,7 @@ class LearnerLoop:
                     reason=reason,
                     parent_version=self.version or None,
                 )
+                self.shadows.save(conn)
         if overtaken:  # a rollback published since the last step wins
             self.adopt_rollback()
             return self.version
@@ -314,6 +325,7 @@ class LearnerLoop:
         self.events_applied = int(snap["events_applied"])
         self.pending = 0
         self._last_snapshot = self.monotonic()
+        self.shadows.resume(self.learner, self.watermark)
         self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
         self.stats["released_on_rollback"] = self.stats.get("released_on_rollback", 0) + released
         log.info(
@@ -345,6 +357,7 @@ class LearnerLoop:
             "lag_seconds": self.progress.lag["seconds_behind"],
             "snapshots": self.stats["snapshots"],
             "rewards": self.credits.rows(),
+            "releases": self.release_watch.status(),
         }
 
     def run_until_idle(self, max_steps: int = 10_000) -> int:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 
 from controlplane.admission import Admission
 from controlplane.api.deps import CoreDep
-from feedback.repositories import reports
+from feedback.repositories import candidates, reports
 
 router = APIRouter()
 
@@ -38,6 +38,10 @@ async def stats(request: Request, core: CoreDep) -> Any:
         with core.engine.connect() as conn:
             return reports.table_counts(conn)
 
+    def load_releases() -> Any:
+        with core.engine.connect() as conn:
+            return candidates.release_summary(conn)
+
     return {
         "learner": await _service_status(request.app.state.learner_status),
         "cache": await _service_status(request.app.state.cache_status),
@@ -46,6 +50,7 @@ async def stats(request: Request, core: CoreDep) -> Any:
         "writer": core.writer.stats.as_dict(),
         "policy_version": core.policy.version,
         "budgets": await _budgets(request),
+        "releases": await asyncio.to_thread(load_releases),
     }
 
 
