@@ -5,7 +5,9 @@ shadow learner inside the learner service, beside the live learner. The shadow s
 every reward event the live learner applies, after it, in credit order, and for each
 one first records the arm it would have picked on the decision's logged context,
 with its probabilities (the shadow's state at that point: it has learned from every
-earlier credited event, never from this one), then learns from the event.
+earlier credited event, never from this one), then learns from the event. The pick is
+made under the live exploration floor (``releases.exploration_floor``), as the
+candidate would pick once promoted, so its estimate is of what it would earn live.
 
 The pick is computed here, when the learner credits the decision, not in the gateway
 when the request is served: the logged context, arm and propensity are all in the
@@ -40,6 +42,7 @@ from feedback.records import RewardRow
 from feedback.repositories import candidates as repo
 from learners import Learner, RewardEvent, load_learner, make_learner
 from learners.base import REWARD_COMPONENTS
+from learners.floor import with_floor
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,7 @@ class ShadowSet:
         if not self.shadows or not rows:
             return 0
         objective = self.config.objective
+        floor = self.config.releases.exploration_floor
         routes = self._routes(rows)
         raw = np.array(
             [
@@ -166,7 +170,8 @@ class ShadowSet:
                     continue  # applied already (exactly once)
                 arms = routes.get(r.request_id) or [r.arm_id]
                 x = np.asarray(r.context, dtype=np.float64)
-                d = s.learner.select(x, arms, s.rng)
+                # picked as it would be live: under the exploration floor
+                d = with_floor(s.learner.select(x, arms, s.rng), floor, s.rng)
                 probs = {a: float(d.propensities.get(a, 0.0)) for a in arms}
                 out.append(
                     repo.ShadowPick(

@@ -502,7 +502,10 @@ function ciText(e, d = 3) {
 
 function specText(spec) {
   const parts = [];
-  if (spec.learner) parts.push(Object.entries(spec.learner).map(([k, v]) => (k === "kind" ? v : `${k}=${v}`)).join(":"));
+  if (spec.learner) {
+    const { kind, ...fields } = spec.learner;
+    parts.push([kind, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)].join(":"));
+  }
   if (spec.objective) parts.push("weights " + Object.entries(spec.objective.weights).map(([k, v]) => `${k}=${v}`).join(","));
   return parts.join(" · ");
 }
