@@ -332,3 +332,23 @@ def test_the_exploration_floor_keeps_every_arm_possible(engine):
         for _ in range(20):
             http.post("/v1/chat/completions", json=gatekeeping.BODY)
     assert {r["arm_id"] for r in off.decisions()[200:]} == {"dear"}
+
+
+def test_shadows_pick_under_the_exploration_floor(engine):
+    cfg = release_config(exploration_floor=0.1)
+    loop = LearnerLoop(engine, cfg, clock=_now)
+    loop.start()
+    cid = _register(engine, "dear", {"learner": {"kind": "fixed", "arm": "dear"}})
+    log_traffic(engine, cfg, 200, seed=11, version=1)
+    loop.run_until_idle()
+    loop.stop()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT arm, propensity, probs FROM shadow_decisions WHERE candidate_id = :c"),
+            {"c": cid},
+        ).all()
+    assert len(rows) == 200
+    assert all(r[2] == pytest.approx({"cheap": 0.1, "dear": 0.9}) for r in rows)
+    cheap = sum(r[0] == "cheap" for r in rows)
+    assert 5 <= cheap <= 40  # binomial(200, 0.1), seeded
+    assert all(r[1] == pytest.approx(r[2][r[0]]) for r in rows)
