@@ -7,6 +7,7 @@ object; objective weights over quality, energy_j, latency_ms and cost_usd); the
 learner service starts its shadow (``controlplane.shadows``).
 ``POST /v1/policies/candidates/{id}/promote`` ``{force?, reason?}``: 200 promoted,
 409 ``promotion_refused`` with the estimates (the refusal is recorded too).
+``POST /v1/policies/candidates/{id}/retire`` stops a shadow.
 """
 
 from __future__ import annotations
@@ -95,14 +96,43 @@ def _candidate_view(c: dict[str, Any], estimate: dict[str, Any]) -> dict[str, An
     }
 
 
-def _load_candidates(core: GatewayCore, series: bool) -> list[dict[str, Any]]:
+class EstimateCache:
+    """Each candidate's estimate and series, recomputed only when its shadow has recorded
+    picks since (the dashboard asks every few seconds; a DR fit over thousands of rows
+    is not free)."""
+
+    def __init__(self) -> None:
+        self._by_candidate: dict[int, tuple[tuple[int, int], dict[str, Any], list[Any]]] = {}
+
+    def get(
+        self, conn: Any, candidate_id: int, position: tuple[int, int]
+    ) -> tuple[dict[str, Any], list[Any]]:
+        hit = self._by_candidate.get(candidate_id)
+        if hit is not None and hit[0] == position:
+            return hit[1], hit[2]
+        log = repo.shadow_log(conn, candidate_id)
+        estimate, series = releases.estimate_log(log), releases.estimate_series(log)
+        self._by_candidate[candidate_id] = (position, estimate, series)
+        return estimate, series
+
+
+def _estimates(request: Request) -> EstimateCache:
+    cache: EstimateCache | None = getattr(request.app.state, "release_estimates", None)
+    if cache is None:
+        cache = request.app.state.release_estimates = EstimateCache()
+    return cache
+
+
+def _load_candidates(core: GatewayCore, cache: EstimateCache, series: bool) -> list[dict[str, Any]]:
     out = []
     with core.engine.connect() as conn:
+        positions = repo.pick_positions(conn)
         for c in repo.list_candidates(conn):
-            log = repo.shadow_log(conn, int(c["id"]))
-            view = _candidate_view(c, releases.estimate_log(log))
+            cid = int(c["id"])
+            estimate, points = cache.get(conn, cid, positions.get(cid, (0, 0)))
+            view = _candidate_view(c, estimate)
             if series:
-                view["series"] = releases.estimate_series(log)
+                view["series"] = points
             out.append(view)
     return out
 
@@ -125,18 +155,22 @@ async def register(request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
 
 
 @router.get("/v1/policies/candidates")
-async def list_candidates(core: CoreDep) -> Any:
-    return {"candidates": await asyncio.to_thread(_load_candidates, core, False)}
+async def list_candidates(request: Request, core: CoreDep) -> Any:
+    cache = _estimates(request)
+    return {"candidates": await asyncio.to_thread(_load_candidates, core, cache, False)}
 
 
 @router.get("/v1/policies/candidates/{candidate_id}")
-async def get_candidate(candidate_id: int, core: CoreDep) -> Any:
+async def get_candidate(candidate_id: int, request: Request, core: CoreDep) -> Any:
+    cache = _estimates(request)
+
     def load() -> Any:
         with core.engine.connect() as conn:
             c = repo.get_candidate(conn, candidate_id)
-            log = repo.shadow_log(conn, candidate_id)
-            view = _candidate_view(c, releases.estimate_log(log))
-            view["series"] = releases.estimate_series(log)
+            position = repo.pick_positions(conn).get(candidate_id, (0, 0))
+            estimate, series = cache.get(conn, candidate_id, position)
+            view = _candidate_view(c, estimate)
+            view["series"] = series
             return view
 
     return await asyncio.to_thread(load)
@@ -180,6 +214,27 @@ async def promote(candidate_id: int, request: Request, core: CoreDep, keys: ApiK
         )
 
 
+@router.post("/v1/policies/candidates/{candidate_id}/retire")
+async def retire(candidate_id: int, request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
+    """Stop a candidate's shadow (admin scope); its picks and estimate stay readable."""
+    key_id = admin_key_id(request, keys, "retiring a candidate")
+
+    def store() -> None:
+        with core.engine.begin() as conn:
+            c = repo.get_candidate(conn, candidate_id)
+            if c["status"] != "shadow":
+                raise InvalidInput(
+                    "id", f"candidate {candidate_id} is {c['status']}, not in shadow"
+                )
+            repo.set_status(conn, candidate_id, "retired")
+            repo.record_release(
+                conn, "retire", key_id=key_id, candidate_id=candidate_id, reason="retired by hand"
+            )
+
+    await asyncio.to_thread(store)
+    return {"id": candidate_id, "status": "retired"}
+
+
 @router.get("/v1/policies/releases")
 async def release_log(core: CoreDep, limit: int = 100) -> Any:
     def load() -> Any:
@@ -190,12 +245,13 @@ async def release_log(core: CoreDep, limit: int = 100) -> Any:
 
 
 @router.get("/v1/dashboard/releases")
-async def dashboard_releases(core: CoreDep) -> Any:
+async def dashboard_releases(request: Request, core: CoreDep) -> Any:
     """The dashboard's panel: each candidate's estimate over time against the live
     policy's, and the release log with the automatic rollbacks."""
+    cache = _estimates(request)
 
     def load() -> Any:
-        cands = _load_candidates(core, True)
+        cands = _load_candidates(core, cache, True)
         with core.engine.connect() as conn:
             log = [repo.release_view(r) for r in repo.list_releases(conn, 50)]
             summary = repo.release_summary(conn)

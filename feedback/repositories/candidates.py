@@ -193,6 +193,18 @@ def shadow_log(
     )
 
 
+def pick_positions(conn: Connection) -> dict[int, tuple[int, int]]:
+    """Per candidate: its picks and the highest credit_seq among them (what changes when
+    it records more, or when picks are dropped and made again)."""
+    rows = conn.execute(
+        text(
+            "SELECT candidate_id, count(*), max(credit_seq) FROM shadow_decisions "
+            "GROUP BY candidate_id"
+        )
+    ).all()
+    return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+
 def count_picks(conn: Connection, candidate_id: int) -> int:
     return int(
         conn.execute(

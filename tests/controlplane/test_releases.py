@@ -241,6 +241,20 @@ def test_promotion_gate_auth_refusal_force_and_the_learner_adopting(engine):
         rows = http.get("/v1/policies/releases").json()["releases"]
     assert rows[0]["reason"] == "cheaper for the quarter" and rows[0]["forced"]
     assert rows[1]["watch"] == "superseded"  # a new promotion ends the old watch
+
+    # retiring stops a shadow; the learner drops it on its next step
+    with engine.begin() as conn:
+        third = repo.register_candidate(conn, "lints", {"learner": {"kind": "lints"}}, "ops")
+    loop.step()
+    assert third in loop.shadows.shadows
+    with gatekeeping.gateway(engine, cfg).http as http:
+        url = f"/v1/policies/candidates/{third}/retire"
+        assert http.post(url, headers=admin(FEEDBACK_ONLY)).status_code == 403
+        assert http.post(url, headers=admin()).json()["status"] == "retired"
+        assert http.post(url, headers=admin()).status_code == 422
+        assert http.get("/v1/policies/releases").json()["releases"][0]["action"] == "retire"
+    loop.step()
+    assert third not in loop.shadows.shadows
     loop.stop()
 
 
