@@ -12,6 +12,7 @@ refusal and rollback is a row of ``policy_releases`` (:func:`record_release`).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,12 +113,27 @@ def drop_picks_after(conn: Connection, candidate_id: int, watermark: int) -> int
     return int(result.rowcount)
 
 
+_INSERT_PICKS = text(
+    """
+    INSERT INTO shadow_decisions (candidate_id, request_id, credit_seq, created_at, arm,
+                                  propensity, logged_arm, logged_propensity, probs, reward)
+    VALUES (:candidate_id, :request_id, :credit_seq, :created_at, :arm, :propensity,
+            :logged_arm, :logged_propensity, CAST(:probs AS jsonb), :reward)
+    ON CONFLICT (candidate_id, request_id) DO UPDATE
+       SET credit_seq = EXCLUDED.credit_seq, arm = EXCLUDED.arm,
+           propensity = EXCLUDED.propensity, logged_propensity = EXCLUDED.logged_propensity,
+           probs = EXCLUDED.probs, reward = EXCLUDED.reward
+    """
+)
+
+
 def record_shadow_picks(conn: Connection, candidate_id: int, picks: Sequence[ShadowPick]) -> None:
-    """Insert picks; a decision picked again (credited anew after a restart) replaces
-    the earlier row."""
+    """Insert picks (one statement, many parameter sets); a decision picked again
+    (credited anew after a restart) replaces the earlier row."""
     if not picks:
         return
-    stmt = insert(m.shadow_decisions).values(
+    conn.execute(
+        _INSERT_PICKS,
         [
             {
                 "candidate_id": candidate_id,
@@ -128,21 +144,11 @@ def record_shadow_picks(conn: Connection, candidate_id: int, picks: Sequence[Sha
                 "propensity": p.propensity,
                 "logged_arm": p.logged_arm,
                 "logged_propensity": p.logged_propensity,
-                "probs": p.probs,
+                "probs": json.dumps(p.probs),
                 "reward": p.reward,
             }
             for p in picks
-        ]
-    )
-    excluded = stmt.excluded
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["candidate_id", "request_id"],
-            set_={
-                c: getattr(excluded, c)
-                for c in ("credit_seq", "arm", "propensity", "logged_propensity", "probs", "reward")
-            },
-        )
+        ],
     )
 
 
