@@ -178,7 +178,7 @@ class LearnerLoop:
         """
         assert self.learner is not None, "start() first"
         self.adopt_rollback()
-        self.shadows.discover(self.learner, self.watermark)
+        self._shadow_step(self.shadows.discover, self.learner, self.watermark)
         rows = self._ahead.result() if self._ahead is not None else self._claim()
         self._ahead = None
         behind = len(rows) >= self.config.learner_service.batch_size
@@ -186,13 +186,22 @@ class LearnerLoop:
             self._ahead = self._worker.submit(self._claim)
         if rows:
             self._apply(rows)
-            self.shadows.apply(rows)
+            self._shadow_step(self.shadows.apply, rows)
         self._track_progress(behind)
         if self.snapshot_due():
             self.snapshot()
         self._prune_if_due()
-        self.release_watch.check()
+        self._shadow_step(self.release_watch.check)
         return len(rows)
+
+    def _shadow_step(self, work: Callable[..., Any], *args: Any) -> None:
+        """Run a policy release's part of a step; its failure never stops the live
+        learner (counted, logged, tried again next step)."""
+        try:
+            work(*args)
+        except Exception:
+            log.warning("policy releases: %s failed", work.__name__, exc_info=True)
+            self.stats["release_errors"] = self.stats.get("release_errors", 0) + 1
 
     def snapshot_due(self) -> bool:
         """Whether the pending events are worth a new version (``LearnerServiceConfig``):

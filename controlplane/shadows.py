@@ -86,6 +86,9 @@ class ShadowSet:
         self.config = config
         self.seed = seed
         self.shadows: dict[int, Shadow] = {}
+        # picks made but not yet stored (a failed write): written with the next batch or
+        # in the next snapshot's transaction, before the state that learned from them
+        self._unwritten: dict[int, list[repo.ShadowPick]] = {}
         self.stats = {"picks": 0}
 
     def _rng(self, candidate_id: int) -> np.random.Generator:
@@ -97,6 +100,7 @@ class ShadowSet:
         """(Re)load every candidate in shadow: from its saved state, else fresh at
         ``watermark``; picks above where each resumes are dropped."""
         self.shadows = {}
+        self._unwritten = {}  # above the saved watermarks: picked again
         with self.engine.begin() as conn:
             for c in repo.list_candidates(conn, ["shadow"]):
                 self._load(conn, c, live, watermark)
@@ -133,7 +137,10 @@ class ShadowSet:
         log.info("shadow of candidate %s (%d) at watermark %d", c["name"], cid, wm)
 
     def save(self, conn: Connection) -> None:
-        """Store every shadow's state and watermark (the live snapshot's transaction)."""
+        """Store every shadow's state and watermark (the live snapshot's transaction),
+        with any picks a failed write left behind."""
+        for cid, ps in self._unwritten.items():
+            repo.record_shadow_picks(conn, cid, ps)
         for s in self.shadows.values():
             repo.save_shadow_state(
                 conn,
@@ -162,9 +169,9 @@ class ShadowSet:
         )
         vectors = objective.normalize(raw)
         scalar = vectors @ objective.weight_vector
-        picks: dict[int, list[repo.ShadowPick]] = {}
+        made = 0
         for s in self.shadows.values():
-            out = picks.setdefault(s.candidate_id, [])
+            out = self._unwritten.setdefault(s.candidate_id, [])
             for i, r in enumerate(rows):
                 if r.credit_seq <= s.watermark:
                     continue  # applied already (exactly once)
@@ -192,12 +199,13 @@ class ShadowSet:
                     )
                 s.watermark = r.credit_seq
                 s.events_applied += 1
-        with self.engine.begin() as conn:
-            for cid, ps in picks.items():
+                made += 1
+        with self.engine.begin() as conn:  # on failure, kept for the next try
+            for cid, ps in self._unwritten.items():
                 repo.record_shadow_picks(conn, cid, ps)
-        n = sum(len(p) for p in picks.values())
-        self.stats["picks"] += n
-        return n
+        self._unwritten = {}
+        self.stats["picks"] += made
+        return made
 
     def _routes(self, rows: Sequence[RewardRow]) -> dict[Any, list[str]]:
         """The arms each row's decision could go to (its route's)."""

@@ -366,3 +366,26 @@ def test_shadows_pick_under_the_exploration_floor(engine):
     cheap = sum(r[0] == "cheap" for r in rows)
     assert 5 <= cheap <= 40  # binomial(200, 0.1), seeded
     assert all(r[1] == pytest.approx(r[2][r[0]]) for r in rows)
+
+
+def test_a_failed_write_of_picks_stops_nothing_and_loses_no_pick(engine, monkeypatch):
+    cfg = release_config()
+    loop = LearnerLoop(engine, cfg, clock=_now)
+    loop.start()
+    cid = _register(engine, "dear", {"learner": {"kind": "fixed", "arm": "dear"}})
+    log_traffic(engine, cfg, 120, seed=12, version=1)
+    real = repo.record_shadow_picks
+    failures = iter([True])
+
+    def flaky(conn, candidate_id, picks):
+        if next(failures, False):
+            raise RuntimeError("the database went away")
+        real(conn, candidate_id, picks)
+
+    monkeypatch.setattr(repo, "record_shadow_picks", flaky)
+    assert loop.step() == 50  # the live learner applied its batch all the same
+    assert loop.stats["release_errors"] == 1 and _picks(engine, cid) == []
+    loop.run_until_idle()  # the next batches write the left-behind picks too
+    loop.stop()
+    picks = _picks(engine, cid)
+    assert len(picks) == 120 and len({p[1] for p in picks}) == 120
