@@ -236,25 +236,22 @@ async def retire(candidate_id: int, request: Request, core: CoreDep, keys: ApiKe
 
 
 @router.get("/v1/policies/releases")
-async def release_log(core: CoreDep, limit: int = 100) -> Any:
-    def load() -> Any:
-        with core.engine.connect() as conn:
-            return [repo.release_view(r) for r in repo.list_releases(conn, limit)]
-
-    return {"releases": await asyncio.to_thread(load)}
-
-
-@router.get("/v1/dashboard/releases")
-async def dashboard_releases(request: Request, core: CoreDep) -> Any:
-    """The dashboard's panel: each candidate's estimate over time against the live
-    policy's, and the release log with the automatic rollbacks."""
+async def release_log(
+    request: Request, core: CoreDep, limit: int = 100, candidates: bool = False
+) -> Any:
+    """The release log (newest first) and its summary (automatic rollbacks, the
+    promotion under watch); ``candidates=true`` adds each candidate with its estimate over
+    time (the dashboard's panel). Not windowed: a candidate's estimate covers its shadow's
+    decisions since it was registered."""
     cache = _estimates(request)
 
     def load() -> Any:
-        cands = _load_candidates(core, cache, True)
         with core.engine.connect() as conn:
-            log = [repo.release_view(r) for r in repo.list_releases(conn, 50)]
+            log = [repo.release_view(r) for r in repo.list_releases(conn, limit)]
             summary = repo.release_summary(conn)
-        return {"candidates": cands, "releases": log, "summary": summary}
+        out: dict[str, Any] = {"releases": log, "summary": summary}
+        if candidates:
+            out["candidates"] = _load_candidates(core, cache, True)
+        return out
 
     return await asyncio.to_thread(load)

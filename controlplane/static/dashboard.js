@@ -649,7 +649,7 @@ async function refresh() {
   const [ov, rt, vers, lc, res, fb, rel] = await Promise.allSettled([
     api(`/v1/dashboard/overview${q}`), api(`/v1/dashboard/routing${q}`), api("/v1/policies"),
     api(`/v1/dashboard/learning${q}`), api(`/v1/dashboard/residency${q}`), api(`/v1/dashboard/feedback${q}`),
-    api("/v1/dashboard/releases"),
+    api("/v1/policies/releases?candidates=true&limit=50"),
   ]);
   if (seq !== refreshSeq) return; // a newer refresh (another window) is under way
   const failures = [];

@@ -293,7 +293,7 @@ def test_a_promotion_rolls_back_when_its_reward_falls_below_the_bound(engine, re
     with gatekeeping.gateway(engine, cfg).http as http:
         stats = http.get("/v1/stats").json()["releases"]
         rows = http.get("/v1/policies/releases").json()["releases"]
-        panel = http.get("/v1/dashboard/releases").json()
+        panel = http.get("/v1/policies/releases?candidates=true").json()
     families = {f.name: f for f in learner_families(loop.metrics(), True)}
     auto = families["banditctl_policy_auto_rollbacks"].samples[0].value
     if not regress:
@@ -315,6 +315,9 @@ def test_a_promotion_rolls_back_when_its_reward_falls_below_the_bound(engine, re
     assert stats["last_auto_rollback"]["to_version"] == last["to_version"]
     assert rows[1]["action"] == "promote" and rows[1]["watch"] == "rolled_back"
     assert panel["summary"]["auto_rollbacks"] == 1
+    (cand,) = panel["candidates"]
+    assert cand["status"] == "retired" and cand["estimate"]["n"] == 300
+    assert [p["n"] for p in cand["series"]][-1] == 300
     loop.step()  # the learner adopts the rollback: the uniform policy again
     assert loop.version == last["to_version"] and loop.learner.kind == "random"
     with engine.connect() as conn:

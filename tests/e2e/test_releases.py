@@ -149,6 +149,6 @@ def test_candidate_shadow_promotion_and_automatic_rollback(released: Deployed) -
             f"regression window mean {last['estimates']['window_mean']:.3f} < bound {bound:.3f}: "
             f"v{last['to_version']} restores v{promoted['from_version']}"
         )
-        panel = http.get("/dashboard/releases").json()
+        panel = http.get("/policies/releases?candidates=true").json()
         assert panel["summary"]["auto_rollbacks"] == 1
         assert [x["action"] for x in panel["releases"]][:2] == ["rollback", "promote"]
