@@ -188,6 +188,32 @@ class LearnerServiceConfig(_Strict):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
+class ReleasesConfig(_Strict):
+    """Policy releases (``controlplane.releases``): the promotion gate, the automatic
+    rollback after a promotion, and the live policy's exploration floor.
+
+    - promotion: a candidate is promoted when the lower bound of its DR estimate's 95%
+      interval is at least ``promotion_margin`` above the live policy's estimate on the
+      same decisions, over at least ``min_shadow_decisions`` of them (else refused, unless
+      forced with a reason);
+    - rollback: after a promotion, once ``rollback_window`` decisions served by the
+      promoted policy are credited, the mean reward of the newest ``rollback_window`` is
+      checked against the lower bound of the candidate's estimate when it was promoted;
+      below it, the previous version is published again. The watch ends after
+      ``rollback_watch_decisions`` credited decisions;
+    - exploration floor: every arm the live policy may pick gets at least probability
+      ``exploration_floor`` (the rest as the learner says), so that later off-policy
+      evaluations see every arm; 0 turns it off.
+    """
+
+    promotion_margin: float = Field(default=0.0, description="reward units")
+    min_shadow_decisions: int = Field(default=100, ge=2)
+    rollback_window: int = Field(default=200, ge=2)
+    rollback_watch_decisions: int = Field(default=2000, ge=2)
+    rollback_check_s: float = Field(default=1.0, ge=0)
+    exploration_floor: float = Field(default=0.0, ge=0, le=0.5)
+
+
 class PoolConfig(_Strict):
     replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=64, ge=1)
@@ -287,6 +313,7 @@ class BanditConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     budgets: tuple[Budget, ...] = ()
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    releases: ReleasesConfig = Field(default_factory=ReleasesConfig)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
 

@@ -74,6 +74,7 @@ from feedback.records import COMPLETION_ID_PREFIX, DecisionRecord, OutcomeRecord
 from feedback.repositories import residency as residency_repo
 from feedback.writer import DecisionLogWriter
 from learners import Decision
+from learners.floor import with_floor
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +254,14 @@ class GatewayCore:
         self, policy: Policy, x: np.ndarray, arms: list[str], rng: np.random.Generator
     ) -> Decision:
         paging = self.paging
-        return policy.learner.select(
+        decision = policy.learner.select(
             x,
             arms,
             rng,
             penalties=paging.penalties or None,
             width_scale=paging.width_scale or None,
         )
+        return with_floor(decision, self.config.releases.exploration_floor, rng)
 
     def route_arms(self, model: Any) -> tuple[str, ...]:
         if not isinstance(model, str) or not model:

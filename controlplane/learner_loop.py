@@ -44,6 +44,8 @@ from sqlalchemy import Connection, Engine
 
 from controlplane.config import BanditConfig
 from controlplane.learner_metrics import CreditTally, Progress
+from controlplane.releases import RollbackWatch
+from controlplane.shadows import ShadowSet
 from feedback.records import ArmRecord, RewardRow
 from feedback.repositories import arms, reward_stream, snapshots
 from learners import Learner, RewardEvent, load_learner, make_learner
@@ -131,6 +133,10 @@ class LearnerLoop:
         self._ahead: Future[list[RewardRow]] | None = None
         self.credits = CreditTally()  # for /metrics: what this process credited
         self.progress = Progress()
+        # policy releases (issue #12): candidates' shadow learners, and the watch that
+        # rolls a promotion back (controlplane.shadows, controlplane.releases)
+        self.shadows = ShadowSet(engine, config)
+        self.release_watch = RollbackWatch(engine, config, monotonic)
 
     # -- lifecycle ------------------------------------------------------
 
@@ -174,6 +180,7 @@ class LearnerLoop:
                 self.version = int(snap["version"])
                 self.watermark = wm
                 self.events_applied = int(snap["events_applied"])
+            self.shadows.resume(self.learner, self.watermark)
         except BaseException:
             self.recover()
             raise
@@ -235,6 +242,7 @@ class LearnerLoop:
         """
         assert self.learner is not None, "start() first"
         self.adopt_rollback()
+        self._shadow_step(self.shadows.discover, self.learner, self.watermark)
         ahead, self._ahead = self._ahead, None  # a failed claim must not be read twice
         rows = ahead.result() if ahead is not None else self._claim()
         behind = len(rows) >= self.config.learner_service.batch_size
@@ -242,11 +250,22 @@ class LearnerLoop:
             self._ahead = self._worker.submit(self._claim)
         if rows:
             self._apply(rows)
+            self._shadow_step(self.shadows.apply, rows)
         self._track_progress(behind)
         if self.snapshot_due():
             self.snapshot()
         self._prune_if_due()
+        self._shadow_step(self.release_watch.check)
         return len(rows)
+
+    def _shadow_step(self, work: Callable[..., Any], *args: Any) -> None:
+        """Run a policy release's part of a step; its failure never stops the live
+        learner (counted, logged, tried again next step)."""
+        try:
+            work(*args)
+        except Exception:
+            log.warning("policy releases: %s failed", work.__name__, exc_info=True)
+            self.stats["release_errors"] = self.stats.get("release_errors", 0) + 1
 
     def snapshot_due(self) -> bool:
         """Whether the pending events are worth a new version (``LearnerServiceConfig``):
@@ -355,6 +374,7 @@ class LearnerLoop:
                     reason=reason,
                     parent_version=self.version or None,
                 )
+                self.shadows.save(conn)
         if overtaken:  # a rollback published since the last step wins
             self.adopt_rollback()
             return self.version
@@ -381,6 +401,7 @@ class LearnerLoop:
         self.events_applied = int(snap["events_applied"])
         self.pending = 0
         self._last_snapshot = self.monotonic()
+        self.shadows.resume(self.learner, self.watermark)
         self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
         self.stats["released_on_rollback"] = self.stats.get("released_on_rollback", 0) + released
         log.info(
@@ -412,6 +433,7 @@ class LearnerLoop:
             "lag_seconds": self.progress.lag["seconds_behind"],
             "snapshots": self.stats["snapshots"],
             "rewards": self.credits.rows(),
+            "releases": self.release_watch.status(),
         }
 
     def run_until_idle(self, max_steps: int = 10_000) -> int:

@@ -262,6 +262,18 @@ def learner_families(learner: dict[str, Any] | None, asked: bool) -> Iterator[Me
         "Snapshots the learner process has written since it started",
         float(learner.get("snapshots", 0)),
     )
+    released = learner.get("releases") or {}
+    yield _counter(
+        "banditctl_policy_auto_rollbacks",
+        "Promotions the learner process rolled back automatically since it started (their "
+        "credited reward fell below the lower bound of their estimate at promotion)",
+        float(released.get("auto_rollbacks", 0)),
+    )
+    yield _gauge(
+        "banditctl_policy_release_watching",
+        "The promoted policy version under watch for an automatic rollback (0: none)",
+        float(released.get("watching") or 0),
+    )
     events = CounterMetricFamily(
         "banditctl_reward_events",
         "Decisions the learner credited, by arm and credit kind (feedback, prior, error, "

@@ -36,6 +36,8 @@ class LearnerService:
             "events_applied": self.loop.events_applied,
             "pending": self.loop.pending,
             "stats": dict(self.loop.stats),
+            "releases": self.loop.release_watch.status(),
+            "shadows": self.loop.shadows.status(),
             "error": self.error,
             "health": self.runner.health.report(),
             "time": time.time(),

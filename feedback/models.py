@@ -198,3 +198,63 @@ adapter_load_times = Table(
     CheckConstraint("median_ms >= 0", name="median_ms_nonnegative"),
     CheckConstraint("loads > 0", name="loads_positive"),
 )
+
+# -- policy releases (issue #12): candidates, their shadows' picks, the release log ---------
+
+policy_candidates = Table(
+    "policy_candidates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False),
+    Column("spec", JSONB, nullable=False, comment="learner config and/or objective weights"),
+    Column("status", Text, nullable=False, server_default=text("'shadow'")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_by", Text, nullable=True, comment="the API key's name"),
+    Column("state", LargeBinary, nullable=True, comment="the shadow's state at its watermark"),
+    Column("watermark", BigInteger, nullable=True, comment="highest credit_seq it applied"),
+    Column("events_applied", BigInteger, nullable=False, server_default=text("0")),
+    Column("started_at_seq", BigInteger, nullable=True, comment="the stream position it began at"),
+    UniqueConstraint("name"),
+    CheckConstraint("status IN ('shadow', 'promoted', 'retired')", name="status_known"),
+)
+
+shadow_decisions = Table(
+    "shadow_decisions",
+    metadata,
+    Column(
+        "candidate_id",
+        Integer,
+        ForeignKey("policy_candidates.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("request_id", UUID(as_uuid=True), primary_key=True),
+    Column("credit_seq", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, comment="the decision's"),
+    Column("arm", Text, nullable=False, comment="the arm the shadow would have picked"),
+    Column("propensity", Float, nullable=False, comment="its probability of that arm"),
+    Column("logged_arm", Text, nullable=False),
+    Column("logged_propensity", Float, nullable=False),
+    Column("probs", JSONB, nullable=False, comment="the shadow's probability of every arm"),
+    Column("reward", Float, nullable=True, comment="the logged arm's reward; null: skip credit"),
+    Index("ix_shadow_decisions_candidate_id_credit_seq", "candidate_id", "credit_seq"),
+)
+
+policy_releases = Table(
+    "policy_releases",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("action", Text, nullable=False),
+    Column("candidate_id", Integer, nullable=True),
+    Column("from_version", Integer, nullable=True),
+    Column("to_version", Integer, nullable=True),
+    Column("key_id", Text, nullable=True, comment="who: the API key's name, or 'auto'"),
+    Column("reason", Text, nullable=True),
+    Column("forced", Boolean, nullable=False, server_default=text("false")),
+    Column("estimates", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("watch", Text, nullable=True, comment="promotions: watching | passed | rolled_back"),
+    CheckConstraint(
+        "action IN ('register', 'promote', 'refuse', 'rollback', 'retire')", name="action_known"
+    ),
+    Index("ix_policy_releases_created_at", "created_at"),
+)

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from controlplane.admission import Admission
-from controlplane.api import chat, dashboard, explain, feedback, policies, stats
+from controlplane.api import candidates, chat, dashboard, explain, feedback, policies, stats
 from controlplane.api.auth import ApiKeys
 from controlplane.api.errors import install_error_handlers
 from controlplane.dashboard_data import PolicyCache
@@ -30,6 +30,7 @@ ROUTERS = (
     stats.router,
     chat.router,
     feedback.router,
+    candidates.router,  # before policies: /v1/policies/candidates is not a version
     policies.router,
     explain.router,
     dashboard.router,

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Request
 from controlplane.api.auth import ApiKeysDep, authorise_rollback
 from controlplane.api.deps import CoreDep
 from controlplane.gateway_core import GatewayCore
+from controlplane.releases import record_manual_rollback
 from feedback.errors import NotFound
 from feedback.repositories import reports, snapshots
 
@@ -95,10 +96,20 @@ async def policy_list(core: CoreDep) -> Any:
 @router.post("/v1/policies/{version}/rollback")
 async def rollback(version: Version, request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
     authorise_rollback(request, keys)
+    key = keys.identify(request)
 
     def publish() -> int:
         with core.engine.begin() as conn:
-            return snapshots.publish_rollback(conn, version)
+            replaced = snapshots.latest_version(conn)
+            new = snapshots.publish_rollback(conn, version)
+            record_manual_rollback(
+                conn,
+                key_id=None if key is None else key.name,
+                from_version=replaced,
+                restored=version,
+                new=new,
+            )
+            return new
 
     new = await asyncio.to_thread(publish)
     return {"version": new, "rolled_back_to": version, "reason": "rollback"}

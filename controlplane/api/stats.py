@@ -24,7 +24,7 @@ from controlplane.admission import Admission
 from controlplane.api.auth import ApiKeysDep, may_read
 from controlplane.api.deps import CoreDep
 from feedback.loop_health import public_error
-from feedback.repositories import reports
+from feedback.repositories import candidates, reports
 
 SERVICE_TIMEOUT_S = 5.0
 
@@ -76,6 +76,15 @@ async def stats(request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
     writer = core.writer.stats.as_dict()
     if writer.get("last_error") is not None:  # database text may quote data: the logs have it
         writer["last_error"] = core.writer.health.last_error or "error"
+
+    def load_releases() -> Any:
+        with core.engine.connect() as conn:
+            return candidates.release_summary(conn)
+
+    try:
+        releases = await asyncio.to_thread(load_releases)  # counts and versions: no user data
+    except Exception as exc:  # the database is away: say so, without its message
+        releases = {"error": public_error(exc)}
     return {
         "learner": await _service_status(request.app.state.learner_status),
         "cache": await _service_status(request.app.state.cache_status),
@@ -84,6 +93,7 @@ async def stats(request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
         "writer": writer,
         "policy_version": core.policy.version,
         "budgets": await _budgets(request) if may_read(request, keys) else None,
+        "releases": releases,
     }
 
 

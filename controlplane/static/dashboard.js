@@ -199,7 +199,7 @@ function plot(o) {
   }
   for (const s of series) {
     if (s.points.length > 1) {
-      S(svg, "polyline", { class: "line", stroke: s.color, points: s.points.map((p) => `${sx(p.x)},${sy(p.y)}`).join(" ") });
+      S(svg, "polyline", { class: "line", stroke: s.color, ...(s.dash ? { "stroke-dasharray": s.dash } : {}), points: s.points.map((p) => `${sx(p.x)},${sy(p.y)}`).join(" ") });
     }
     for (const p of s.points) {
       const c = S(svg, "circle", { class: "dot" + (p.mark ? " " + p.mark : ""), cx: sx(p.x), cy: sy(p.y), r: p.r || 2.5, fill: s.color });
@@ -500,7 +500,87 @@ function renderFeedback(fb) {
   }
 }
 
+function ciText(e, d = 3) {
+  return e ? `${fixed(e.value, d)} [${fixed(e.ci95[0], d)}, ${fixed(e.ci95[1], d)}]` : "–";
+}
+
+function specText(spec) {
+  const parts = [];
+  if (spec.learner) {
+    const { kind, ...fields } = spec.learner;
+    parts.push([kind, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)].join(":"));
+  }
+  if (spec.objective) parts.push("weights " + Object.entries(spec.objective.weights).map(([k, v]) => `${k}=${v}`).join(","));
+  return parts.join(" · ");
+}
+
+function renderReleases(r) {
+  const cands = (r && r.candidates) || [];
+  const log = (r && r.releases) || [];
+  const summary = (r && r.summary) || {};
+  $("candidates-empty").hidden = cands.length > 0;
+  $("releases-count").textContent = `${cands.length} candidate(s), ${int(summary.auto_rollbacks || 0)} automatic rollback(s)`;
+  const auto = summary.last_auto_rollback;
+  const banner = $("auto-rollback");
+  banner.hidden = !auto;
+  if (auto) banner.textContent = `automatic rollback at ${when(auto.created_at)}: v${auto.to_version} restores v${auto.estimates.restored}: ${auto.reason}`;
+  const body = $("candidates-body");
+  body.replaceChildren();
+  for (const c of cands) {
+    const e = c.estimate || {};
+    const gap = e.dr && e.live ? e.dr.ci95[0] - e.live.value : null;
+    const btn = h("button", { class: "promote", type: "button", "data-candidate": c.id, disabled: c.status !== "shadow" }, "promote");
+    btn.addEventListener("click", () => promote(c.id));
+    body.append(h("tr", { "data-candidate": c.id },
+      h("td", {}, c.name), h("td", {}, c.status), h("td", { class: "small" }, specText(c.spec)),
+      h("td", { class: "num", "data-value": e.n }, int(e.n)),
+      h("td", { class: "num", "data-value": e.dr ? e.dr.value : null }, ciText(e.dr)),
+      h("td", { class: "num", "data-value": e.live ? e.live.value : null }, ciText(e.live)),
+      h("td", { class: "num " + (isNum(gap) && gap > 0 ? "ok" : ""), "data-value": gap }, fixed(gap, 3)),
+      h("td", {}, btn)));
+  }
+  const charts = cands.filter((c) => (c.series || []).length).map((c) => {
+    const pts = (key, f) => c.series.filter((p) => p[key]).map((p) => ({
+      x: Date.parse(p.t) / 1000, y: f(p[key]),
+      title: `${c.name} after ${int(p.n)} decisions: DR ${ciText(p.dr)}, live ${ciText(p.live)}`,
+    }));
+    return h("div", { class: "curve", "data-candidate": c.id },
+      legend([{ name: `${c.name}: DR`, color: PALETTE[1] }, { name: "DR lower bound", color: PALETTE[2] }, { name: "live policy", color: PALETTE[0] }]),
+      plot({ width: 480, height: 200, yLabel: "reward per decision", xLabel: "time", label: `${c.name} against the live policy`,
+        series: [
+          { name: "DR", color: PALETTE[1], points: pts("dr", (e) => e.value) },
+          { name: "DR lower", color: PALETTE[2], dash: "4 3", points: pts("dr", (e) => e.ci95[0]) },
+          { name: "live", color: PALETTE[0], points: pts("live", (e) => e.value) },
+        ] }));
+  });
+  $("candidates-charts").replaceChildren(...charts);
+  $("release-log-body").replaceChildren(...log.map((x) => h("tr", { class: x.key_id === "auto" ? "auto" : null, "data-action": x.action },
+    h("td", {}, when(x.created_at)), h("td", {}, x.action + (x.forced ? " (forced)" : "")), h("td", {}, x.key_id || "–"),
+    h("td", { class: "num" }, x.candidate_id === null ? "–" : String(x.candidate_id)),
+    h("td", { class: "num" }, x.from_version === null ? "–" : `v${x.from_version}`),
+    h("td", { class: "num" }, x.to_version === null ? "–" : `v${x.to_version}`),
+    h("td", { class: "small" }, x.reason || ""))));
+}
+
 // -- actions --------------------------------------------------------------------
+
+async function promote(id) {
+  const status = $("promote-status");
+  const key = $("admin-key").value.trim();
+  sessionStorage.setItem("banditctl-admin-key", key);
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  status.className = "muted";
+  status.textContent = `promoting candidate ${id}…`;
+  try {
+    const r = await api(`/v1/policies/candidates/${id}/promote`, { method: "POST", headers });
+    status.className = "ok";
+    status.textContent = `published v${r.version}: ${r.reason}`;
+  } catch (err) {
+    status.className = "err";
+    status.textContent = `promotion refused: ${err.message}`;
+  }
+  await refresh();
+}
 
 async function rollback(version) {
   const status = $("rollback-status");
@@ -570,9 +650,10 @@ async function refresh() {
   const seq = ++refreshSeq;
   const key = windowKey();
   const q = windowQuery();
-  const [ov, rt, vers, lc, res, fb] = await Promise.allSettled([
+  const [ov, rt, vers, lc, res, fb, rel] = await Promise.allSettled([
     api(`/v1/dashboard/overview${q}`), api(`/v1/dashboard/routing${q}`), api("/v1/policies"),
     api(`/v1/dashboard/learning${q}`), api(`/v1/dashboard/residency${q}`), api(`/v1/dashboard/feedback${q}`),
+    api("/v1/policies/releases?candidates=true&limit=50"),
   ]);
   if (seq !== refreshSeq) return; // a newer refresh (another window) is under way
   const failures = [];
@@ -587,6 +668,7 @@ async function refresh() {
   use(lc, renderLearning, "learning curves");
   use(res, renderResidency, "residency");
   use(fb, renderFeedback, "feedback");
+  use(rel, renderReleases, "releases");
   const banner = $("banner");
   banner.hidden = failures.length === 0;
   banner.textContent = failures.join("; ");

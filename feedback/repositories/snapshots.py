@@ -19,6 +19,8 @@ from sqlalchemy import Connection, func, select, text, update
 from feedback import models as m
 from feedback.errors import Compacted, NotFound
 
+ADOPTED_REASONS = ("rollback", "promotion")  # versions others publish for the learner
+
 
 def lock_snapshots(conn: Connection) -> None:
     """The lock :func:`save_snapshot` takes: version numbers are handed out one at a time."""
@@ -137,11 +139,12 @@ def publish_rollback(conn: Connection, version: int) -> int:
 
 
 def newer_rollback(conn: Connection, after_version: int) -> dict[str, Any] | None:
-    """The newest snapshot above ``after_version`` if it is a rollback, else None."""
+    """The newest snapshot above ``after_version`` if it is a rollback or a promotion
+    (published from outside the learner, which adopts it), else None."""
     r = conn.execute(
         select(m.policy_snapshots)
         .where(m.policy_snapshots.c.version > after_version)
-        .where(m.policy_snapshots.c.reason == "rollback")
+        .where(m.policy_snapshots.c.reason.in_(ADOPTED_REASONS))
         .order_by(m.policy_snapshots.c.version.desc())
         .limit(1)
     ).first()
@@ -169,10 +172,10 @@ _RETENTION_SQL = text(
     WITH rollback_ends AS (
         -- the version a rollback restored, and the one it replaced (to undo it)
         SELECT r.parent_version AS version FROM policy_snapshots r
-        WHERE r.reason = 'rollback' AND r.parent_version IS NOT NULL
+        WHERE r.reason IN ('rollback', 'promotion') AND r.parent_version IS NOT NULL
         UNION
         SELECT (SELECT max(p.version) FROM policy_snapshots p WHERE p.version < r.version)
-        FROM policy_snapshots r WHERE r.reason = 'rollback'
+        FROM policy_snapshots r WHERE r.reason IN ('rollback', 'promotion')
     ),
     newest AS (SELECT version FROM policy_snapshots ORDER BY version DESC LIMIT :keep_last)
     SELECT s.version, octet_length(s.state) AS state_bytes,
