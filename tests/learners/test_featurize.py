@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -74,17 +73,6 @@ def test_deterministic_across_processes():
     ]
     assert runs[0] == runs[1]
     assert json.loads(runs[0]) == Featurizer(dim=64).featurize(REQ).tolist()
-
-
-def test_typical_prompt_featurizes_well_under_a_millisecond():
-    f = Featurizer()
-    f.featurize(REQ)
-    n = 2000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        f.featurize(REQ)
-    per_call = (time.perf_counter() - t0) / n
-    assert per_call < 0.5e-3, f"{per_call * 1e6:.0f} us per prompt"
 
 
 def test_config_is_validated():
