@@ -188,7 +188,14 @@ def promote(
             "gate": verdict.reason,
         }
         problem = None
-        if not verdict.passed and not force:
+        weights = ((c["spec"] or {}).get("objective") or {}).get("weights")
+        if weights and dict(weights) != dict(config.objective.weights):
+            problem = (
+                "a candidate with its own objective weights is not promoted: the live "
+                "policy chooses by the config's objective, so its state alone would change "
+                "nothing; set objective.weights in the config and roll it out (serve deploy)"
+            )
+        elif not verdict.passed and not force:
             problem = verdict.reason
         elif c["state"] is None or latest is None:
             problem = (

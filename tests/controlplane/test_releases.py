@@ -392,3 +392,33 @@ def test_a_failed_write_of_picks_stops_nothing_and_loses_no_pick(engine, monkeyp
     loop.stop()
     picks = _picks(engine, cid)
     assert len(picks) == 120 and len({p[1] for p in picks}) == 120
+
+
+def test_a_candidate_with_its_own_weights_is_refused_promotion_even_forced(engine):
+    cfg = release_config(min_shadow_decisions=10, promotion_margin=0.0)
+    gw = gatekeeping.gateway(engine, cfg)
+    loop = LearnerLoop(engine, cfg, clock=_now)
+    loop.start()
+    with gw.http as http:
+        weights = {"quality": 1.0, "cost_usd": -500.0}
+        r = http.post(
+            "/v1/policies/candidates",
+            json={"name": "thrifty", "objective": {"weights": weights}},
+            headers=admin(),
+        )
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+        log_traffic(engine, cfg, 60, seed=11, version=1)
+        loop.run_until_idle()
+        before = loop.version
+        r = http.post(
+            f"/v1/policies/candidates/{cid}/promote",
+            json={"force": True, "reason": "try it"},
+            headers=admin(),
+        )
+        assert r.status_code == 409 and "objective.weights" in r.json()["error"]["message"]
+        log = http.get("/v1/policies/releases").json()["releases"]
+        assert log[0]["action"] == "refuse"
+    loop.run_until_idle()
+    assert loop.version == before  # nothing published
+    loop.stop(snapshot=False)
