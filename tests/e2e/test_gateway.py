@@ -241,7 +241,7 @@ def test_chat_bad_inputs(http):
     r = http.post("/chat/completions", json={"model": "no-such-model", "messages": CODE_PROMPT})
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
     r = http.post("/chat/completions", json={"model": "auto", "messages": []})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "messages"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"  # as OpenAI's
     r = http.post(
         "/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
