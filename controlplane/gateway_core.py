@@ -447,18 +447,24 @@ class GatewayCore:
         )
         return _Attempt(rid, decision, version, first)
 
-    def _cancelled(self, tracer: Tracer | None, rid: uuid.UUID, started: float) -> None:
-        """The client went away before the answer: the decision still gets its outcome."""
+    def _log_failure(
+        self, tracer: Tracer | None, rid: uuid.UUID, started: float, status: str, error: str
+    ) -> None:
+        """A decision that got no answer still gets its outcome (``error`` or ``timeout``)."""
         self._log_outcome(
             tracer,
             OutcomeRecord(
                 request_id=rid,
                 created_at=datetime.now(UTC),
-                status="error",
+                status=status,
                 latency_ms=(time.perf_counter() - started) * 1000.0,
-                error="cancelled: the client went away",
+                error=error,
             ),
         )
+
+    def _cancelled(self, tracer: Tracer | None, rid: uuid.UUID, started: float) -> None:
+        """The client went away before the answer: the decision still gets its outcome."""
+        self._log_failure(tracer, rid, started, "error", "cancelled: the client went away")
 
     def _failed(
         self, tracer: Tracer | None, rid: uuid.UUID, arm: str, exc: BaseException, started: float
@@ -467,16 +473,8 @@ class GatewayCore:
         the client's 4xx, anything else a 502)."""
         self.counters["errors"] += 1
         timeout = isinstance(exc, UpstreamStatus) and exc.status == 504
-        self._log_outcome(
-            tracer,
-            OutcomeRecord(
-                request_id=rid,
-                created_at=datetime.now(UTC),
-                status="timeout" if timeout else "error",
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-                error=clean_text(str(exc))[:500],
-            ),
-        )
+        status = "timeout" if timeout else "error"
+        self._log_failure(tracer, rid, started, status, clean_text(str(exc))[:500])
         if isinstance(exc, UpstreamStatus) and exc.client_error:
             return BadRequest(exc.param or "body", exc.message, exc.status)
         return UpstreamError(f"arm {arm} failed: {exc}", rid)

@@ -58,7 +58,6 @@ class AdapterSlots:
         self.registry = AdapterRegistry(slots, self._page_in)
         self.kept_by_mux: dict[str, float] = {}  # lru: what Serve's LRU keeps now
         self.pins: Counter[str] = Counter()  # adapter -> requests using it now
-        self.load_s: dict[str, float] = {}  # adapter -> seconds of its last real load
         # adapter -> seconds of its recent real loads, newest last (the measured price)
         self.recent_loads: dict[str, deque[float]] = {}
         self.load_counts: Counter[str] = Counter()  # adapter -> real loads, all time
@@ -177,7 +176,6 @@ class AdapterSlots:
         if adapter in host.resident():
             return adapter, None  # held already (a pinned eviction or a one-off in flight)
         seconds = host.load_adapter(adapter)
-        self.load_s[adapter] = seconds
         self.recent_loads.setdefault(adapter, deque(maxlen=RECENT_LOADS)).append(seconds)
         self.load_counts[adapter] += 1
         return adapter, seconds
@@ -213,7 +211,7 @@ class AdapterSlots:
             "misses": s.misses,
             "page_ins": s.page_ins,
             "load_s": s.load_s,
-            "adapter_load_ms": {a: round(t * 1000.0, 3) for a, t in self.load_s.items()},
+            "adapter_load_ms": {a: round(q[-1] * 1000.0, 3) for a, q in self.recent_loads.items()},
             "adapter_loads": self.measured_loads(),
             "adapter_mib": {
                 a: round(self.hosts[a].adapter_bytes(a) / 2**20, 3) for a in self.held()
