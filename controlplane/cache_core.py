@@ -279,6 +279,7 @@ class CacheCore:
         self.controller = build_controller(config, executor, self.scorer, self.sink, clock)
         self.since = datetime.now(UTC) - timedelta(seconds=1)
         self.measured_s: dict[str, float] = {}  # adapter -> the load seconds priced
+        self._priced_epoch: int | None = None  # the epoch whose records were last read
 
     def step(self) -> None:
         """Read the latest snapshot and measured load times, observe decisions since the
@@ -289,7 +290,11 @@ class CacheCore:
         self.controller.tick()
 
     def reprice(self) -> None:
-        """Plan with the load times the replicas measured (``adapter_load_times``)."""
+        """Plan with the load times the replicas measured (``adapter_load_times``, written
+        when an epoch is recorded: read once per epoch, not every tick)."""
+        if self.controller.epoch == self._priced_epoch:
+            return
+        self._priced_epoch = self.controller.epoch
         with self.engine.connect() as conn:
             measured = residency_repo.load_times_s(conn)
         if measured and measured != self.measured_s:
