@@ -110,6 +110,7 @@ class TrafficResult:
     feedback_posted: int = 0
     feedback_duplicates: int = 0
     seconds: float = 0.0
+    waits: list[float] = field(default_factory=list)  # seconds waited before each wave
 
 
 def require_openai() -> Any:
@@ -138,7 +139,17 @@ def run_traffic(
     concurrency: int = 8,
     feedback_rate: float = 0.9,
     progress: Any = None,
+    wave: int | None = None,
+    sync_timeout_s: float = 30.0,
 ) -> TrafficResult:
+    """Send ``n`` requests of ``ds`` (rows drawn with ``seed``) through the gateway at
+    ``concurrency``, and post each answer's recorded quality as feedback for a
+    ``feedback_rate`` share of them.
+
+    ``wave``: send the requests in waves of that many, and before each wave wait until
+    the gateway serves a policy that has learned every feedback posted so far (at most
+    ``sync_timeout_s``). What each decision knows then depends on the traffic, not on how
+    fast this machine serves it: a steady stream on a machine that keeps up behaves so."""
     openai = require_openai()
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(ds), size=n)
@@ -194,11 +205,38 @@ def run_traffic(
                 if result.served:
                     progress.set_postfix(policy=result.served[-1].policy_version, refresh=False)
 
+    step = wave or n
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(one, range(n)))
+        for lo in range(0, n, step):
+            if lo and wave:
+                result.waits.append(_await_policy(http, result.feedback_posted, sync_timeout_s))
+            list(pool.map(one, range(lo, min(n, lo + step))))
     result.seconds = time.perf_counter() - start
     http.close()
     return result
+
+
+def _await_policy(http: httpx.Client, feedback: int, timeout_s: float) -> float:
+    """Wait until the newest policy has applied at least ``feedback`` events and the
+    gateway serves it (or ``timeout_s`` passed); returns the seconds waited."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    version = None
+    while time.monotonic() < deadline:
+        try:
+            if version is None:
+                r = http.get("/policies/current")
+                if r.status_code == 200 and r.json()["events_applied"] >= feedback:
+                    version = int(r.json()["version"])
+                    continue
+            else:
+                r = http.get("/stats")
+                if r.status_code == 200 and int(r.json()["policy_version"]) >= version:
+                    break
+        except httpx.HTTPError:
+            pass  # the next poll tells
+        time.sleep(0.05)
+    return time.monotonic() - start
 
 
 def summarize(ds: RoutingDataset, result: TrafficResult, weights: np.ndarray) -> dict[str, Any]:

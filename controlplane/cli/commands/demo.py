@@ -25,6 +25,14 @@ def register(sub: Any) -> None:
     p.add_argument("--json", dest="json_out", help="write the summary as JSON")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--feedback-rate", type=float, default=0.9)
+    p.add_argument(
+        "--wave",
+        type=int,
+        default=20,
+        help="requests per wave: before each, wait until the gateway serves a policy that "
+        "learned all feedback so far, so that the outcome does not depend on the machine's "
+        "speed (0: one stream, no waiting)",
+    )
     p.add_argument("--seed", type=int, default=0, help="the traffic's seed (first seed)")
     p.add_argument(
         "--seeds",
@@ -87,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.seeds > 1:
         print("error: --resume continues one policy: it takes no --seeds", file=sys.stderr)
         return 2
+    if args.wave < 0:
+        print("error: --wave must be 0 or more", file=sys.stderr)
+        return 2
     if args.seeds > 1 and args.requests is None:
         print("error: --seeds needs --requests (each seed's run must end)", file=sys.stderr)
         return 2
@@ -142,6 +153,7 @@ def _run_one(args: argparse.Namespace, config: Any, seed: int) -> dict[str, Any]
             traffic = run_traffic(
                 run_.api_url, ds, arm_models, n, seed=seed,
                 concurrency=args.concurrency, feedback_rate=args.feedback_rate, progress=bar,
+                wave=args.wave or None,
             )  # fmt: skip
         summary = summarize(ds, traffic, config.objective.weight_vector)
         # let the writer flush and the learner publish what it learned
@@ -160,6 +172,8 @@ def _run_one(args: argparse.Namespace, config: Any, seed: int) -> dict[str, Any]
             "feedback_posted": traffic.feedback_posted,
             "seconds": round(traffic.seconds, 2),
             "requests_per_s": round(len(traffic.served) / max(traffic.seconds, 1e-9), 1),
+            "wave": args.wave,
+            "seconds_waiting_for_policy": round(sum(traffic.waits), 2),
             **counts,
             "database_totals": _totals(run_.db.url),
             "summary": summary,
@@ -203,7 +217,13 @@ def _print_summary(rep: dict[str, Any]) -> None:
     print(
         f"\nrequests {rep['requests']}  decisions {rep['decisions']}  outcomes {rep['outcomes']}  "
         f"feedback rows {rep['feedback_rows']}  policy versions {rep['policy_versions']}  "
-        f"({rep['requests_per_s']} req/s)"
+        f"({rep['requests_per_s']} req/s"
+        + (
+            f"; in waves of {rep['wave']}, {rep['seconds_waiting_for_policy']:.1f} s waiting for "
+            "the policy to catch up)"
+            if rep.get("wave")
+            else ")"
+        )
     )
     if not s.get("served"):
         return
