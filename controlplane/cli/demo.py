@@ -142,14 +142,15 @@ def run_traffic(
     wave: int | None = None,
     sync_timeout_s: float = 30.0,
 ) -> TrafficResult:
-    """Send ``n`` requests of ``ds`` (rows drawn with ``seed``) through the gateway at
-    ``concurrency``, and post each answer's recorded quality as feedback for a
-    ``feedback_rate`` share of them.
+    """Send ``n`` requests of ``ds`` (rows drawn with ``seed``) through the gateway, and
+    post each answer's recorded quality as feedback for a ``feedback_rate`` share of them.
 
-    ``wave``: send the requests in waves of that many, and before each wave wait until
-    the gateway serves a policy that has learned every feedback posted so far (at most
-    ``sync_timeout_s``). What each decision knows then depends on the traffic, not on how
-    fast this machine serves it: a steady stream on a machine that keeps up behaves so."""
+    ``wave`` unset: one stream at ``concurrency``, each answer's feedback posted as it
+    comes. ``wave``: waves of that many requests, sent one after the other, then their
+    feedback in order; before each wave, wait until the gateway serves a policy that has
+    learned every feedback posted so far (at most ``sync_timeout_s``). Each decision then
+    knows what the traffic before it taught, whatever this machine's speed, and a run
+    repeats: the same seed, the same decisions (the gateway's own draws are seeded)."""
     openai = require_openai()
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(ds), size=n)
@@ -160,22 +161,30 @@ def run_traffic(
     lock = threading.Lock()
     start = time.perf_counter()
 
-    def one(j: int) -> None:
+    def ask(j: int) -> tuple[dict[str, Any], float] | None:
+        """Request ``j``: the answer's banditctl fields and its recorded quality."""
         i = int(rows[j])
-        req = ds.requests[i]
-        task = str(ds.tasks[i])
         try:
             raw = client.chat.completions.with_raw_response.create(
                 model="auto",
-                messages=req["messages"],
-                extra_body={"metadata": {"replay_row": i, "task": task}},
+                messages=ds.requests[i]["messages"],
+                extra_body={"metadata": {"replay_row": i, "task": str(ds.tasks[i])}},
             )
             raw.parse()  # the SDK validates the OpenAI shape
-            meta = raw.http_response.json()["banditctl"]
+            meta: dict[str, Any] = raw.http_response.json()["banditctl"]
             k = model_index(ds, meta["arm"], arm_models[meta["arm"]])
-            q = float(ds.quality[i, k])
-            fb = bool(gives_feedback[j])
-            dup = False
+            return meta, float(ds.quality[i, k])
+        except Exception as exc:  # reported in the summary, never silently dropped
+            with lock:
+                result.errors.append(f"request {j}: {exc!r}"[:300])
+            return None
+
+    def answer(j: int, meta: dict[str, Any], q: float) -> None:
+        """The user's feedback on answer ``j`` (when this user gives any), and its record."""
+        i = int(rows[j])
+        fb = bool(gives_feedback[j])
+        dup = False
+        try:
             if fb:
                 r = http.post(
                     "/feedback",
@@ -188,29 +197,46 @@ def run_traffic(
                 )
                 r.raise_for_status()
                 dup = bool(r.json()["duplicate"])
-            s = Served(
-                i, task, meta["arm"], int(meta["policy_version"]), meta["request_id"], q,
-                float(ds.cost_usd[i, k]), float(ds.energy_j[i, k]), fb,
-            )  # fmt: skip
+        except Exception as exc:
             with lock:
-                result.served.append(s)
-                result.feedback_posted += int(fb)
-                result.feedback_duplicates += int(dup)
-        except Exception as exc:  # reported in the summary, never silently dropped
-            with lock:
-                result.errors.append(f"request {j}: {exc!r}"[:300])
+                result.errors.append(f"feedback {j}: {exc!r}"[:300])
+            return
+        k = model_index(ds, meta["arm"], arm_models[meta["arm"]])
+        s = Served(
+            i, str(ds.tasks[i]), meta["arm"], int(meta["policy_version"]), meta["request_id"], q,
+            float(ds.cost_usd[i, k]), float(ds.energy_j[i, k]), fb,
+        )  # fmt: skip
+        with lock:
+            result.served.append(s)
+            result.feedback_posted += int(fb)
+            result.feedback_duplicates += int(dup)
+
+    def tick() -> None:
         if progress is not None:
             progress.update(1)
             with lock:
                 if result.served:
                     progress.set_postfix(policy=result.served[-1].policy_version, refresh=False)
 
-    step = wave or n
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for lo in range(0, n, step):
-            if lo and wave:
+    if wave:
+        for lo in range(0, n, wave):
+            if lo:
                 result.waits.append(_await_policy(http, result.feedback_posted, sync_timeout_s))
-            list(pool.map(one, range(lo, min(n, lo + step))))
+            answers = [(j, ask(j)) for j in range(lo, min(n, lo + wave))]
+            for j, got in answers:
+                if got is not None:
+                    answer(j, *got)
+                tick()
+    else:
+
+        def one(j: int) -> None:
+            got = ask(j)
+            if got is not None:
+                answer(j, *got)
+            tick()
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(one, range(n)))
     result.seconds = time.perf_counter() - start
     http.close()
     return result

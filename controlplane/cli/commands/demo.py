@@ -12,6 +12,10 @@ from typing import Any
 
 from controlplane.cli.progress import progress_bar
 
+# in waves, answers without feedback are credited (by the objective's missing-quality rule)
+# only after the run, so that what each wave learns is the feedback before it
+WAVE_WINDOW_S = 600.0
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -23,15 +27,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--requests", type=int, default=None, help="send N requests, summarise, exit")
     p.add_argument("--json", dest="json_out", help="write the summary as JSON")
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument(
+        "--concurrency", type=int, default=8, help="clients at once in one stream (--wave 0)"
+    )
     p.add_argument("--feedback-rate", type=float, default=0.9)
     p.add_argument(
         "--wave",
         type=int,
         default=20,
-        help="requests per wave: before each, wait until the gateway serves a policy that "
-        "learned all feedback so far, so that the outcome does not depend on the machine's "
-        "speed (0: one stream, no waiting)",
+        help="requests per wave, sent one after the other, then their feedback; before each "
+        "wave, wait until the gateway serves a policy that learned all feedback so far, so "
+        "that a seed's run repeats whatever the machine's speed (0: one stream at "
+        "--concurrency, feedback as answers come)",
     )
     p.add_argument("--seed", type=int, default=0, help="the traffic's seed (first seed)")
     p.add_argument(
@@ -107,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = config.model_copy(update={"http_port": args.port})
+    if args.wave:  # no credit for silence mid-run: it would land at times the machine sets
+        objective = config.objective.model_copy(
+            update={"feedback_window_s": max(config.objective.feedback_window_s, WAVE_WINDOW_S)}
+        )
+        config = config.model_copy(update={"objective": objective})
     if not get_settings().ray_address:  # a local run: its port must be free before anything starts
         require_free_port(config.http_host, config.http_port)
     reports = []
