@@ -8,6 +8,8 @@ it to replicas).
 
 from __future__ import annotations
 
+import ipaddress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -251,6 +253,41 @@ class ApiKey(_Strict):
         return self
 
 
+# a feedback token's key id: it stands between dots in the token
+FEEDBACK_KEY_ID = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+class PreviousFeedbackSecret(_Strict):
+    """A feedback-token secret that was current before: the tokens it signed verify until
+    ``expires_at`` (UTC when no offset is given), then answer 403 expired."""
+
+    key_id: str = Field(pattern=FEEDBACK_KEY_ID)
+    secret_env: str = Field(min_length=1, description="environment variable holding it")
+    expires_at: datetime
+
+    @field_validator("expires_at")
+    @classmethod
+    def _utc(cls, at: datetime) -> datetime:
+        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+class FeedbackTokensConfig(_Strict):
+    """Feedback-token secrets by key id (``controlplane.tokens``). New tokens are signed
+    with the current secret (``BANDITCTL_FEEDBACK_SECRET``, or the one the launcher keeps
+    in the data directory) under ``key_id``; ``previous`` secrets verify what they signed
+    until their ``expires_at``. Tokens from before key ids count as key id ``default``."""
+
+    key_id: str = Field(default="default", pattern=FEEDBACK_KEY_ID)
+    previous: tuple[PreviousFeedbackSecret, ...] = ()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FeedbackTokensConfig:
+        ids = [self.key_id, *(p.key_id for p in self.previous)]
+        if len(set(ids)) != len(ids):
+            raise ValueError("feedback token key ids must be distinct")
+        return self
+
+
 class AuthConfig(_Strict):
     """``open_chat``: chat, models and route explain need no API key (a known key shown
     anyway is still identified, logged and limited; an unknown one is ignored).
@@ -259,11 +296,13 @@ class AuthConfig(_Strict):
     N times its limit; divide the limits by ``gateway.replicas`` to share them out.
     ``open_dashboard``: the dashboard's data (``/v1/dashboard/*``: recent feedback with its
     comments and request ids, routing, residency) and the budgets in ``/v1/stats`` need no
-    key; else a key with the ``read`` (or ``admin``) scope."""
+    key; else a key with the ``read`` (or ``admin``) scope. ``feedback_tokens``: the
+    feedback-token secrets by key id, for rotation (:class:`FeedbackTokensConfig`)."""
 
     open_chat: bool = False
     open_dashboard: bool = False
     limits_scope: Literal["replica"] = "replica"
+    feedback_tokens: FeedbackTokensConfig = Field(default_factory=FeedbackTokensConfig)
 
 
 BudgetPeriod = Literal["hour", "day", "month"]
