@@ -136,6 +136,31 @@ class RequestLimits(_Strict):
     max_client_request_id_chars: int = Field(
         default=128, ge=1, description="the client's x-request-id (kept for correlation)"
     )
+    anonymous_requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests per minute from one client address that show no known API key"
+        " (open chat, token feedback, open dashboard reads): 429 with Retry-After above it;"
+        " null: no limit. Counted per gateway replica, like the keys' limits",
+    )
+    anonymous_ipv6_prefix: int = Field(
+        default=64, ge=16, le=128, description="IPv6 clients count per network of this prefix"
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        description="addresses or networks (CIDR) of proxies whose X-Forwarded-For names the"
+        " client; from any other peer the header is ignored",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, nets: tuple[str, ...]) -> tuple[str, ...]:
+        for net in nets:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not an IP address or network") from None
+        return nets
 
 
 class RetentionConfig(_Strict):
