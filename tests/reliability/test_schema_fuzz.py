@@ -142,3 +142,22 @@ def test_no_operation_answers_5xx_and_every_refusal_names_its_field(fuzzed):
         ("GET", "/v1/dashboard/routing"),
     ):
         assert must in accepted, (must, sorted(fuzzed.statuses.items()))
+
+
+def test_ids_and_limits_beyond_postgres_integers_are_refused_naming_them(fuzzed):
+    # found by the fuzzing above: these reached Postgres, which refused the integer, and
+    # answered 422 without naming the parameter
+    http = fuzzed.http
+    for method, path, where in (
+        ("GET", "/v1/policies/candidates/2147483648", ["path", "candidate_id"]),
+        ("GET", "/v1/policies/candidates/331110085568", ["path", "candidate_id"]),
+        ("POST", "/v1/policies/candidates/331110085568/promote", ["path", "candidate_id"]),
+        ("POST", "/v1/policies/candidates/-3/retire", ["path", "candidate_id"]),
+        ("GET", "/v1/policies/releases?limit=9223372036854775808", ["query", "limit"]),
+        ("GET", "/v1/policies/releases?limit=-1", ["query", "limit"]),
+    ):
+        resp = http.request(method, path, headers=ADMIN)
+        assert resp.status_code == 422, (path, resp.text)
+        assert resp.json()["detail"][0]["loc"] == where, (path, resp.text)
+    assert http.get("/v1/policies/candidates/2147483647").status_code == 404
+    assert http.get("/v1/policies/releases?limit=10000").status_code == 200
