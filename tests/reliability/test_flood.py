@@ -19,6 +19,7 @@ import pytest
 from controlplane.address_limits import AddressLimiter, ClientAddresses
 from controlplane.admission import Admission
 from controlplane.api import create_app
+from controlplane.config import ConfigError
 from controlplane.gateway_core import GatewayCore
 from controlplane.learner_loop import arm_records
 from controlplane.limits import LimitExceeded
@@ -189,3 +190,13 @@ def test_the_limiter_keeps_a_bounded_number_of_addresses():
     assert refused.value.retry_after == 30  # one request in 60 / 2 s
     clock.now += 30
     limiter.take("192.0.2.1")
+
+
+def test_trusted_proxies_must_be_addresses_or_networks():
+    ok = config(limits={"trusted_proxies": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]})
+    assert ok.limits.trusted_proxies == ("10.0.0.0/8", "192.0.2.7", "2001:db8::/32")
+    for bad in (["lb.internal"], ["10.0.0.0/33"]):
+        with pytest.raises(ConfigError, match="trusted_proxies"):
+            config(limits={"trusted_proxies": bad})
+    with pytest.raises(ConfigError, match="anonymous_requests_per_minute"):
+        config(limits={"anonymous_requests_per_minute": 0})
