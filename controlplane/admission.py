@@ -1,4 +1,6 @@
-"""Whether a chat request may be served, and on which arms: rate limits, then budgets.
+"""Whether a chat request may be served, and on which arms: rate limits, then budgets
+(and, for every route, the per-address limit on anonymous requests:
+:mod:`controlplane.api.flood`).
 
 :meth:`Admission.admit` runs before anything is decided or logged; a refused request
 raises :class:`controlplane.limits.LimitExceeded` (HTTP 429) and leaves no decision row.
@@ -20,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from controlplane.address_limits import AddressLimiter, ClientAddresses
 from controlplane.budgets import ArmCosts, BudgetTracker
 from controlplane.config import ApiKey, BanditConfig
 from controlplane.limits import RateLimiter, estimate_prompt_tokens
@@ -59,6 +62,11 @@ class Admission:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.limits = RateLimiter(config.api_keys, clock)
+        # anonymous requests, per client address (controlplane.api.flood)
+        self.addresses = AddressLimiter.from_limits(config.limits, clock)
+        self.clients = ClientAddresses(
+            config.limits.trusted_proxies, config.limits.anonymous_ipv6_prefix
+        )
         self.budgets = BudgetTracker(config.budgets, engine, clock=now)
         self.costs = ArmCosts(config)
         self.refresh_s = config.gateway.budget_refresh_s

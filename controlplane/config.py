@@ -8,6 +8,8 @@ it to replicas).
 
 from __future__ import annotations
 
+import ipaddress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +136,31 @@ class RequestLimits(_Strict):
     max_client_request_id_chars: int = Field(
         default=128, ge=1, description="the client's x-request-id (kept for correlation)"
     )
+    anonymous_requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests per minute from one client address that show no known API key"
+        " (open chat, token feedback, open dashboard reads): 429 with Retry-After above it;"
+        " null: no limit. Counted per gateway replica, like the keys' limits",
+    )
+    anonymous_ipv6_prefix: int = Field(
+        default=64, ge=16, le=128, description="IPv6 clients count per network of this prefix"
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        description="addresses or networks (CIDR) of proxies whose X-Forwarded-For names the"
+        " client; from any other peer the header is ignored",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, nets: tuple[str, ...]) -> tuple[str, ...]:
+        for net in nets:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not an IP address or network") from None
+        return nets
 
 
 class RetentionConfig(_Strict):
@@ -251,6 +278,41 @@ class ApiKey(_Strict):
         return self
 
 
+# a feedback token's key id: it stands between dots in the token
+FEEDBACK_KEY_ID = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+class PreviousFeedbackSecret(_Strict):
+    """A feedback-token secret that was current before: the tokens it signed verify until
+    ``expires_at`` (UTC when no offset is given), then answer 403 expired."""
+
+    key_id: str = Field(pattern=FEEDBACK_KEY_ID)
+    secret_env: str = Field(min_length=1, description="environment variable holding it")
+    expires_at: datetime
+
+    @field_validator("expires_at")
+    @classmethod
+    def _utc(cls, at: datetime) -> datetime:
+        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+class FeedbackTokensConfig(_Strict):
+    """Feedback-token secrets by key id (``controlplane.tokens``). New tokens are signed
+    with the current secret (``BANDITCTL_FEEDBACK_SECRET``, or the one the launcher keeps
+    in the data directory) under ``key_id``; ``previous`` secrets verify what they signed
+    until their ``expires_at``. Tokens from before key ids count as key id ``default``."""
+
+    key_id: str = Field(default="default", pattern=FEEDBACK_KEY_ID)
+    previous: tuple[PreviousFeedbackSecret, ...] = ()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FeedbackTokensConfig:
+        ids = [self.key_id, *(p.key_id for p in self.previous)]
+        if len(set(ids)) != len(ids):
+            raise ValueError("feedback token key ids must be distinct")
+        return self
+
+
 class AuthConfig(_Strict):
     """``open_chat``: chat, models and route explain need no API key (a known key shown
     anyway is still identified, logged and limited; an unknown one is ignored).
@@ -259,11 +321,13 @@ class AuthConfig(_Strict):
     N times its limit; divide the limits by ``gateway.replicas`` to share them out.
     ``open_dashboard``: the dashboard's data (``/v1/dashboard/*``: recent feedback with its
     comments and request ids, routing, residency) and the budgets in ``/v1/stats`` need no
-    key; else a key with the ``read`` (or ``admin``) scope."""
+    key; else a key with the ``read`` (or ``admin``) scope. ``feedback_tokens``: the
+    feedback-token secrets by key id, for rotation (:class:`FeedbackTokensConfig`)."""
 
     open_chat: bool = False
     open_dashboard: bool = False
     limits_scope: Literal["replica"] = "replica"
+    feedback_tokens: FeedbackTokensConfig = Field(default_factory=FeedbackTokensConfig)
 
 
 BudgetPeriod = Literal["hour", "day", "month"]

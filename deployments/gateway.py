@@ -43,7 +43,7 @@ class Gateway:
         self.adapter_of = {a.name: a.adapter for a in config.arms}
         self.instance_id = instance_id
         engine = make_engine(database_url, pool_size=4)
-        tokens = FeedbackTokens(secret, config.gateway.feedback_token_ttl_s)
+        tokens = FeedbackTokens.from_config(secret, config)  # with the rotated ones
         self.core = GatewayCore(
             config, engine, self._call_pool, tokens, stream_pool=self._stream_pool
         )

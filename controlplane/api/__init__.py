@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from controlplane.admission import Admission
 from controlplane.api import candidates, chat, dashboard, explain, feedback, policies, stats
 from controlplane.api.auth import ApiKeys
 from controlplane.api.errors import install_error_handlers
+from controlplane.api.flood import limit_anonymous
 from controlplane.dashboard_data import PolicyCache
 from controlplane.gateway_core import GatewayCore
 from controlplane.metrics import install_metrics
@@ -58,7 +59,10 @@ def create_app(
     when it sent one); the decision's id is always generated here. ``admission``: rate limits and budgets (by
     default built from the core's config, on the real clocks). ``instance_id``: what
     ``/healthz`` reports as ``instance`` (the launcher's readiness probe checks it)."""
-    app = FastAPI(title="banditctl gateway", lifespan=_lifespan)
+    # every route: anonymous requests count against their address first (.flood)
+    app = FastAPI(
+        title="banditctl gateway", lifespan=_lifespan, dependencies=[Depends(limit_anonymous)]
+    )
     app.state.core = core
     app.state.start_background = start_background
     app.state.api_keys = ApiKeys(core.config.api_keys)

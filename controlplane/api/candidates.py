@@ -13,12 +13,13 @@ learner service starts its shadow (``controlplane.shadows``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from controlplane import releases
+from controlplane.api import schemas
 from controlplane.api.auth import INSUFFICIENT_SCOPE, INVALID_KEY, ApiKeys, ApiKeysDep
 from controlplane.api.deps import CoreDep, read_json
 from controlplane.api.errors import AuthError
@@ -31,6 +32,10 @@ from learners.config import parse_config
 from learners.replay.ope_policies import parse_policy_spec
 
 router = APIRouter()
+
+# a candidate's id is a PostgreSQL integer: a larger one is refused (422), not looked up
+MAX_RELEASES = 10_000
+CandidateId = Annotated[int, Path(ge=1, le=2**31 - 1, description="a candidate's id")]
 
 
 def admin_key_id(request: Request, keys: ApiKeys, what: str) -> str:
@@ -137,7 +142,7 @@ def _load_candidates(core: GatewayCore, cache: EstimateCache, series: bool) -> l
     return out
 
 
-@router.post("/v1/policies/candidates", status_code=201)
+@router.post("/v1/policies/candidates", status_code=201, openapi_extra=schemas.CANDIDATE_BODY)
 async def register(request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
     key_id = admin_key_id(request, keys, "registering a candidate")
     name, spec = candidate_spec(await read_json(request), core.config)
@@ -161,7 +166,7 @@ async def list_candidates(request: Request, core: CoreDep) -> Any:
 
 
 @router.get("/v1/policies/candidates/{candidate_id}")
-async def get_candidate(candidate_id: int, request: Request, core: CoreDep) -> Any:
+async def get_candidate(candidate_id: CandidateId, request: Request, core: CoreDep) -> Any:
     cache = _estimates(request)
 
     def load() -> Any:
@@ -176,8 +181,13 @@ async def get_candidate(candidate_id: int, request: Request, core: CoreDep) -> A
     return await asyncio.to_thread(load)
 
 
-@router.post("/v1/policies/candidates/{candidate_id}/promote")
-async def promote(candidate_id: int, request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
+@router.post(
+    "/v1/policies/candidates/{candidate_id}/promote",
+    openapi_extra=schemas.PROMOTE_BODY,
+)
+async def promote(
+    candidate_id: CandidateId, request: Request, core: CoreDep, keys: ApiKeysDep
+) -> Any:
     key_id = admin_key_id(request, keys, "promotion")
     body = await read_json(request) if await request.body() else {}
     if not isinstance(body, dict):
@@ -215,7 +225,9 @@ async def promote(candidate_id: int, request: Request, core: CoreDep, keys: ApiK
 
 
 @router.post("/v1/policies/candidates/{candidate_id}/retire")
-async def retire(candidate_id: int, request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
+async def retire(
+    candidate_id: CandidateId, request: Request, core: CoreDep, keys: ApiKeysDep
+) -> Any:
     """Stop a candidate's shadow (admin scope); its picks and estimate stay readable."""
     key_id = admin_key_id(request, keys, "retiring a candidate")
 
@@ -237,7 +249,10 @@ async def retire(candidate_id: int, request: Request, core: CoreDep, keys: ApiKe
 
 @router.get("/v1/policies/releases")
 async def release_log(
-    request: Request, core: CoreDep, limit: int = 100, candidates: bool = False
+    request: Request,
+    core: CoreDep,
+    limit: int = Query(100, ge=1, le=MAX_RELEASES, description="newest entries"),
+    candidates: bool = False,
 ) -> Any:
     """The release log (newest first) and its summary (automatic rollbacks, the
     promotion under watch); ``candidates=true`` adds each candidate with its estimate over

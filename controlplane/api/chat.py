@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from controlplane.admission import Admission
+from controlplane.api import schemas
 from controlplane.api.auth import ChatKeyDep
 from controlplane.api.deps import CoreDep, read_json
 from controlplane.api.validation import client_request_id, validate_chat
@@ -44,7 +45,7 @@ async def models(core: CoreDep, _key: ChatKeyDep) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=schemas.CHAT_BODY)
 async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
     body = core.validate_body(validate_chat(await read_json(request), core.config.limits))
     correlation = client_request_id(request, core.config.limits)

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from controlplane.api import schemas
 from controlplane.api.auth import ChatKeyDep
 from controlplane.api.deps import CoreDep, read_json
 from controlplane.api.validation import validate_chat
@@ -13,6 +14,6 @@ from controlplane.api.validation import validate_chat
 router = APIRouter()
 
 
-@router.post("/v1/route/explain")
+@router.post("/v1/route/explain", openapi_extra=schemas.EXPLAIN_BODY)
 async def explain(request: Request, core: CoreDep, _key: ChatKeyDep) -> Any:
     return core.explain(validate_chat(await read_json(request), core.config.limits))

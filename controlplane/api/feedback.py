@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from controlplane.api import schemas
 from controlplane.api.auth import ApiKeys, ApiKeysDep, authorise_feedback
 from controlplane.api.deps import CoreDep, read_json
 from controlplane.api.validation import check_free_text, check_label
@@ -81,19 +82,21 @@ def _store_one(core: GatewayCore, fb: FeedbackInput, require_known: bool) -> Any
         )
 
 
-@router.post("/v1/feedback")
+@router.post("/v1/feedback", openapi_extra=schemas.FEEDBACK_BODY)
 async def feedback(request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
     fb, require_known = _parse_feedback(request, await read_json(request), core, keys)
     res = await asyncio.to_thread(_store_one, core, fb, require_known)
     return _counted(core, [res])[0]
 
 
-@router.post("/v1/feedback/batch")
+@router.post("/v1/feedback/batch", openapi_extra=schemas.FEEDBACK_BATCH_BODY)
 async def feedback_batch(request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
     payload = await read_json(request)
     items = payload.get("items") if isinstance(payload, dict) else None
-    if not isinstance(items, list) or not items or len(items) > 1000:
-        raise InvalidInput("items", "must be a list of 1 to 1000 feedback objects")
+    if not isinstance(items, list) or not items or len(items) > schemas.MAX_FEEDBACK_BATCH:
+        raise InvalidInput(
+            "items", f"must be a list of 1 to {schemas.MAX_FEEDBACK_BATCH} feedback objects"
+        )
     parsed = []
     for i, item in enumerate(items):
         try:

@@ -8,8 +8,8 @@ What it sets, and why:
   same Secret as the rest (key ``auth_token``), so the operator, every Ray container and
   whoever runs the ``serve`` CLI use one known token; nothing runs with auth disabled.
 - every Ray container reads ``DATABASE_URL``, ``BANDITCTL_FEEDBACK_SECRET`` and each
-  ``key_env`` the config names from that Secret (key = variable name): the replicas read
-  them where they start, as ``ray start``'s shell exports them on a plain cluster.
+  ``key_env`` and previous feedback-token ``secret_env`` the config names from that Secret
+  (key = variable name): the replicas read them where they start, as ``ray start``'s shell exports them on a plain cluster.
 - the head advertises the custom resource ``head``, worker pods ``worker``, the names the
   README's ``--resources`` examples pin deployments to.
 - a container port named ``serve`` on the Serve HTTP port (the operator's serve Service
@@ -80,6 +80,8 @@ def rayservice(
     cfg = app["args"]["config"]
     env_names = list(SECRET_KEYS)
     env_names += [k["key_env"] for k in cfg.get("api_keys", ()) if k.get("key_env")]
+    previous = cfg.get("auth", {}).get("feedback_tokens", {}).get("previous", ())
+    env_names += [p["secret_env"] for p in previous]  # rotated feedback-token secrets
     env = _env(secret, list(dict.fromkeys(env_names)))
     image = image or f"banditctl:{_version('banditctl', 'latest')}"
     port = int(serve_config["http_options"]["port"])

@@ -185,3 +185,25 @@ def test_bad_placement_options_exit_2_naming_the_option(tmp_path, capsys, flags)
     err = capsys.readouterr().err
     assert err.startswith("error: ") and flags[-2] in err
     assert not out.exists()
+
+
+def test_a_rotated_feedback_secret_comes_from_the_kubernetes_secret_too(tmp_path):
+    cfg = yaml.safe_load(Path(SAMPLE).read_text())
+    cfg.setdefault("auth", {})["feedback_tokens"] = {
+        "key_id": "2026-12",
+        "previous": [{"key_id": "2026-11", "secret_env": "BANDITCTL_FEEDBACK_SECRET_2026_11",
+                      "expires_at": "2026-12-08T00:00:00Z"}],
+    }  # fmt: skip
+    path = tmp_path / "rotated.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "rayservice.yaml"
+    assert main(["serve-config", "--config", str(path), "--format", "rayservice",
+                 "-o", str(out)]) == 0  # fmt: skip
+    cluster = yaml.safe_load(out.read_text())["spec"]["rayClusterConfig"]
+    (container,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["BANDITCTL_FEEDBACK_SECRET_2026_11"]["valueFrom"]["secretKeyRef"]
+    assert ref["key"] == "BANDITCTL_FEEDBACK_SECRET_2026_11"
+    inside = yaml.safe_load(yaml.safe_load(out.read_text())["spec"]["serveConfigV2"])
+    tokens = inside["applications"][0]["args"]["config"]["auth"]["feedback_tokens"]
+    assert tokens["key_id"] == "2026-12" and tokens["previous"][0]["key_id"] == "2026-11"

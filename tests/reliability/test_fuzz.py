@@ -252,7 +252,7 @@ def test_hostile_feedback_answers_4xx_naming_the_field_and_stores_nothing(gatewa
     meta = _served_request(http)
     rid, token = meta["request_id"], meta["feedback_token"]
     good = {"request_id": rid, "feedback_token": token, "quality": 0.5}
-    exp = token.split(".")[2]
+    _, kid, _, exp, _ = token.split(".")  # v2.<key id>.<request id>.<expiry>.<signature>
     cases: list[tuple[str, dict[str, Any], str | None]] = [
         (
             "quality NaN",
@@ -313,15 +313,18 @@ def test_hostile_feedback_answers_4xx_naming_the_field_and_stores_nothing(gatewa
         ("deep nesting", _raw('{"request_id": ' + "[" * 50_000 + "]" * 50_000 + "}"), "body"),
     ]
     token_cases = [
-        ("forged token", f"v1.{rid}.{exp}.AAAA"),
+        ("forged token", f"v2.{kid}.{rid}.{exp}.AAAA"),
+        ("forged v1 token", f"v1.{rid}.{exp}.AAAA"),
+        ("unknown key id", f"v2.k9.{rid}.{exp}.AAAA"),
+        ("dotted key id", f"v2.{kid}.x.{rid}.{exp}.AAAA"),
         ("another request's token", core.tokens.issue(uuid.uuid4())),
-        ("superscript expiry", f"v1.{rid}.\u00b2\u00b3.sig"),
-        ("arabic-indic expiry", f"v1.{rid}.\u0661\u0662.sig"),
-        ("non-ASCII signature", f"v1.{rid}.{exp}.sïg"),
+        ("superscript expiry", f"v2.{kid}.{rid}.\u00b2\u00b3.sig"),
+        ("arabic-indic expiry", f"v2.{kid}.{rid}.\u0661\u0662.sig"),
+        ("non-ASCII signature", f"v2.{kid}.{rid}.{exp}.sïg"),
         ("surrogate token", "v1.\ud800.1.x"),
         ("10k token", "v1." + "a" * 10_000),
         ("empty parts", "v1..."),
-        ("huge expiry", f"v1.{rid}.{'9' * 5000}.sig"),
+        ("huge expiry", f"v2.{kid}.{rid}.{'9' * 5000}.sig"),
     ]
     for what, tok in token_cases:
         body = json.dumps({**good, "feedback_token": tok}, ensure_ascii=True)
