@@ -70,7 +70,7 @@ class Archive:
         if first:
             path = self.directory / f"{table}-{self.stamp}.csv.gz"
             self.paths[table] = path
-            self._files[table] = gzip.GzipFile(path, "ab")
+            self._files[table] = gzip.GzipFile(path, "ab", compresslevel=6)
         out = self._files[table]
         head = b"" if first else None  # a batch's header line is kept once per file
         for chunk in chunks:
