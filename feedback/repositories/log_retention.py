@@ -23,6 +23,17 @@ TABLES = ("feedback", "shadow_decisions", "outcomes", "decisions")
 
 _ELIGIBLE = "created_at < :before AND credit_seq <= :wm"
 
+_DELETE = {
+    table: f"DELETE FROM {table} t USING _prune_ids p WHERE t.request_id = p.request_id"
+    for table in TABLES
+}
+# shadow picks are keyed (candidate_id, request_id), with no index on request_id alone:
+# joined through the candidates, the primary key can serve the lookups
+_DELETE["shadow_decisions"] = (
+    "DELETE FROM shadow_decisions t USING _prune_ids p, policy_candidates c "
+    "WHERE t.candidate_id = c.id AND t.request_id = p.request_id"
+)
+
 
 def prunable_watermark(conn: Connection) -> int:
     """The latest snapshot's watermark (0 without one): the highest credit a restart keeps."""
@@ -116,14 +127,7 @@ def prune_batch(
     if archive is not None:
         for table in reversed(TABLES):  # parents first: a restore loads them in this order
             archive(table, _copy_out(conn, table))
-    counts = {
-        table: int(
-            conn.execute(
-                text(f"DELETE FROM {table} t USING _prune_ids p WHERE t.request_id = p.request_id")
-            ).rowcount
-        )
-        for table in TABLES
-    }
+    counts = {table: int(conn.execute(text(_DELETE[table])).rowcount) for table in TABLES}
     return BatchResult(
         decisions=counts["decisions"],
         outcomes=counts["outcomes"],

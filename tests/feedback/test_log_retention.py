@@ -81,6 +81,20 @@ def test_prune_takes_only_old_decisions_a_snapshot_credited_in_bounded_batches(d
     later = _served(db, 2, OLD + timedelta(minutes=2))
     _credit_all(db)  # above the latest snapshot: a restart could release them
 
+    with db.begin() as conn:  # a candidate's shadow picks of an old and a recent decision
+        cid = conn.execute(
+            text("INSERT INTO policy_candidates (name, spec) VALUES ('c', '{}') RETURNING id")
+        ).scalar_one()
+        for rid in (old_done[0], recent[0]):
+            conn.execute(
+                text(
+                    "INSERT INTO shadow_decisions (candidate_id, request_id, credit_seq, "
+                    "created_at, arm, propensity, logged_arm, logged_propensity, probs) "
+                    "SELECT :c, request_id, credit_seq, created_at, arm_id, 1, arm_id, 0.5, "
+                    "'{}' FROM decisions WHERE request_id = :r"
+                ),
+                {"c": cid, "r": rid},
+            )
     with db.connect() as conn:
         plan = log_retention.plan(conn, CUTOFF)
     assert plan.decisions == 10
@@ -92,6 +106,7 @@ def test_prune_takes_only_old_decisions_a_snapshot_credited_in_bounded_batches(d
     )
     assert sizes == [3, 3, 3, 1]
     assert (total.decisions, total.outcomes, total.feedback, total.batches) == (10, 10, 10, 4)
+    assert total.shadow_decisions == 1 and _ids(db, "shadow_decisions") == {recent[0]}
     gone = set(old_done) | set(old_after_snapshot)
     kept = {old_waiting[0].request_id, *recent, *later}
     assert _ids(db, "decisions") == kept
