@@ -42,6 +42,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "db": (
         "banditctl db upgrade                    # the schema to head",
         "banditctl db prune-snapshots --dry-run  # which policy versions retention compacts",
+        "banditctl db prune-log --older-than 90d --archive /backup/banditctl  # request log retention",
     ),
     "status": (
         "banditctl status",

@@ -37,6 +37,45 @@ _READY_SQL = """
 """
 
 
+_CLAIM_SQL = f"""
+WITH ready AS (
+    SELECT d.request_id, d.created_at,
+           CASE WHEN o.status <> 'ok' THEN 'error'
+                WHEN fb.quality IS NOT NULL THEN 'feedback'
+                WHEN :missing = 'prior' THEN 'prior' ELSE 'skip' END AS kind,
+           CASE WHEN o.status <> 'ok' THEN CAST(:error_q AS double precision)
+                WHEN fb.quality IS NOT NULL THEN fb.quality
+                WHEN :missing = 'prior' THEN CAST(:prior_q AS double precision)
+                ELSE NULL END AS quality,
+           o.latency_ms, o.energy_j, o.cost_usd
+    {_READY_SQL}
+    ORDER BY d.created_at, d.request_id
+    LIMIT :limit
+), numbered AS (
+    SELECT r.*, nextval('reward_credit_seq') AS seq
+    FROM (SELECT * FROM ready ORDER BY created_at, request_id) r
+)
+UPDATE decisions d
+   SET credit_seq = n.seq, credit_kind = n.kind, credit_quality = n.quality
+  FROM numbered n
+ WHERE d.request_id = n.request_id
+RETURNING n.seq, d.request_id, d.created_at, d.arm_id, d.context, d.propensity,
+          d.policy_version, n.kind, n.quality, n.latency_ms, n.energy_j, n.cost_usd
+"""
+
+
+def claim_params(objective: Objective, now: datetime, limit: int) -> dict[str, object]:
+    """The claim statement's parameters (``bench/bench_scaling.py`` explains its plan)."""
+    return {
+        "window": objective.feedback_window_s,
+        "now": now,
+        "missing": objective.missing_quality,
+        "prior_q": objective.prior_quality,
+        "error_q": objective.error_quality,
+        "limit": limit,
+    }
+
+
 def claim_reward_events(
     conn: Connection, objective: Objective, now: datetime, limit: int = 5000
 ) -> list[RewardRow]:
@@ -46,42 +85,7 @@ def claim_reward_events(
     watermark), the credit kind and the quality it was credited with, by the
     rule documented in ``feedback.objective``. Call with the learner lock held.
     """
-    sql = f"""
-    WITH ready AS (
-        SELECT d.request_id, d.created_at,
-               CASE WHEN o.status <> 'ok' THEN 'error'
-                    WHEN fb.quality IS NOT NULL THEN 'feedback'
-                    WHEN :missing = 'prior' THEN 'prior' ELSE 'skip' END AS kind,
-               CASE WHEN o.status <> 'ok' THEN CAST(:error_q AS double precision)
-                    WHEN fb.quality IS NOT NULL THEN fb.quality
-                    WHEN :missing = 'prior' THEN CAST(:prior_q AS double precision)
-                    ELSE NULL END AS quality,
-               o.latency_ms, o.energy_j, o.cost_usd
-        {_READY_SQL}
-        ORDER BY d.created_at, d.request_id
-        LIMIT :limit
-    ), numbered AS (
-        SELECT r.*, nextval('reward_credit_seq') AS seq
-        FROM (SELECT * FROM ready ORDER BY created_at, request_id) r
-    )
-    UPDATE decisions d
-       SET credit_seq = n.seq, credit_kind = n.kind, credit_quality = n.quality
-      FROM numbered n
-     WHERE d.request_id = n.request_id
-    RETURNING n.seq, d.request_id, d.created_at, d.arm_id, d.context, d.propensity,
-              d.policy_version, n.kind, n.quality, n.latency_ms, n.energy_j, n.cost_usd
-    """
-    rows = conn.execute(
-        text(sql),
-        {
-            "window": objective.feedback_window_s,
-            "now": now,
-            "missing": objective.missing_quality,
-            "prior_q": objective.prior_quality,
-            "error_q": objective.error_quality,
-            "limit": limit,
-        },
-    ).all()
+    rows = conn.execute(text(_CLAIM_SQL), claim_params(objective, now, limit)).all()
     out = [
         RewardRow(
             credit_seq=int(r[0]),

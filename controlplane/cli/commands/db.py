@@ -1,10 +1,18 @@
 """``banditctl db upgrade | downgrade | current | check``: the schema, through Alembic;
-``banditctl db prune-snapshots``: policy snapshot retention, as the learner runs it."""
+``banditctl db prune-snapshots``: policy snapshot retention, as the learner runs it;
+``banditctl db prune-log``: request log retention (``feedback.log_pruner``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from controlplane.config import Budget
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -38,6 +46,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     prune.add_argument("--keep-last", type=int, help="override retention.keep_last")
     prune.add_argument("--keep-served-s", type=float, help="override retention.keep_served_s")
     prune.set_defaults(func=_prune_snapshots)
+    log = dbsub.add_parser(
+        "prune-log",
+        help="delete (and archive) decisions, outcomes and feedback older than a retention",
+        description="Delete decisions made before --older-than ago, with their outcomes, "
+        "feedback and shadow picks, in batches of --batch (one transaction each), oldest "
+        "first. Only decisions the learner has credited and a policy snapshot holds "
+        "(credit_seq at or below the latest snapshot's watermark) go; uncredited ones stay "
+        "whatever their age. With --archive, each table's rows are first appended to "
+        "<table>-<time>.csv.gz there (COPY's CSV with a header; restore with COPY ... FROM). "
+        "Refuses a retention shorter than learner_service.retention.keep_served_s, or one "
+        "that reaches into a budget's current period (budgets read the period's spend).",
+    )
+    log.add_argument("--older-than", required=True, help="retention: 90d, 36h, 3600s")
+    log.add_argument("--archive", help="append the rows to gzip'd CSV files in this folder")
+    log.add_argument("--batch", type=int, default=10_000, help="decisions per transaction")
+    log.add_argument("--max-batches", type=int, help="stop after this many batches")
+    log.add_argument("--pause-s", type=float, default=0.0, help="sleep between batches")
+    log.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
+    log.add_argument("--config", help="the config whose retention and budgets bound the cutoff")
+    log.set_defaults(func=_prune_log)
 
 
 def _upgrade(args: argparse.Namespace) -> int:
@@ -151,3 +179,114 @@ def _ranges(versions: list[int] | tuple[int, ...]) -> str:
         else:
             out.append(str(v))
     return ", ".join(out)
+
+
+_SPAN = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _seconds(text: str) -> float | None:
+    """``90d``, ``36h``, ``30m``, ``3600s`` or plain seconds; None if malformed."""
+    t = text.strip()
+    unit = _SPAN.get(t[-1:])
+    try:
+        return float(t[:-1]) * unit if unit is not None else float(t)
+    except ValueError:
+        return None
+
+
+def log_cutoff_refusal(
+    now: datetime, older_than_s: float, keep_served_s: float, budgets: Sequence[Budget]
+) -> str | None:
+    """Why a cutoff ``older_than_s`` before ``now`` is refused, or None: it must keep the
+    decisions snapshot retention reads (``keep_served_s``) and every budget's current
+    period."""
+    from datetime import timedelta
+
+    from controlplane.budgets import period_bounds
+
+    keep = keep_served_s
+    if older_than_s < keep:
+        return (
+            f"--older-than {older_than_s:g} s is shorter than retention.keep_served_s "
+            f"({keep:g} s): the policy versions that served in between would lose their state"
+        )
+    cutoff = now - timedelta(seconds=older_than_s)
+    for b in budgets:
+        start = period_bounds(now, b.period)[0]
+        if cutoff > start:
+            who = f"key {b.key}" if b.key else f"tenant {b.tenant}"
+            return (
+                f"the cutoff {cutoff.isoformat()} is inside the current {b.period} of the "
+                f"budget of {who} (since {start.isoformat()}): its spend would be undercounted"
+            )
+    return None
+
+
+def _prune_log(args: argparse.Namespace) -> int:
+    import contextlib
+    from datetime import UTC, datetime, timedelta
+
+    from controlplane.config import ConfigError, LearnerServiceConfig, load_config
+    from controlplane.settings import get_settings
+    from feedback import log_pruner
+    from feedback.database import make_engine
+    from feedback.repositories import log_retention
+
+    older_than_s = _seconds(args.older_than)
+    if older_than_s is None or older_than_s <= 0 or args.batch < 1:
+        print("error: --older-than like 90d, 36h or 3600s; --batch at least 1", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config) if args.config else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    svc = cfg.learner_service if cfg is not None else LearnerServiceConfig()
+    now = datetime.now(UTC)
+    refusal = log_cutoff_refusal(
+        now, older_than_s, svc.retention.keep_served_s, cfg.budgets if cfg is not None else ()
+    )
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    before = now - timedelta(seconds=older_than_s)
+    with get_settings().database() as db:
+        engine = make_engine(db.url, pool_size=1)
+        try:
+            with engine.connect() as conn:
+                plan = log_retention.plan(conn, before)
+            print(
+                f"decisions before {before.isoformat(timespec='seconds')}: {plan.decisions:,} "
+                f"credited at or below the latest snapshot's watermark {plan.watermark:,}"
+                + (f" ({plan.oldest:%Y-%m-%d} .. {plan.newest:%Y-%m-%d})" if plan.decisions else "")
+            )
+            print(
+                f"kept although older: {plan.kept_uncredited:,} not credited yet, "
+                f"{plan.kept_unsnapshotted:,} credited after the latest snapshot"
+            )
+            if args.dry_run or not plan.decisions:
+                print(
+                    f"{'would delete' if args.dry_run else 'deleted'}: {plan.decisions:,} decisions"
+                )
+                return 0
+            archive = log_pruner.Archive(args.archive) if args.archive else None
+            with archive or contextlib.nullcontext():
+                total = log_pruner.prune_log(
+                    engine,
+                    before=before,
+                    batch=args.batch,
+                    archive=archive,
+                    max_batches=args.max_batches,
+                    pause_s=args.pause_s,
+                )
+        finally:
+            engine.dispose()
+    print(
+        f"deleted: {total.decisions:,} decisions, {total.outcomes:,} outcomes, "
+        f"{total.feedback:,} feedback, {total.shadow_decisions:,} shadow picks in "
+        f"{total.batches} batches (longest {1e3 * total.longest_batch_s:.0f} ms)"
+    )
+    if archive is not None:
+        for path in archive.paths.values():
+            print(f"archived: {path}")
+    return 0
