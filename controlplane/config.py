@@ -185,6 +185,13 @@ class LearnerServiceConfig(_Strict):
     min_snapshot_interval_s: float = Field(
         default=2.0, ge=0, description="never publish two versions closer than this"
     )
+    outcome_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="a decision still without an outcome this long after it was made (its"
+        " gateway died between logging the two) gets an error outcome, so it is credited once;"
+        " keep it above the longest request",
+    )
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 

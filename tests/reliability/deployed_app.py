@@ -1,0 +1,183 @@
+"""The control plane deployed on a local Ray Serve against a private PostgreSQL, for the
+fault probes (``test_serve_faults.py``) and the soak bench (``bench/bench_soak.py``):
+the config they run, the processes of its replicas (to SIGKILL or to measure), and the
+database checks every probe ends with."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from sqlalchemy import Engine, create_engine, text
+
+from controlplane.cli.demo import demo_config
+from controlplane.config import BanditConfig
+
+SECRET = "probe-secret-0123456789abcdef"
+
+
+def probe_config(port: int, **gateway: Any) -> BanditConfig:
+    """The demo's scenario (four models on replay backends) with a fast learner, a
+    short outcome timeout (decisions a crashed gateway never closed) and ``gateway``'s
+    fields set."""
+    cfg = demo_config()
+    return BanditConfig.model_validate(
+        cfg.model_copy(
+            update={
+                "http_port": port,
+                "objective": cfg.objective.model_copy(update={"feedback_window_s": 120.0}),
+                "gateway": cfg.gateway.model_copy(update={"policy_refresh_s": 0.5, **gateway}),
+                "learner_service": cfg.learner_service.model_copy(
+                    update={
+                        "poll_interval_s": 0.1,
+                        "snapshot_every_events": 50,
+                        "snapshot_every_s": 0.5,
+                        "min_snapshot_interval_s": 0.2,
+                        "outcome_timeout_s": 8.0,
+                    }
+                ),
+                "replay": cfg.replay.model_copy(update={"latency_scale": 0.0}),
+            }
+        ).model_dump()
+    )
+
+
+@dataclass
+class App:
+    config: BanditConfig
+    db_url: str
+    base_url: str
+
+    def engine(self) -> Engine:
+        return create_engine(self.db_url, pool_size=2)
+
+
+def deploy_app(config: BanditConfig, db_url: str, timeout_s: float = 240.0) -> App:
+    from controlplane.cli.launch import deploy, wait_ready
+    from feedback import migrate
+
+    migrate.upgrade(db_url)
+    instance = uuid.uuid4().hex
+    base = deploy(config, db_url, SECRET, instance_id=instance)
+    wait_ready(base, timeout_s=timeout_s, instance_id=instance)
+    return App(config, db_url, base)
+
+
+def replica_processes(deployment: str) -> list[psutil.Process]:
+    """The live processes of ``deployment``'s replicas in this Ray (by actor title:
+    ``ray::ServeReplica:<app>:<deployment>``), found through Ray's state API."""
+    from ray.util.state import list_actors
+
+    from controlplane.cli.launch import APP_NAME
+
+    name = f"ServeReplica:{APP_NAME}:{deployment}"
+    found = []
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        if actor.class_name == name and actor.pid:
+            try:
+                found.append(psutil.Process(actor.pid))
+            except psutil.NoSuchProcess:
+                continue
+    return found
+
+
+def controller_process() -> psutil.Process | None:
+    """The Serve controller's process."""
+    from ray.util.state import list_actors
+
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        if actor.class_name == "ServeController" and actor.pid:
+            return psutil.Process(actor.pid)
+    return None
+
+
+def sigkill(proc: psutil.Process) -> None:
+    proc.kill()
+    proc.wait(10)
+
+
+def wait_replaced(
+    deployment: str, old_pid: int, timeout_s: float = 120.0
+) -> tuple[float, psutil.Process]:
+    """Wait for a live replica of ``deployment`` other than ``old_pid``; seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        for p in replica_processes(deployment):
+            if p.pid != old_pid:
+                return time.monotonic() - t0, p
+        time.sleep(0.25)
+    raise AssertionError(f"no new {deployment} replica within {timeout_s:.0f}s")
+
+
+def rss_mb(procs: list[psutil.Process]) -> float:
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
+
+
+def count(engine: Engine, sql: str, **params: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql), params).scalar_one())
+
+
+def missing_rows(engine: Engine, request_ids: list[str], table: str) -> list[str]:
+    """The ids of ``request_ids`` without a row in ``table`` (decisions, outcomes or
+    feedback)."""
+    if not request_ids:
+        return []
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(f"SELECT DISTINCT request_id::text FROM {table} WHERE request_id = ANY(:ids)"),
+            {"ids": [uuid.UUID(r) for r in request_ids]},
+        ).all()
+    have = {r[0] for r in rows}
+    return [r for r in request_ids if r not in have]
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def uncredited(engine: Engine) -> int:
+    return count(engine, "SELECT count(*) FROM decisions WHERE credit_seq IS NULL")
+
+
+def credit_check(engine: Engine) -> dict[str, int]:
+    """Exactly-once, against the database: every decision credited, each with its own
+    credit number, and the latest snapshot's watermark and events applied covering
+    exactly the credited decisions (an event applied twice would count twice)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT count(*), count(credit_seq), count(DISTINCT credit_seq), "
+                "coalesce(max(credit_seq), 0) FROM decisions"
+            )
+        ).one()
+        snap = conn.execute(
+            text(
+                "SELECT watermark, events_applied FROM policy_snapshots "
+                "ORDER BY version DESC LIMIT 1"
+            )
+        ).one()
+    return {
+        "decisions": int(row[0]),
+        "credited": int(row[1]),
+        "distinct_credits": int(row[2]),
+        "max_credit": int(row[3]),
+        "watermark": int(snap[0]),
+        "events_applied": int(snap[1]),
+    }
