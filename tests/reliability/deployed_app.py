@@ -5,6 +5,7 @@ database checks every probe ends with."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -67,32 +68,38 @@ def deploy_app(config: BanditConfig, db_url: str, timeout_s: float = 240.0) -> A
     return App(config, db_url, base)
 
 
-def replica_processes(deployment: str) -> list[psutil.Process]:
-    """The live processes of ``deployment``'s replicas in this Ray (by actor title:
-    ``ray::ServeReplica:<app>:<deployment>``), found through Ray's state API."""
-    from ray.util.state import list_actors
+def _node_processes() -> list[psutil.Process]:
+    """The processes of the local Ray node this process started (by its temp dir, as
+    ``LocalRay`` finds them: never another Ray's on this machine)."""
+    from ray._private import worker
 
+    from controlplane.cli.launch import LocalRay
+
+    node = worker._global_node
+    assert node is not None, "Ray is not started"
+    return list(LocalRay(node.get_temp_dir_path()).processes())
+
+
+def _title(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def replica_processes(deployment: str) -> list[psutil.Process]:
+    """The live processes of ``deployment``'s replicas (their title is
+    ``ray::...ServeReplica:<app>:<deployment>[.<method>]``)."""
     from controlplane.cli.launch import APP_NAME
 
-    name = f"ServeReplica:{APP_NAME}:{deployment}"
-    found = []
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        if actor.class_name == name and actor.pid:
-            try:
-                found.append(psutil.Process(actor.pid))
-            except psutil.NoSuchProcess:
-                continue
-    return found
+    pattern = re.compile(rf"ServeReplica:{re.escape(APP_NAME)}:{re.escape(deployment)}(\.|$| )")
+    return [p for p in _node_processes() if pattern.search(_title(p))]
 
 
 def controller_process() -> psutil.Process | None:
     """The Serve controller's process."""
-    from ray.util.state import list_actors
-
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        if actor.class_name == "ServeController" and actor.pid:
-            return psutil.Process(actor.pid)
-    return None
+    found = [p for p in _node_processes() if _title(p).startswith("ray::ServeController")]
+    return found[0] if found else None
 
 
 def sigkill(proc: psutil.Process) -> None:
