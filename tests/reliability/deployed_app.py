@@ -30,7 +30,7 @@ def probe_config(port: int, **gateway: Any) -> BanditConfig:
         cfg.model_copy(
             update={
                 "http_port": port,
-                "objective": cfg.objective.model_copy(update={"feedback_window_s": 120.0}),
+                "objective": cfg.objective.model_copy(update={"feedback_window_s": 30.0}),
                 "gateway": cfg.gateway.model_copy(update={"policy_refresh_s": 0.5, **gateway}),
                 "learner_service": cfg.learner_service.model_copy(
                     update={
