@@ -40,10 +40,12 @@ from tests.reliability.deployed_app import (
     wait_replaced,
 )
 from tests.reliability.load import Call, Load, longest_gap, tally
+from tests.reliability.soak import soak
 
 pytestmark = [pytest.mark.reliability, pytest.mark.ray]
 
 OUTAGE_S = float(os.environ.get("BANDITCTL_PROBE_OUTAGE_S", "12"))
+SOAK_S = float(os.environ.get("BANDITCTL_SOAK_S", "60"))
 CONCURRENCY = 4
 FIGURES: dict[str, dict[str, Any]] = {}
 
@@ -248,6 +250,28 @@ def test_sigkill_of_the_learner_replica(app: App):
         rows_lost=0,
         **check,
     )
+
+
+def test_short_soak_answers_everything_with_bounded_memory(app: App):
+    """``bench/bench_soak.py``'s soak, short: every request answered and its feedback
+    stored, and no process's resident memory growing by more than a quarter (at least
+    64 MB allowed: allocators hold on to what a busy minute took)."""
+    result = soak(
+        app.base_url,
+        list(app.config.base_models),
+        seconds=SOAK_S,
+        concurrency=CONCURRENCY,
+        warmup_s=10.0,
+        sample_every_s=10.0,
+        seed=5,
+    )
+    calls = result.calls
+    assert calls and all(c.answered and c.feedback_status == 200 for c in calls), tally(calls)
+    for role, grown in result.growth().items():
+        start = result.rss[0][1][role]
+        assert start > 0 and grown <= max(64.0, 0.25 * start), (role, result.rss)
+    check = _settle(app, calls)
+    FIGURES["soak"] = {**result.summary(), "rows_lost": 0, **check}
 
 
 def test_learner_state_equals_an_uninterrupted_run(app: App, pg: private_pg.PrivatePostgres):
