@@ -214,7 +214,8 @@ def test_sigkill_of_the_gateway_replica(app: App):
     finally:
         engine.dispose()
     lost_calls = [c for c in answered if c.request_id in set(lost)]
-    assert all(killed - 2.0 <= c.started + c.seconds <= killed + 0.5 for c in lost_calls)
+    ends = sorted(round(c.started + c.seconds - killed, 2) for c in lost_calls)
+    assert all(-5.0 <= t <= 1.0 for t in ends), ends  # answered by the killed process, last
     kept = [c for c in calls if c.request_id not in set(lost)]
     # decisions whose outcome died with the process are closed by the learner's sweep
     check = _settle(app, kept, timeout_s=120)
