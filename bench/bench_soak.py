@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--sweep-s", type=float, default=15.0)
     ap.add_argument("--warmup-s", type=float, default=20.0)
     ap.add_argument("--sample-s", type=float, default=60.0)
+    ap.add_argument("--adapters", action="store_true",
+                    help="two LoRA adapter arms under POLAR too (a cache controller runs)")  # fmt: skip
     ap.add_argument("--json", default=None, help="write the summary there as JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -77,7 +79,7 @@ def main() -> int:
         print(f"server: {where}")
         node = init_ray(None)
         try:
-            cfg = probe_config(free_ports(1)[0])
+            cfg = probe_config(free_ports(1)[0], adapters=args.adapters)
             cfg = cfg.model_copy(
                 update={
                     "learner_service": cfg.learner_service.model_copy(

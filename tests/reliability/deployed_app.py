@@ -21,30 +21,32 @@ from controlplane.config import BanditConfig
 SECRET = "probe-secret-0123456789abcdef"
 
 
-def probe_config(port: int, **gateway: Any) -> BanditConfig:
-    """The demo's scenario (four models on replay backends) with a fast learner, a
-    short outcome timeout (decisions a crashed gateway never closed) and ``gateway``'s
-    fields set."""
-    cfg = demo_config()
-    return BanditConfig.model_validate(
-        cfg.model_copy(
-            update={
-                "http_port": port,
-                "objective": cfg.objective.model_copy(update={"feedback_window_s": 30.0}),
-                "gateway": cfg.gateway.model_copy(update={"policy_refresh_s": 0.5, **gateway}),
-                "learner_service": cfg.learner_service.model_copy(
-                    update={
-                        "poll_interval_s": 0.1,
-                        "snapshot_every_events": 50,
-                        "snapshot_every_s": 0.5,
-                        "min_snapshot_interval_s": 0.2,
-                        "outcome_timeout_s": 8.0,
-                    }
-                ),
-                "replay": cfg.replay.model_copy(update={"latency_scale": 0.0}),
-            }
-        ).model_dump()
+def probe_config(port: int, *, adapters: bool = True, **gateway: Any) -> BanditConfig:
+    """The demo's scenario (four models on replay backends), with ``adapters`` two LoRA
+    adapters of the small model under POLAR (so a cache controller runs), a fast
+    learner, a short outcome timeout (decisions a crashed gateway never closed) and
+    ``gateway``'s fields set."""
+    data = demo_config().model_dump(mode="json")
+    if adapters:
+        data["arms"] += [
+            {"name": f"small:{a}", "model": "small", "adapter": a, "backend": "replay"}
+            for a in ("a0", "a1")
+        ]
+        data["cache"].update(
+            policy={"kind": "polar", "epoch_s": 2.0}, slots_per_replica=1, tick_s=0.5
+        )
+    data["http_port"] = port
+    data["objective"]["feedback_window_s"] = 30.0
+    data["gateway"].update(policy_refresh_s=0.5, **gateway)
+    data["learner_service"].update(
+        poll_interval_s=0.1,
+        snapshot_every_events=50,
+        snapshot_every_s=0.5,
+        min_snapshot_interval_s=0.2,
+        outcome_timeout_s=8.0,
     )
+    data["replay"]["latency_scale"] = 0.0
+    return BanditConfig.model_validate(data)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from sqlalchemy import create_engine, make_url, text
 from tests.reliability import private_pg
 from tests.reliability.deployed_app import (
     App,
+    count,
     credit_check,
     deploy_app,
     missing_rows,
@@ -248,6 +250,31 @@ def test_sigkill_of_the_learner_replica(app: App):
         calls,
         replica_back_s=replaced_s,
         caught_up_after_s=time.monotonic() - t0 + 4,
+        rows_lost=0,
+        **check,
+    )
+
+
+def test_sigkill_of_the_cache_controller(app: App):
+    calls, killed, replaced_s = _kill_under_load(app, "CacheControllerService", seed=6)
+    assert all(c.answered for c in calls), tally(calls)  # the request path never asks it
+    killed_at = datetime.now(UTC) - timedelta(seconds=time.monotonic() - killed)
+    engine = app.engine()
+    try:
+        # the new replica plans again: an epoch begun after the kill
+        wait_for(
+            lambda: count(
+                engine, "SELECT count(*) FROM residency_epochs WHERE started_at > :t", t=killed_at
+            ),
+            60,
+            "a residency epoch after the restart",
+        )
+    finally:
+        engine.dispose()
+    check = _settle(app, calls)
+    FIGURES["sigkill_cache_controller"] = _row(
+        calls,
+        replica_back_s=replaced_s,
         rows_lost=0,
         **check,
     )
