@@ -212,6 +212,10 @@ def test_sigkill_of_the_gateway_replica(app: App):
     engine = app.engine()
     try:
         answered = [c for c in calls if c.answered and c.request_id]
+        later = [c.request_id for c in answered if c.started + c.seconds > killed + 1.0]
+        wait_for(  # those the new replica answered land (it may still hold the last ones)
+            lambda: not missing_rows(engine, later, "decisions"), 30, "the new replica's rows"
+        )
         lost = missing_rows(engine, [c.request_id for c in answered], "decisions")
     finally:
         engine.dispose()
