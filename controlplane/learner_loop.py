@@ -318,14 +318,14 @@ class LearnerLoop:
 
     def _close_lost_if_due(self) -> None:
         """Close the decisions whose outcome never came (``outcome_timeout_s`` after they
-        were made; :func:`reward_stream.close_lost_decisions`), at most once a second and
-        only once this loop has held the lock that long itself: after a database outage
-        the gateways' buffered outcomes land first."""
+        were made; :func:`reward_stream.close_lost_decisions`), every tenth of the timeout
+        (1 to 60 s), and only once this loop has held the lock that long itself: after a
+        database outage the gateways' buffered outcomes land first."""
         timeout = self.config.learner_service.outcome_timeout_s
         now = self.monotonic()
         if self._resumed_at is None or now - self._resumed_at < timeout:
             return
-        if now - self._last_sweep < min(1.0, timeout):
+        if now - self._last_sweep < max(1.0, min(60.0, timeout / 10.0)):
             return
         self._last_sweep = now
         with self.engine.begin() as conn:
