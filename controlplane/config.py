@@ -106,6 +106,16 @@ class GatewayConfig(_Strict):
         description="other arms a request may be retried on when its arm fails (an upstream "
         "error or timeout; a stream only before its first token), never the same arm twice",
     )
+    pool_wait_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="longest wait for a replica of an arm's pool to take a call (none may be"
+        " running: one crashed and is restarting); past it the call fails at once and the"
+        " pool's arms are left out of decisions for pool_down_s",
+    )
+    pool_down_s: float = Field(
+        default=10.0, ge=0, description="how long a pool that took no call is left out"
+    )
     loop_stale_s: float = Field(
         default=60.0,
         gt=0,
@@ -211,6 +221,13 @@ class LearnerServiceConfig(_Strict):
     )
     min_snapshot_interval_s: float = Field(
         default=2.0, ge=0, description="never publish two versions closer than this"
+    )
+    outcome_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="a decision still without an outcome this long after it was made (its"
+        " gateway died between logging the two) gets an error outcome, so it is credited once;"
+        " keep it above the longest request",
     )
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 

@@ -104,6 +104,12 @@ class UpstreamError(RuntimeError):
         self.request_id = request_id
 
 
+class PoolUnavailable(RuntimeError):
+    """No replica of the arm's pool took the call within ``gateway.pool_wait_s`` (a crashed
+    replica restarting): the call fails fast, and the pool's arms are left out of
+    decisions for ``gateway.pool_down_s`` (:meth:`GatewayCore.pool_down`)."""
+
+
 @dataclass
 class StreamedCompletion:
     """A streamed answer whose first delta has arrived: ``meta`` (request id, arm, route,
@@ -165,6 +171,7 @@ class GatewayCore:
         self.paging: ArmTerms = self.prices.terms(())
         self.measured_s: dict[str, float] = {}  # adapter -> measured load seconds priced
         self.counters: dict[str, float] = {"requests": 0, "errors": 0}
+        self.down_until: dict[str, float] = {}  # model -> time.monotonic() it is tried again
         self.instruments = GatewayInstruments(config)
         self.tracing = RequestTracer(tracer)
         self.listen = listen
@@ -325,6 +332,7 @@ class GatewayCore:
         arms = [a for a in self.servable_arms(body) if a not in exclude]
         if not arms:
             raise BadRequest("model", f"no arm of {route!r} is allowed for this request", 429)
+        arms = self._up(arms)
         with span(tracer, "banditctl.featurize"):
             x = self.featurizer.featurize(body)
         policy = self.policy
@@ -447,6 +455,21 @@ class GatewayCore:
         )
         return _Attempt(rid, decision, version, first)
 
+    def pool_down(self, arm: str) -> None:
+        """Leave ``arm``'s pool (all arms of its model) out of decisions for
+        ``gateway.pool_down_s``: it took no call within ``gateway.pool_wait_s``."""
+        until = time.monotonic() + self.config.gateway.pool_down_s
+        self.down_until[self.arm_configs[arm].model] = until
+        log.warning("pool of %s took no call: left out of decisions for a while", arm)
+
+    def _up(self, arms: list[str]) -> list[str]:
+        """``arms`` less those whose pool is down (all of them when every one is)."""
+        if not self.down_until:
+            return arms
+        now = time.monotonic()
+        up = [a for a in arms if self.down_until.get(self.arm_configs[a].model, 0.0) <= now]
+        return up or arms
+
     def _log_failure(
         self, tracer: Tracer | None, rid: uuid.UUID, started: float, status: str, error: str
     ) -> None:
@@ -472,6 +495,8 @@ class GatewayCore:
         """Log the failed outcome; the exception to raise (a field the upstream refused is
         the client's 4xx, anything else a 502)."""
         self.counters["errors"] += 1
+        if isinstance(exc, PoolUnavailable):
+            self.pool_down(arm)
         timeout = isinstance(exc, UpstreamStatus) and exc.status == 504
         status = "timeout" if timeout else "error"
         self._log_failure(tracer, rid, started, status, clean_text(str(exc))[:500])

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -121,6 +121,8 @@ class LearnerLoop:
         self.pending = 0  # applied since the last snapshot
         self._last_snapshot = monotonic()
         self._last_prune: float | None = None  # the first step prunes
+        self._resumed_at: float | None = None  # when start() last took the lock and resumed
+        self._last_sweep = 0.0
         self.stats = {
             "events": 0,
             "snapshots": 0,
@@ -184,6 +186,7 @@ class LearnerLoop:
         except BaseException:
             self.recover()
             raise
+        self._resumed_at = self.monotonic()
         self.progress.stepped(self.monotonic(), self.events_applied)
         log.info("learner resumed at version %d, watermark %d", self.version, self.watermark)
 
@@ -211,6 +214,7 @@ class LearnerLoop:
         self._drop_ahead()
         self.learner = None
         self.pending = 0
+        self._resumed_at = None
         conn, self._lock_conn, self._lock_pid = self._lock_conn, None, None
         if conn is not None:
             try:
@@ -244,6 +248,8 @@ class LearnerLoop:
         self.adopt_rollback()
         self._shadow_step(self.shadows.discover, self.learner, self.watermark)
         ahead, self._ahead = self._ahead, None  # a failed claim must not be read twice
+        if ahead is None:
+            self._close_lost_if_due()
         rows = ahead.result() if ahead is not None else self._claim()
         behind = len(rows) >= self.config.learner_service.batch_size
         if behind:
@@ -309,6 +315,28 @@ class LearnerLoop:
         except Exception:  # retention must never stop learning; tried again next period
             log.warning("compacting policy versions failed", exc_info=True)
             self.stats["prune_errors"] = self.stats.get("prune_errors", 0) + 1
+
+    def _close_lost_if_due(self) -> None:
+        """Close the decisions whose outcome never came (``outcome_timeout_s`` after they
+        were made; :func:`reward_stream.close_lost_decisions`), every tenth of the timeout
+        (1 to 60 s), and only once this loop has held the lock that long itself: after a
+        database outage the gateways' buffered outcomes land first."""
+        timeout = self.config.learner_service.outcome_timeout_s
+        now = self.monotonic()
+        if self._resumed_at is None or now - self._resumed_at < timeout:
+            return
+        if now - self._last_sweep < max(1.0, min(60.0, timeout / 10.0)):
+            return
+        self._last_sweep = now
+        with self.engine.begin() as conn:
+            self._fence(conn)
+            before = self.clock() - timedelta(seconds=timeout)
+            closed = reward_stream.close_lost_decisions(conn, before, timeout * 1000.0)
+        if closed:
+            self.stats["lost_outcomes"] = self.stats.get("lost_outcomes", 0) + closed
+            log.warning(
+                "%d decisions had no outcome after %.0f s: closed as errors", closed, timeout
+            )
 
     def _claim(self) -> list[RewardRow]:
         with self.engine.begin() as conn:

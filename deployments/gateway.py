@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -12,7 +13,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from controlplane.api import create_app
 from controlplane.config import BanditConfig
-from controlplane.gateway_core import GatewayCore
+from controlplane.gateway_core import GatewayCore, PoolUnavailable
 from controlplane.tokens import FeedbackTokens
 from controlplane.tracing import configure_tracing
 from feedback.database import make_engine
@@ -56,9 +57,30 @@ class Gateway:
         adapter = self.adapter_of[arm]
         return handle.options(multiplexed_model_id=adapter) if adapter else handle
 
-    async def _call_pool(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _assigned(self, arm: str, response: Any) -> None:
+        """Wait until Serve's router has given the call a replica, at most
+        ``gateway.pool_wait_s``: with no replica running (one crashed and restarts) the
+        router holds calls until a new one is up, which would hold this arm's requests,
+        and every client waiting on them, for as long. Past the bound the call is
+        cancelled and fails with :class:`PoolUnavailable`."""
+        fetch = getattr(response, "_fetch_future_result_async", None)
+        if fetch is None:  # another Serve: no bound, the call waits as it would
+            return
         try:
-            result: dict[str, Any] = await self._handle(arm).generate.remote(arm, body)
+            await asyncio.wait_for(fetch(), self.config.gateway.pool_wait_s)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                response.cancel()
+            wait = self.config.gateway.pool_wait_s
+            raise PoolUnavailable(
+                f"no replica of {arm}'s pool took the call in {wait:g} s"
+            ) from None
+
+    async def _call_pool(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self._handle(arm).generate.remote(arm, body)
+        await self._assigned(arm, response)
+        try:
+            result: dict[str, Any] = await response
         except RayTaskError as exc:
             raise _cause(exc) from None
         return result
@@ -68,6 +90,7 @@ class Gateway:
         leaving early (the client went away) cancels it, which stops the generation."""
         stream = self._handle(arm).options(stream=True)
         chunks = cast(DeploymentResponseGenerator[Any], stream.generate_stream.remote(arm, body))
+        await self._assigned(arm, chunks)
         try:
             async for chunk in chunks:
                 yield chunk.as_dict()

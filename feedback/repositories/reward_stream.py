@@ -107,6 +107,31 @@ def claim_reward_events(
     return out
 
 
+LOST_OUTCOME_ERROR = "lost: no outcome was logged for this decision (its gateway stopped)"
+
+
+def close_lost_decisions(conn: Connection, before: datetime, latency_ms: float) -> int:
+    """Give an error outcome to each uncredited decision made before ``before`` that has
+    none: its gateway stopped after the batch that held the decision and before the one
+    that held its outcome, and without an outcome it would never be credited. Its
+    latency is ``latency_ms`` (the time it waited, at least); an outcome written later
+    for it is a duplicate (``ON CONFLICT DO NOTHING``). Returns how many were closed."""
+    result = conn.execute(
+        text(
+            """
+            INSERT INTO outcomes (request_id, created_at, status, error, latency_ms)
+            SELECT d.request_id, now(), 'error', :error, :latency_ms
+              FROM decisions d
+             WHERE d.credit_seq IS NULL AND d.created_at < :before
+               AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.request_id = d.request_id)
+            ON CONFLICT (request_id) DO NOTHING
+            """
+        ),
+        {"before": before, "latency_ms": latency_ms, "error": LOST_OUTCOME_ERROR},
+    )
+    return int(result.rowcount)
+
+
 def release_claims_after(conn: Connection, watermark: int) -> int:
     """Un-claim events credited after ``watermark`` (a restart's first step)."""
     result = conn.execute(
