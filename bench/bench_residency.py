@@ -43,25 +43,9 @@ import httpx
 import numpy as np
 from sqlalchemy import make_url
 
+from cache_manager.sim.pinned import drifting_trace
+
 SECRET = "bench-residency-secret-0123456789"
-HOT_SHARE = 0.8
-
-
-def drifting_trace(seed: int, n: int, adapters: int, phases: int) -> list[int]:
-    """Adapter index per request: per phase, a hot pair takes ``HOT_SHARE``, the rest
-    scan the cold ones in turn."""
-    rng = np.random.default_rng(seed)
-    out: list[int] = []
-    per_phase = max(1, n // phases)
-    for i in range(n):
-        p = min(i // per_phase, phases - 1)
-        hot = ((2 * p) % adapters, (2 * p + 1) % adapters)
-        cold = [a for a in range(adapters) if a not in hot]
-        if rng.random() < HOT_SHARE or not cold:
-            out.append(int(rng.choice(hot)))
-        else:
-            out.append(cold[i % len(cold)])
-    return out
 
 
 def make_adapters(args: argparse.Namespace) -> tuple[list[str], str | None]:
@@ -219,6 +203,7 @@ def run_policy(
         "page_ins": page_ins,
         "hits": after["hits"] - before["hits"],
         "misses": after["misses"] - before["misses"],
+        "admitted": after.get("admitted", 0) - before.get("admitted", 0),
         "adapter_load_ms_mean": 1000.0 * load_s / page_ins if page_ins else None,
         "ttft_ms_p50": statistics.median(ttft),
         "ttft_ms_p99": float(np.percentile(ttft, 99)),
