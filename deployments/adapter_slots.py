@@ -63,6 +63,7 @@ class AdapterSlots:
         self.registry = AdapterRegistry(slots, self._page_in)
         self.kept_by_mux: dict[str, float] = {}  # lru: what Serve's LRU keeps now
         self.admission: dict[str, float] = {}  # planned: the policy's admission values
+        self.kept_by_miss: set[str] = set()  # planned: kept by a request's miss, not a plan
         self.pins: Counter[str] = Counter()  # adapter -> requests using it now
         # adapter -> seconds of its recent real loads, newest last (the measured price)
         self.recent_loads: dict[str, deque[float]] = {}
@@ -107,6 +108,8 @@ class AdapterSlots:
                 await self._room_for(adapter)
                 # a free slot keeps it; a full plan serves it by a one-off load (scratch slot)
                 hit = await asyncio.to_thread(self.registry.acquire, adapter)
+                if adapter in self.registry.resident():
+                    self.kept_by_miss.add(adapter)
                 self._note_held()
             self.pins[adapter] += 1
             return hit
@@ -141,15 +144,30 @@ class AdapterSlots:
             if adapter in self.registry.resident():
                 return 0.0
             if len(self.registry.resident()) >= self.slots:
+                await self._drop_a_miss()
+            if len(self.registry.resident()) >= self.slots:
                 raise CapacityError(f"all {self.slots} adapter slots are taken")
             await self._room_for(adapter)
             seconds = await asyncio.to_thread(self.registry.prefetch, adapter)
+            self.kept_by_miss.discard(adapter)
             self._note_held()
             return seconds
+
+    async def _drop_a_miss(self) -> None:
+        """The plan's prefetch finds the slots full: a request's miss took the slot its
+        evictions freed (the plan's calls are not one step). The plan wins: drop the
+        least valued adapter that a miss, not a plan, brought in."""
+        by_miss = [a for a in self.registry.resident() if a in self.kept_by_miss]
+        if by_miss:
+            victim = min(by_miss, key=lambda a: self.admission.get(a, 0.0))
+            self.registry.evict(victim)
+            self.kept_by_miss.discard(victim)
+            await self._drop_if_unused(victim)
 
     async def evict(self, adapter: str) -> None:
         async with self._cond:
             self.registry.evict(adapter)
+            self.kept_by_miss.discard(adapter)
             await self._drop_if_unused(adapter)
             self._cond.notify_all()
 
@@ -166,6 +184,7 @@ class AdapterSlots:
         victim = admission_victim(resident, adapter, self.admission)
         if victim is not None:
             self.registry.evict(victim)
+            self.kept_by_miss.discard(victim)
             self.admitted += 1
             await self._drop_if_unused(victim)
 

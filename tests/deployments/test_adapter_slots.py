@@ -171,6 +171,17 @@ def test_a_miss_worth_more_than_the_least_valued_adapter_replaces_it():
         stats = core.residency_stats()
         assert (stats["hits"], stats["misses"], stats["page_ins"]) == (1, 2, 4)
         assert stats["admitted"] == 1 and backend.most == 3  # the scratch slot, no more
+        # a plan's evictions free a slot, a request's miss takes it before the plan's
+        # prefetch comes: the plan wins, the adapter the miss brought in goes
+        await core.slots.evict("a")
+        await core.generate("m:d", {})
+        assert core.slots.resident() == ("c", "d")
+        await core.slots.prefetch("e")
+        assert core.slots.resident() == ("c", "e") and backend.unloads[-1] == "d"
+        await core.slots.prefetch("a")  # c came in by a miss too
+        assert core.slots.resident() == ("e", "a")
+        with pytest.raises(CapacityError):  # what the plans brought in stays
+            await core.slots.prefetch("b")
 
     asyncio.run(run())
 
