@@ -17,6 +17,13 @@ demand. A warm-up of ``--warmup`` requests, every adapter in turn (feedback qual
 1 for each, so the learner values every adapter on its own task), precedes the
 measured trace.
 
+POLAR plans every ``--epoch-s`` (1 s) and forgets demand with a half-life of about
+three requests (``--half-life-s``; by default three requests' time at the rate the
+previous policy's trace ran at): a pinned request is demand for its adapter, and a
+pool keeps a missed adapter in place of its least valued one when the controller's
+admission values say it is worth more. The same trace replays without a model in
+``cache_manager.sim.pinned``.
+
 Every request streams (``stream: true``): time to first token is measured by the
 client (send to first content delta, a page-in included), tokens/s over the rest of
 the answer. The pool's own counters give page-ins, hits and the measured load time.
@@ -43,25 +50,14 @@ import httpx
 import numpy as np
 from sqlalchemy import make_url
 
+from cache_manager.sim.pinned import drifting_trace
+
 SECRET = "bench-residency-secret-0123456789"
-HOT_SHARE = 0.8
-
-
-def drifting_trace(seed: int, n: int, adapters: int, phases: int) -> list[int]:
-    """Adapter index per request: per phase, a hot pair takes ``HOT_SHARE``, the rest
-    scan the cold ones in turn."""
-    rng = np.random.default_rng(seed)
-    out: list[int] = []
-    per_phase = max(1, n // phases)
-    for i in range(n):
-        p = min(i // per_phase, phases - 1)
-        hot = ((2 * p) % adapters, (2 * p + 1) % adapters)
-        cold = [a for a in range(adapters) if a not in hot]
-        if rng.random() < HOT_SHARE or not cold:
-            out.append(int(rng.choice(hot)))
-        else:
-            out.append(cold[i % len(cold)])
-    return out
+# POLAR forgets demand with a half-life of about three requests: on the simulated trace
+# (cache_manager.sim.pinned, 4 requests/s) 0.75 s paged least (tests/cache_manager/
+# test_pinned_demand.py); a half-life of many requests keeps the last phase's hot pair
+HALF_LIFE_REQUESTS = 3.0
+DEFAULT_HALF_LIFE_S = 2.0
 
 
 def make_adapters(args: argparse.Namespace) -> tuple[list[str], str | None]:
@@ -92,6 +88,16 @@ def base_model(args: argparse.Namespace) -> str:
     return "small" if args.backend == "replay" else "smol"
 
 
+def half_life_s(args: argparse.Namespace) -> float:
+    """POLAR's demand half-life: ``--half-life-s``, else the time of
+    ``HALF_LIFE_REQUESTS`` requests at the rate the previous policy's trace ran at
+    (``args.measured_rate``), else ``DEFAULT_HALF_LIFE_S``."""
+    if args.half_life_s is not None:
+        return float(args.half_life_s)
+    rate = getattr(args, "measured_rate", None)
+    return HALF_LIFE_REQUESTS / rate if rate else DEFAULT_HALF_LIFE_S
+
+
 def config(args: argparse.Namespace, policy: str, adapters: list[str], folder: str | None) -> Any:
     from controlplane.config import parse_config
 
@@ -103,7 +109,7 @@ def config(args: argparse.Namespace, policy: str, adapters: list[str], folder: s
         "slots_per_replica": args.slots,
         "tick_s": 0.1,
         "clusters": args.adapters,
-        "demand_half_life_s": args.half_life_s,
+        "demand_half_life_s": half_life_s(args),
     }
     return parse_config(
         {
@@ -219,6 +225,7 @@ def run_policy(
         "page_ins": page_ins,
         "hits": after["hits"] - before["hits"],
         "misses": after["misses"] - before["misses"],
+        "admitted": after.get("admitted", 0) - before.get("admitted", 0),
         "adapter_load_ms_mean": 1000.0 * load_s / page_ins if page_ins else None,
         "ttft_ms_p50": statistics.median(ttft),
         "ttft_ms_p99": float(np.percentile(ttft, 99)),
@@ -271,9 +278,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=36)
     parser.add_argument("--phases", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--epoch-s", type=float, default=2.0)
+    parser.add_argument("--epoch-s", type=float, default=1.0)
     parser.add_argument(
-        "--half-life-s", type=float, default=15.0, help="POLAR's demand half-life (seconds)"
+        "--half-life-s",
+        type=float,
+        default=None,
+        help="POLAR's demand half-life (seconds); default: three requests at the rate the"
+        " previous policy's trace ran at (2 s if POLAR runs first)",
     )
     parser.add_argument("--steps", type=int, default=4, help="adapters make: training steps")
     parser.add_argument("--adapter-dir", default=None, help="existing peft adapters to use")
@@ -294,6 +305,8 @@ def main() -> None:
             for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
                 url = database_url(policy, tmp, handles)
                 results[policy] = run_policy(args, policy, adapters, folder, url)
+                results[policy]["half_life_s"] = half_life_s(args) if policy != "lru" else None
+                args.measured_rate = results[policy]["requests"] / results[policy]["wall_s"]
                 print(policy, json.dumps(results[policy]), flush=True)
             for h in handles:
                 h.stop()

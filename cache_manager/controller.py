@@ -104,13 +104,33 @@ class CacheController:
         self._requests_at_epoch = 0
 
     # --- request path ---------------------------------------------------------
-    def observe(self, contexts: np.ndarray) -> None:
+    def observe(self, contexts: np.ndarray, pinned: Sequence[str | None] | None = None) -> None:
+        """Demand: the contexts of routed requests. ``pinned``, aligned with them: the
+        adapter a request named (a client of one fine-tune), ``None`` where the router
+        chose; a pinned request is direct demand for its adapter, not for its context's
+        cluster."""
         contexts = np.atleast_2d(contexts)
-        self.requests += len(contexts)
-        self.demand.observe(contexts, self.clock())
+        now = self.clock()
+        if pinned is None:
+            self.requests += len(contexts)
+            self.demand.observe(contexts, now)
+            return
+        if len(pinned) != len(contexts):
+            raise ValueError("pinned must name an adapter or None for each context")
+        index = {a: i for i, a in enumerate(self.arms)}
+        named = [index.get(a) if a is not None else None for a in pinned]
+        self.requests += len(named)
+        free = np.array([i is None for i in named], dtype=bool)
+        self.demand.observe_pinned(np.array([i for i in named if i is not None]), now)
+        if free.any():
+            self.demand.observe(contexts[free], now)
 
     def record_access(self, replica: str, adapter: str, hit: bool) -> None:
         self.policy.on_access(replica, adapter, self.clock(), hit)
+
+    def admission(self) -> Mapping[str, float] | None:
+        """The policy's admission values now (``ResidencyPolicy.admission``)."""
+        return self.policy.admission(self.clock())
 
     def reprice(self, paging: PagingCostModel) -> None:
         """Plan with ``paging``'s prices from the next epoch on (e.g. load times the
@@ -177,6 +197,8 @@ class CacheController:
                 centroids=centroids,
                 share=share,
                 live_share=self.demand.share,
+                pinned=self.demand.pinned_share(len(self.arms)).copy(),
+                live_pinned=lambda: self.demand.pinned_share(len(self.arms)),
                 penalty=self.penalty,
                 residency=residency,
                 capacity=self.capacity(),

@@ -7,6 +7,11 @@ centroid), or, if paging in is better, ``max_a V[c, a] - penalty[a]``. That is
 monotone submodular, so the greedy choice is within 1 - 1/e of the best set. A
 newly loaded adapter is charged ``churn_weight`` page-ins, so the plan only moves
 when moving pays. Chosen adapters stay on the replica that already holds them.
+
+Requests that name their adapter (``direct``: expected such requests per adapter)
+are not routed by value: keeping their adapter saves each of them a page-in
+(``penalty[a]``), a modular term added to the coverage, so the sum stays monotone
+submodular and the greedy bound holds.
 """
 
 from __future__ import annotations
@@ -38,15 +43,19 @@ def greedy_plan(
     capacity: Mapping[str, int],
     churn_weight: float = 1.0,
     explore: int | None = None,
+    direct: np.ndarray | None = None,
 ) -> GreedyPlan:
-    """Choose per replica up to ``capacity`` arms; ``explore`` is forced into a slot."""
+    """Choose per replica up to ``capacity`` arms; ``explore`` is forced into a slot.
+    ``direct``: (N,) expected requests in the epoch that name each arm's adapter."""
     n_clusters, n_arms = values.shape
-    if demand.shape != (n_clusters,) or penalty.shape != (n_arms,):
-        raise ValueError("shape mismatch between values, demand and penalty")
+    direct = np.zeros(n_arms) if direct is None else direct
+    if demand.shape != (n_clusters,) or penalty.shape != (n_arms,) or direct.shape != (n_arms,):
+        raise ValueError("shape mismatch between values, demand, penalty and direct")
     resident_now = {a for arms in current.values() for a in arms}
     fallback = fallback_value(values, penalty) if n_clusters else np.zeros(0)
     gain = np.maximum(values - fallback[:, None], 0.0)
-    utility = demand @ gain
+    saved = direct * penalty  # page-ins that keeping the named adapter saves
+    utility = demand @ gain + saved
     churn = np.array(
         [0.0 if a in resident_now else churn_weight * penalty[a] for a in range(n_arms)]
     )
@@ -56,7 +65,7 @@ def greedy_plan(
     chosen: list[int] = []
     taken = np.zeros(n_arms, dtype=bool)
     while len(chosen) < slots:
-        marginal = demand @ np.maximum(values - cover[:, None], 0.0) - churn
+        marginal = demand @ np.maximum(values - cover[:, None], 0.0) + saved - churn
         marginal[taken] = -np.inf
         best = int(np.argmax(marginal))
         if marginal[best] <= 0.0:

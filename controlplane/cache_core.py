@@ -2,7 +2,8 @@
 
 Wires ``cache_manager.CacheController`` to the running system:
 
-* demand: contexts of recent decisions, read from Postgres;
+* demand: contexts of recent decisions, read from Postgres; a decision whose route
+  names one adapter arm (the client pinned its fine-tune) is demand for that adapter;
 * value: the central learner's current estimates per adapter arm, from the
   latest policy snapshot (:class:`SnapshotScorer`);
 * execution: any ``ResidencyExecutor``; on Ray Serve, :class:`PoolExecutor` over
@@ -54,6 +55,8 @@ class PoolCalls(Protocol):
 
     def evict(self, adapter: str) -> None: ...
 
+    def set_admission(self, values: Mapping[str, float]) -> None: ...
+
     def residency_stats(self) -> Mapping[str, Any]: ...
 
 
@@ -80,6 +83,11 @@ class PoolExecutor(ResidencyExecutor):
 
     def evict(self, replica: str, adapter: str) -> None:
         self.pools[replica].evict(adapter)
+
+    def set_admission(self, values: Mapping[str, float]) -> None:
+        """Hand every pool the policy's admission values."""
+        for pool in self.pools.values():
+            pool.set_admission(values)
 
     def traffic(self, replica: str) -> tuple[int, int]:
         """The replica's cumulative (hits, misses) of adapter requests."""
@@ -257,6 +265,8 @@ class CacheCore:
     ``traffic``: cumulative (hits, misses) per replica, settled into each epoch's row.
     ``load_times``: each replica's measured adapter loads, stored every epoch
     (``adapter_load_times``); the controller plans with them from the next epoch on.
+    ``admit``: hands the replicas the policy's admission values (by which a replica
+    keeps a missed adapter between plans), each time they change.
     """
 
     def __init__(
@@ -269,9 +279,12 @@ class CacheCore:
         traffic: Traffic | None = None,
         clock: Clock = time.monotonic,
         load_times: LoadTimes | None = None,
+        admit: Callable[[Mapping[str, float]], None] | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
+        self.admit = admit
+        self._admission: Mapping[str, float] | None = None  # the values last handed out
         self.replica_of_arm = dict(replica_of_arm)
         adapter_arms = {adapter: arm for arm, adapter in config.adapter_arms.items()}
         self.scorer = SnapshotScorer(engine, config, adapter_arms)
@@ -288,6 +301,16 @@ class CacheCore:
         self.reprice()
         self.observe()
         self.controller.tick()
+        self.hand_admission()
+
+    def hand_admission(self) -> None:
+        """Hand the replicas the policy's admission values when they changed."""
+        if self.admit is None:
+            return
+        values = self.controller.admission()
+        if values is not None and values != self._admission:
+            self.admit(values)
+            self._admission = values
 
     def reprice(self) -> None:
         """Plan with the load times the replicas measured (``adapter_load_times``, written
@@ -301,13 +324,22 @@ class CacheCore:
             self.measured_s = measured
             self.controller.reprice(self.config.cache.paging_model(self.scorer.adapters, measured))
 
+    def pinned_adapter(self, route: str) -> str | None:
+        """The adapter a request for ``model=route`` names: a route of one adapter arm
+        (a client of one fine-tune); ``None`` where the router chooses."""
+        try:
+            arms = self.config.route_arms(route)
+        except KeyError:
+            return None
+        return self.config.adapter_arms.get(arms[0]) if len(arms) == 1 else None
+
     def observe(self) -> None:
         with self.engine.connect() as conn:
-            X, arms, newest = request_log.contexts_since(conn, self.since)
+            X, arms, routes, newest = request_log.demand_since(conn, self.since)
         if newest is None:
             return
         self.since = newest
-        self.controller.observe(X)
+        self.controller.observe(X, [self.pinned_adapter(r) for r in routes])
         resident = self.controller.residency()
         adapters = self.config.adapter_arms
         for arm in arms:

@@ -10,6 +10,10 @@ class decides what they load and unload, so that
 - an adapter is never unloaded under a request that uses it: requests pin their
   adapter, and an eviction (the plan's, or Serve's LRU) of a pinned adapter
   takes effect when its last request ends;
+- under a planned policy, between plans, a missed adapter replaces the replica's
+  least valued one when the policy's admission values (:meth:`set_admission`, pushed
+  by the cache controller) say it is worth more: the page-in the request pays is
+  kept instead of dropped, so residency follows demand that moved since the plan;
 - every page-in's measured seconds (``Backend.load_adapter``) are what the
   statistics record (``adapter_loads``: per adapter, the median of its recent
   loads): the cost the planner and the gateways price is the one the replica
@@ -31,10 +35,11 @@ from __future__ import annotations
 import asyncio
 import statistics
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from cache_manager.executor import CapacityError
+from cache_manager.policies.base import admission_victim
 from deployments.adapters import AdapterRegistry
 from deployments.backends import Backend
 
@@ -57,11 +62,14 @@ class AdapterSlots:
         self.mux = mux  # lru: Serve's multiplexing LRU (calls mux_load / mux_drop)
         self.registry = AdapterRegistry(slots, self._page_in)
         self.kept_by_mux: dict[str, float] = {}  # lru: what Serve's LRU keeps now
+        self.admission: dict[str, float] = {}  # planned: the policy's admission values
+        self.kept_by_miss: set[str] = set()  # planned: kept by a request's miss, not a plan
         self.pins: Counter[str] = Counter()  # adapter -> requests using it now
         # adapter -> seconds of its recent real loads, newest last (the measured price)
         self.recent_loads: dict[str, deque[float]] = {}
         self.load_counts: Counter[str] = Counter()  # adapter -> real loads, all time
         self.max_held = 0  # the most adapters the backends ever held at once
+        self.admitted = 0  # planned: misses kept in place of a less valued adapter
         self._cond = asyncio.Condition()
 
     # -- what is held --------------------------------------------------------
@@ -96,9 +104,12 @@ class AdapterSlots:
             if adapter in self.registry.resident():
                 hit = self.registry.acquire(adapter)  # no load
             else:
+                await self._admit(adapter)
                 await self._room_for(adapter)
                 # a free slot keeps it; a full plan serves it by a one-off load (scratch slot)
                 hit = await asyncio.to_thread(self.registry.acquire, adapter)
+                if adapter in self.registry.resident():
+                    self.kept_by_miss.add(adapter)
                 self._note_held()
             self.pins[adapter] += 1
             return hit
@@ -133,17 +144,49 @@ class AdapterSlots:
             if adapter in self.registry.resident():
                 return 0.0
             if len(self.registry.resident()) >= self.slots:
+                await self._drop_a_miss()
+            if len(self.registry.resident()) >= self.slots:
                 raise CapacityError(f"all {self.slots} adapter slots are taken")
             await self._room_for(adapter)
             seconds = await asyncio.to_thread(self.registry.prefetch, adapter)
+            self.kept_by_miss.discard(adapter)
             self._note_held()
             return seconds
+
+    async def _drop_a_miss(self) -> None:
+        """The plan's prefetch finds the slots full: a request's miss took the slot its
+        evictions freed (the plan's calls are not one step). The plan wins: drop the
+        least valued adapter that a miss, not a plan, brought in."""
+        by_miss = [a for a in self.registry.resident() if a in self.kept_by_miss]
+        if by_miss:
+            victim = min(by_miss, key=lambda a: self.admission.get(a, 0.0))
+            self.registry.evict(victim)
+            self.kept_by_miss.discard(victim)
+            await self._drop_if_unused(victim)
 
     async def evict(self, adapter: str) -> None:
         async with self._cond:
             self.registry.evict(adapter)
+            self.kept_by_miss.discard(adapter)
             await self._drop_if_unused(adapter)
             self._cond.notify_all()
+
+    def set_admission(self, values: Mapping[str, float]) -> None:
+        """The policy's admission values (``ResidencyPolicy.admission``)."""
+        self.admission = dict(values)
+
+    async def _admit(self, adapter: str) -> None:
+        """A full registry drops its least valued adapter for ``adapter`` if that is
+        worth more (under the condition's lock), so that the page-in keeps it."""
+        resident = self.registry.resident()  # least recently used first
+        if len(resident) < self.slots:
+            return
+        victim = admission_victim(resident, adapter, self.admission)
+        if victim is not None:
+            self.registry.evict(victim)
+            self.kept_by_miss.discard(victim)
+            self.admitted += 1
+            await self._drop_if_unused(victim)
 
     # -- Serve's multiplexing LRU (lru) ------------------------------------------
 
@@ -210,6 +253,7 @@ class AdapterSlots:
             "hits": s.hits,
             "misses": s.misses,
             "page_ins": s.page_ins,
+            "admitted": self.admitted,
             "load_s": s.load_s,
             "adapter_load_ms": {a: round(q[-1] * 1000.0, 3) for a, q in self.recent_loads.items()},
             "adapter_loads": self.measured_loads(),

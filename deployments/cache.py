@@ -37,6 +37,9 @@ class _PoolCalls:
     def evict(self, adapter: str) -> None:
         self.handle.evict.remote(adapter).result(timeout_s=self.timeout_s)
 
+    def set_admission(self, values: Mapping[str, float]) -> None:
+        self.handle.set_admission.remote(dict(values)).result(timeout_s=self.timeout_s)
+
     def residency_stats(self) -> Mapping[str, Any]:
         stats: Mapping[str, Any] = self.handle.residency_stats.remote().result(
             timeout_s=self.timeout_s
@@ -61,6 +64,7 @@ class CacheControllerService:
             {a.name: pool_name(a.model) for a in config.arms if a.adapter},
             traffic=executor.traffic,
             load_times=executor.load_times,
+            admit=executor.set_admission,
         )
         self.error: str | None = None
         self.health = LoopHealth("cache_controller", stale_after_s=config.gateway.loop_stale_s)

@@ -158,6 +158,9 @@ class ModelPool:
     async def evict(self, adapter: str) -> None:
         await self.core.slots.evict(adapter)
 
+    async def set_admission(self, values: dict[str, float]) -> None:
+        self.core.slots.set_admission(values)
+
     async def residency_stats(self) -> dict[str, Any]:
         return self.core.residency_stats()
 

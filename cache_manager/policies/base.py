@@ -4,13 +4,15 @@ A policy answers four questions: which adapters each replica keeps at an epoch
 boundary (:meth:`plan`, ``None`` for purely reactive policies), where a request
 for an adapter resident nowhere is paged in (:meth:`miss_replica`), what a full
 replica evicts for it (:meth:`victim`, ``None`` to serve it without admitting),
-and whether the router must ignore its scores for exploration (:meth:`forced_arm`).
+and whether the router must ignore its scores for exploration (:meth:`forced_arm`);
+:meth:`admission` hands a replica the values :meth:`victim` compares, for replicas
+that admit on their own between plans.
 ``cache_aware`` says whether the router subtracts the paging penalty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,6 +36,8 @@ class PlanInputs:
     centroids: np.ndarray  # (C, d) context clusters
     share: np.ndarray  # (C,) share of recent demand
     live_share: Callable[[], np.ndarray]  # the tracker's share, read later in the epoch
+    pinned: np.ndarray  # (N,) share of recent demand that named each adapter
+    live_pinned: Callable[[], np.ndarray]  # the tracker's pinned share, read later
     penalty: np.ndarray  # (N,) paging penalty in reward units
     residency: Mapping[str, tuple[str, ...]]  # replica -> resident adapters now
     capacity: Mapping[str, int]
@@ -64,6 +68,13 @@ class ResidencyPolicy(Protocol):
 
     def forced_arm(self, rng: np.random.Generator) -> str | None: ...
 
+    def admission(self, now: float) -> Mapping[str, float] | None:
+        """What a replica admits by between plans: a value per adapter; a full replica
+        keeps a paged-in adapter in place of its least valued one when it is worth more
+        (as :meth:`victim` decides). ``None``: the plan alone decides what stays."""
+        del now  # reactive policies and plans without live values admit nothing
+        return None
+
 
 class AccessBook:
     """Per-replica access counts and recency, the state LRU and LFU need."""
@@ -89,6 +100,18 @@ class AccessBook:
             resident,
             key=lambda a: (self.count.get((replica, a), 0), self.last.get((replica, a), -np.inf)),
         )
+
+
+def admission_victim(
+    resident: Sequence[str], adapter: str, values: Mapping[str, float] | None
+) -> str | None:
+    """What a full replica drops to keep ``adapter`` (``ResidencyPolicy.admission``): its
+    least valued adapter (the first of equals; ``resident`` is least recently used
+    first), if ``adapter`` is worth more; ``None``: no values, or not worth it."""
+    if not values or not resident:
+        return None
+    low = min(resident, key=lambda a: values.get(a, 0.0))
+    return low if values.get(adapter, 0.0) > values.get(low, 0.0) else None
 
 
 def random_replica(residency: Mapping[str, tuple[str, ...]], rng: np.random.Generator) -> str:

@@ -8,6 +8,12 @@ the set of adapters with the highest coverage utility (see
 to a non-resident adapter is paged in on the replica whose weakest adapter is
 worth least, and admitted only if it is worth more than that one (live demand).
 
+A request that names its adapter (a client of one fine-tune) is not routed: it is
+direct demand for that adapter (``PlanInputs.pinned``), worth the page-in that
+keeping the adapter saves it, in the plan and in the live admission values alike.
+Without it, a trace of pinned requests leaves the clusters empty, and the plan
+keeps what it first loaded however the demand moves.
+
 POLAR+ runs on doubling epochs and, each epoch, forces exploration of the least
 observed adapter while it has fewer than ``explore_coef * sqrt(t / N)``
 observations: the plan places it in a slot and the router sends it up to
@@ -75,12 +81,13 @@ class PolarPolicy(ResidencyPolicy):
         self._inputs: PlanInputs | None = None
         self._gain_at = -np.inf
         self._live_share: Callable[[], np.ndarray] = _no_share
+        self._live_pinned: Callable[[], np.ndarray] = _no_share
         self._forced: str | None = None
         self._forced_left = 0
         self._forced_p = 0.0
         self._last_share: np.ndarray | None = None
         self._live: np.ndarray | None = None
-        self._live_key: tuple[object, object] = (None, None)
+        self._live_key: tuple[object, object, object] = (None, None, None)
         self._last_start = 0.0
         self.drift_rate = 0.0  # TV distance of the demand shares per second, last measured
 
@@ -108,7 +115,7 @@ class PolarPolicy(ResidencyPolicy):
 
     def _epoch_length(self, inputs: PlanInputs) -> float:
         """The schedule's length, cut to what the observed demand drift allows."""
-        share, last = inputs.share, self._last_share
+        share, last = np.concatenate([inputs.share, inputs.pinned]), self._last_share
         elapsed = inputs.start - self._last_start
         if last is not None and last.shape == share.shape and elapsed > 0:
             self.drift_rate = 0.5 * float(np.abs(share - last).sum()) / elapsed
@@ -126,8 +133,10 @@ class PolarPolicy(ResidencyPolicy):
         expected = inputs.expected_requests * length / inputs.length_s
         values, demand = self._values(inputs)
         demand = demand * length / inputs.length_s
+        direct = inputs.pinned * expected  # requests that will name each adapter
         current = {r: [self._index[a] for a in res] for r, res in inputs.residency.items()}
         utility = demand @ np.maximum(values - fallback_value(values, inputs.penalty)[:, None], 0)
+        utility = utility + direct * inputs.penalty
         explore = self._explore_candidate(inputs, utility)
         greedy = greedy_plan(
             values,
@@ -137,8 +146,10 @@ class PolarPolicy(ResidencyPolicy):
             inputs.capacity,
             churn_weight=self.params.churn_weight,
             explore=explore,
+            direct=direct,
         )
         self._inputs = inputs
+        self._live_pinned = inputs.live_pinned
         self._gain, self._utility, self._gain_at = greedy.gain, greedy.utility, inputs.start
         self._forced = inputs.arms[greedy.explore[0]] if greedy.explore else None
         budget = self.params.explore_coef * math.sqrt(max(expected, 1.0))
@@ -178,13 +189,16 @@ class PolarPolicy(ResidencyPolicy):
         """
         if self._gain is None:
             return None
-        share = self._live_share()
-        if share is not self._live_key[0] or self._gain is not self._live_key[1]:
+        share, pinned = self._live_share(), self._live_pinned()
+        key = (share, self._gain, pinned)
+        if any(k is not old for k, old in zip(key, self._live_key, strict=True)):
             if share.shape == self._gain.shape[:1]:
                 self._live = share @ self._gain
+                if self._inputs is not None and pinned.shape == self._live.shape:
+                    self._live = self._live + pinned * self._inputs.penalty
             else:  # demand clusters not seeded yet
                 self._live = self._utility
-            self._live_key = (share, self._gain)
+            self._live_key = key
         return self._live
 
     def _live_utility(self, adapter: str) -> float:
@@ -226,6 +240,14 @@ class PolarPolicy(ResidencyPolicy):
             key=lambda a: (self._live_utility(a), self.book.last.get((replica, a), -np.inf)),
         )
         return weakest if self._live_utility(adapter) > self._live_utility(weakest) else None
+
+    @override
+    def admission(self, now: float) -> Mapping[str, float] | None:
+        self._refresh_gain(now)
+        live = self._live_utilities()
+        if live is None or len(live) != len(self._arms):
+            return None
+        return {a: float(v) for a, v in zip(self._arms, live, strict=True)}
 
     def forced_arm(self, rng: np.random.Generator) -> str | None:
         if self._forced_left <= 0 or self._forced is None or rng.random() >= self._forced_p:

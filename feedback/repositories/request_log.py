@@ -108,14 +108,23 @@ def contexts_since(
     conn: Connection, since: datetime, limit: int = 10_000
 ) -> tuple[np.ndarray, list[str], datetime | None]:
     """Contexts and arms of decisions made after ``since`` (oldest first), and the newest time."""
+    X, arms, _routes, newest = demand_since(conn, since, limit)
+    return X, arms, newest
+
+
+def demand_since(
+    conn: Connection, since: datetime, limit: int = 10_000
+) -> tuple[np.ndarray, list[str], list[str], datetime | None]:
+    """Contexts, arms and routes (the ``model`` each request asked for) of decisions made
+    after ``since`` (oldest first), and the newest time."""
     rows = conn.execute(
         text(
-            "SELECT context, arm_id, created_at FROM decisions WHERE created_at > :t "
+            "SELECT context, arm_id, route, created_at FROM decisions WHERE created_at > :t "
             "ORDER BY created_at LIMIT :n"
         ),
         {"t": since, "n": limit},
     ).all()
     if not rows:
-        return np.zeros((0, 0)), [], None
+        return np.zeros((0, 0)), [], [], None
     X = np.stack([np.frombuffer(r[0], dtype="<f4") for r in rows]).astype(np.float64)
-    return X, [r[1] for r in rows], rows[-1][2]
+    return X, [r[1] for r in rows], [r[2] for r in rows], rows[-1][3]

@@ -139,6 +139,52 @@ def test_cache_core_plans_records_and_gateways_price_what_is_resident(engine):
     assert gateway.paging.width_scale == {"small:a2": 0.5}  # POLAR's nonresident_width
 
 
+def _pin(engine, cfg, adapters: list[str]) -> None:
+    """Decisions of requests that named their adapter arm (``model: small:a2``)."""
+    now = datetime.now(UTC)
+    records = [
+        DecisionRecord(
+            uuid.uuid4(), now, f"small:{a}", f"small:{a}",
+            _context(cfg, TASKS[0]).astype(np.float32), 1.0, 1, "linucb",
+        )
+        for a in adapters
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        request_log.write_decisions(conn, records)
+
+
+def test_pinned_requests_move_the_plan_and_the_replicas_admission(engine):
+    """Requests that name their adapter are demand for it: the plan moves to the adapters
+    they name, and the replicas are handed admission values that rank them first."""
+    cfg = _config()
+    _publish_learned_policy(engine, cfg)
+    clock = ManualClock(100.0)
+    executor = InMemoryExecutor({POOL: 2}, load=lambda _r, _a: 0.01)
+    handed: list[dict[str, float]] = []
+    core = CacheCore(
+        cfg,
+        engine,
+        executor,
+        {f"small:{a}": POOL for a in ADAPTERS},
+        clock=clock,
+        admit=lambda values: handed.append(dict(values)),
+    )
+    assert core.pinned_adapter("small:a2") == "a2" and core.pinned_adapter("auto") is None
+    executor.prefetch(POOL, "a0")
+    executor.prefetch(POOL, "a1")
+    _pin(engine, cfg, ["a2"] * 20 + ["a1"] * 10)
+    core.step()  # epoch 0: no request rate measured yet
+    _pin(engine, cfg, ["a2"] * 20 + ["a1"] * 10)
+    clock.advance(1.0)
+    core.step()  # epoch 1: a0, named by no request, makes way for a2
+    assert set(executor.resident(POOL)) == {"a1", "a2"}
+    assert handed and handed[-1]["a2"] > handed[-1]["a1"] > handed[-1]["a0"] == 0.0
+    assert core.controller.demand.centroids is None  # no routed request: no clusters
+    n = len(handed)
+    core.step()  # nothing new: the same values are not handed out again
+    assert len(handed) == n
+
+
 def test_lru_runs_no_controller_and_prices_nothing(engine):
     cfg = parse_config({**_config().model_dump(mode="json"), "cache": {"policy": "lru"}}, "test")
     assert not cfg.cache_planned

@@ -157,6 +157,35 @@ def test_a_closed_stream_releases_its_adapter():
     asyncio.run(run())
 
 
+def test_a_miss_worth_more_than_the_least_valued_adapter_replaces_it():
+    async def run() -> None:
+        core, backend = _pool("polar", 2)
+        await core.slots.prefetch("a")
+        await core.slots.prefetch("b")
+        core.slots.set_admission({"a": 0.3, "b": 0.1, "c": 0.2, "d": 0.05})
+        await core.generate("m:d", {})  # worth less than b: a one-off load, dropped
+        assert core.slots.resident() == ("a", "b") and backend.unloads == ["d"]
+        await core.generate("m:c", {})  # worth more than b: kept in b's place
+        assert core.slots.resident() == ("a", "c") and backend.unloads == ["d", "b"]
+        await core.generate("m:c", {})
+        stats = core.residency_stats()
+        assert (stats["hits"], stats["misses"], stats["page_ins"]) == (1, 2, 4)
+        assert stats["admitted"] == 1 and backend.most == 3  # the scratch slot, no more
+        # a plan's evictions free a slot, a request's miss takes it before the plan's
+        # prefetch comes: the plan wins, the adapter the miss brought in goes
+        await core.slots.evict("a")
+        await core.generate("m:d", {})
+        assert core.slots.resident() == ("c", "d")
+        await core.slots.prefetch("e")
+        assert core.slots.resident() == ("c", "e") and backend.unloads[-1] == "d"
+        await core.slots.prefetch("a")  # c came in by a miss too
+        assert core.slots.resident() == ("e", "a")
+        with pytest.raises(CapacityError):  # what the plans brought in stays
+            await core.slots.prefetch("b")
+
+    asyncio.run(run())
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     st.sampled_from(["lru", "polar"]),
@@ -174,6 +203,8 @@ def test_concurrent_traffic_never_exceeds_the_slots_nor_unloads_under_a_request(
     async def run() -> None:
         core, backend = _pool(policy, slots)
         rng = random.Random(seed)
+        if policy != "lru":  # misses may replace what the plan keeps
+            core.slots.set_admission({a: rng.random() for a in ADAPTERS})
 
         async def op(kind: str, adapter: str | None) -> None:
             await asyncio.sleep(rng.random() * 0.002)

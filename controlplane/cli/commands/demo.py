@@ -52,6 +52,19 @@ def register(sub: Any) -> None:
         action="store_true",
         help="continue the demo database's policy instead of starting from a fresh one",
     )
+    p.add_argument(
+        "--backend",
+        choices=["replay", "hf"],
+        default="replay",
+        help="replay: the bundled data set's recorded answers; hf: SmolLM2 and LoRA adapters"
+        " generating on CPU, users rating each answer's opening keyword",
+    )
+    p.add_argument(
+        "--adapter-dir",
+        help="hf: adapters made by 'banditctl adapters make' (default <data dir>/adapters;"
+        " made there when missing)",
+    )
+    p.add_argument("--adapters", type=int, default=3, help="hf: how many adapters to serve")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--config", help="a banditctl YAML config instead of the bundled scenario")
     p.set_defaults(func=run)
@@ -109,7 +122,10 @@ def run(args: argparse.Namespace) -> int:
         print("error: --seeds needs --requests (each seed's run must end)", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config) if args.config else demo_config(args.dataset)
+        if args.backend == "hf" and not args.config:
+            config = _hf_config(args)
+        else:
+            config = load_config(args.config) if args.config else demo_config(args.dataset)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -123,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         require_free_port(config.http_host, config.http_port)
     reports = []
     for seed in range(args.seed, args.seed + args.seeds):
-        report = _run_one(args, config, seed)
+        report = _run_one_hf(args, config, seed) if args.backend == "hf" else _run_one(args, config, seed)  # fmt: skip
         if report is None:
             return 1
         reports.append(report)
@@ -200,6 +216,75 @@ def _run_one(args: argparse.Namespace, config: Any, seed: int) -> dict[str, Any]
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
+    return report
+
+
+def _hf_config(args: argparse.Namespace) -> Any:
+    """SmolLM2 and ``--adapters`` adapters from ``--adapter-dir`` (made there if missing)."""
+    from pathlib import Path
+
+    from controlplane.cli.demo_hf import find_adapters, hf_demo_config
+    from controlplane.settings import get_settings
+
+    folder = Path(args.adapter_dir) if args.adapter_dir else get_settings().data_dir / "adapters"
+    found = find_adapters(folder, args.adapters) if folder.is_dir() else []
+    if len(found) < args.adapters:
+        from deployments.backends.hf_adapters import make_adapters
+        from deployments.backends.hf_models import load_causal_lm, require_hf, resolve_model
+
+        require_hf()
+        print(f"making {args.adapters} LoRA adapters in {folder} ...", flush=True)
+        files = resolve_model(None, get_settings().data_dir / "models")
+        model, tokenizer = load_causal_lm(files.folder, None)
+        made = make_adapters(model, tokenizer, folder, n=args.adapters, base=str(files.source))
+        found = [(a.name, a.keyword) for a in made]
+    return hf_demo_config(folder, found)
+
+
+def _run_one_hf(args: argparse.Namespace, config: Any, seed: int) -> dict[str, Any] | None:
+    """One demo run on SmolLM2: a fresh demo database (unless ``--resume``), the control
+    plane, ``--requests`` streamed chats rated on their opening keyword, and the summary."""
+    from controlplane.cli.demo import demo_settings
+    from controlplane.cli.demo_hf import print_hf_summary, run_hf_traffic, summarize_hf
+    from controlplane.cli.launch import control_plane
+    from controlplane.settings import get_settings
+
+    keywords = list(config.featurizer.tasks)
+    settings = demo_settings(get_settings(), fresh=not args.resume)
+    since = datetime.now(UTC)
+    print(
+        f"banditctl demo --backend hf (seed {seed}): SmolLM2-135M-Instruct with no adapter and "
+        f"with {len(keywords)} LoRA adapters; users want answers opening with "
+        + ", ".join(keywords)
+    )
+    print("starting the database, Ray Serve and the control plane ...", flush=True)
+    with control_plane(config, settings) as run_:
+        print(f"gateway   : {run_.api_url}  (OpenAI-compatible; model='auto')")
+        print(f"dashboard : {run_.base_url}/dashboard")
+        n = args.requests if args.requests is not None else 100
+        with progress_bar(total=n, desc="requests", unit="req") as bar:
+            traffic = run_hf_traffic(
+                run_.api_url, keywords, n, seed=seed, concurrency=min(args.concurrency, 2),
+                progress=bar,
+            )  # fmt: skip
+        deadline = time.monotonic() + 15
+        counts = _counts_since(run_.db.url, since)
+        while time.monotonic() < deadline and counts["outcomes"] < len(traffic.answers):
+            time.sleep(0.5)
+            counts = _counts_since(run_.db.url, since)
+        report: dict[str, Any] = {
+            "seed": seed,
+            "backend": "hf",
+            "requests": n,
+            "served": len(traffic.answers),
+            "errors": len(traffic.errors),
+            "seconds": round(traffic.seconds, 2),
+            **counts,
+            "summary": summarize_hf(traffic),
+        }
+        print_hf_summary(report)
+        for e in traffic.errors[:5]:
+            print(f"  error: {e}", file=sys.stderr)
     return report
 
 
