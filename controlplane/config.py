@@ -116,6 +116,18 @@ class GatewayConfig(_Strict):
     pool_down_s: float = Field(
         default=10.0, ge=0, description="how long a pool that took no call is left out"
     )
+    durable_log: bool = Field(
+        default=False,
+        description="answer a request only once its decision and outcome are written (a"
+        " stream: its decision, before the first token), so that a gateway that dies loses no"
+        " answered request's row; costs a write's latency on every request",
+    )
+    durable_log_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="longest a durable_log request waits for the write; past it (the database"
+        " away) it is answered anyway, its records left in the buffer",
+    )
     loop_stale_s: float = Field(
         default=60.0,
         gt=0,

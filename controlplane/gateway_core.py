@@ -563,6 +563,7 @@ class GatewayCore:
             time.perf_counter() - received,
             None if ttft_ms is None else float(ttft_ms) / 1000.0,
         )
+        await self._durable()
         meta = self._meta(attempt, route, tried)
         return {
             "id": f"{COMPLETION_ID_PREFIX}{rid.hex}",
@@ -652,6 +653,7 @@ class GatewayCore:
                 attempt = following
         if tried:
             self.instruments.fallbacks.inc()
+        await self._durable()  # the decision (and any failed attempt's), before a token goes
         meta = self._meta(attempt, route, tried)
         answer = StreamProgress(attempt.rid, attempt.decision.arm, body, received, start)
         events = self._events(answer, meta, first, deltas, tracer, on_done)
@@ -741,6 +743,14 @@ class GatewayCore:
             "usage": usage_json(usage),
             "banditctl": {"cost_usd": usage["cost_usd"], "energy_j": usage["energy_j"]},
         }
+
+    async def _durable(self) -> None:
+        """Under ``gateway.durable_log``, wait until what this request logged so far is
+        written (at most ``durable_log_timeout_s``; then it is answered anyway)."""
+        gw = self.config.gateway
+        if gw.durable_log and not await self.writer.written(gw.durable_log_timeout_s):
+            self.counters["durable_log_timeouts"] = self.counters.get("durable_log_timeouts", 0) + 1
+            log.warning("durable_log: records not written within %.1f s", gw.durable_log_timeout_s)
 
     def _log_decision(self, tracer: Tracer | None, record: DecisionRecord) -> None:
         with span(tracer, "banditctl.log") as logged:

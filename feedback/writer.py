@@ -31,6 +31,7 @@ Durability contract:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -96,6 +97,10 @@ class DecisionLogWriter:
         self._inflight = 0
         self._thread: threading.Thread | None = None
         self._give_up_at: float | None = None  # a flush without the thread: its deadline
+        # records ever appended, and ever taken off the queue written (or dropped as
+        # invalid): the queue is FIFO, so record n is done once ``_done >= n``
+        self._appended = 0
+        self._done = 0
         self.stats = WriterStats()
         self.health = LoopHealth("decision_log_writer", stale_after_s=stale_after_s)
 
@@ -115,10 +120,30 @@ class DecisionLogWriter:
                 self.stats.rejected += 1
                 raise WriterFull(f"decision log buffer full ({self._max_buffer} records)")
             self._queue.append(record)
+            self._appended += 1
             self.stats.accepted += 1
             self.stats.buffered = len(self._queue) + self._inflight
             if len(self._queue) >= self._max_batch:
                 self._cond.notify()
+
+    async def written(self, timeout_s: float) -> bool:
+        """Wait (without blocking the event loop) until every record appended so far has
+        been written, asking the thread to write now rather than at its next interval;
+        False if ``timeout_s`` passed first (the records stay queued). Concurrent waiters
+        share the batches they cause: a group commit."""
+        with self._cond:
+            target = self._appended
+            if self._done >= target:
+                return True
+            self._cond.notify()
+        deadline = time.monotonic() + timeout_s
+        delay = 0.001
+        while self._done < target:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return True
 
     # -- lifecycle ----------------------------------------------------
 
@@ -204,6 +229,7 @@ class DecisionLogWriter:
         with self._cond:
             for _ in range(n):
                 self._queue.popleft()
+            self._done += n
             self._inflight = 0
             self.stats.buffered = len(self._queue)
             self.stats.flushes += 1

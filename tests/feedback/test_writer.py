@@ -159,3 +159,25 @@ def test_health_reports_a_dead_or_stuck_writer(arms):
     w.start()
     w.close()
     assert w.health.report()["problem"] == "dead"
+
+
+def test_written_waits_for_the_rows_and_asks_for_them_at_once(arms):
+    """``written`` returns once every record appended before it is in the table, long
+    before the thread's own interval (an hour here); and False, the records kept, while
+    the thread cannot write them."""
+    import asyncio
+
+    w = DecisionLogWriter(arms, flush_interval_s=3600).start()
+    d = decision(seed=1)
+    w.log_decision(d)
+    w.log_outcome(outcome(d))
+    assert asyncio.run(w.written(timeout_s=30))
+    assert _counts(arms) == (1, 1)  # no close, no flush: written asked for them
+    assert asyncio.run(w.written(timeout_s=0.01))  # nothing new: at once
+    w.close(timeout_s=30)
+
+    idle = DecisionLogWriter(arms, flush_interval_s=3600)  # no thread: nothing writes
+    idle.log_decision(decision(seed=2))
+    assert not asyncio.run(idle.written(timeout_s=0.05))
+    assert idle.stats.buffered == 1
+    assert _counts(arms) == (1, 1)

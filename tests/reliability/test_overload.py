@@ -81,3 +81,20 @@ def test_a_cancelled_request_leaves_a_decision_with_an_outcome(engine):
             "error",
             "cancelled: the client went away",
         )
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_durable_log_answers_only_once_the_rows_are_written(engine, durable):
+    """``gateway.durable_log``: the answer leaves only when its decision and outcome rows
+    are in Postgres (a gateway killed after answering loses nothing). The writer's own
+    interval is an hour here: without the option the rows are still buffered."""
+    cfg = config(auth={"open_chat": True}, gateway={"log_flush_s": 3600, "durable_log": durable})
+    with engine.begin() as conn:
+        arms_repo.upsert_arms(conn, arm_records(cfg))
+        conn.execute(text("TRUNCATE outcomes, decisions CASCADE"))
+    core = GatewayCore(cfg, engine, stub_pool, TOKENS, listen=False)
+    with served(create_app(core)) as http:
+        answers = [http.post("/v1/chat/completions", json=BODY) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3
+        rows = _rows(engine)
+    assert rows == ((3, 0) if durable else (0, 0))

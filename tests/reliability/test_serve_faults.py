@@ -349,3 +349,27 @@ def test_learner_state_equals_an_uninterrupted_run(app: App, pg: private_pg.Priv
     for x in xs:
         for a, b in zip(got.estimates(x, arms), ref_learner.estimates(x, arms), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.usefixtures("app")  # after the module's app, which its teardown removes
+def test_sigkill_of_the_gateway_replica_under_durable_log_loses_nothing(
+    ray_session: int, pg: private_pg.PrivatePostgres
+):
+    """``gateway.durable_log``: an answer leaves only once its rows are written, so a
+    SIGKILLed gateway loses no answered request's decision (the last test: it replaces
+    the module's app with one in that mode, on a database of its own)."""
+    cfg = probe_config(ray_session, pool_wait_s=1.0, pool_down_s=5.0, fallbacks=1, durable_log=True)
+    durable = deploy_app(cfg, pg.create_database("probe_durable"))
+    calls, killed, replaced_s = _kill_under_load(durable, "Gateway", seed=5)
+    answered = [c for c in calls if c.answered and c.request_id]
+    engine = durable.engine()
+    try:
+        lost = missing_rows(engine, [c.request_id for c in answered], "decisions")
+    finally:
+        engine.dispose()
+    assert len(answered) > 20, tally(calls)
+    assert lost == [], (len(lost), len(answered))
+    check = _settle(durable, calls, timeout_s=120)
+    FIGURES["sigkill_gateway_replica_durable_log"] = _row(
+        calls, replica_back_s=replaced_s, rows_lost=len(lost), **check
+    )
