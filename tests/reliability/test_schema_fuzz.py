@@ -65,7 +65,10 @@ def fuzzed(engine, monkeypatch):
     with engine.begin() as conn:
         arms_repo.upsert_arms(conn, arm_records(cfg))
     core = GatewayCore(
-        cfg, engine, stub_pool, FeedbackTokens("schema-secret-0123456789", 60), listen=False
+        cfg,
+        engine,
+        stub_pool,
+        FeedbackTokens("schema-secret-0123456789", 3600),  # outlives a slow run, listen=False
     )
     app = create_app(core, start_background=False)
     http = TestClient(app)
