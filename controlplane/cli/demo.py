@@ -161,8 +161,9 @@ def run_traffic(
     lock = threading.Lock()
     start = time.perf_counter()
 
-    def ask(j: int) -> tuple[dict[str, Any], float] | None:
-        """Request ``j``: the answer's banditctl fields and its recorded quality."""
+    def ask(j: int) -> tuple[dict[str, Any], int] | None:
+        """Request ``j``: the answer's banditctl fields and the data set's column of the
+        model that served it."""
         i = int(rows[j])
         try:
             raw = client.chat.completions.with_raw_response.create(
@@ -172,16 +173,17 @@ def run_traffic(
             )
             raw.parse()  # the SDK validates the OpenAI shape
             meta: dict[str, Any] = raw.http_response.json()["banditctl"]
-            k = model_index(ds, meta["arm"], arm_models[meta["arm"]])
-            return meta, float(ds.quality[i, k])
+            return meta, model_index(ds, meta["arm"], arm_models[meta["arm"]])
         except Exception as exc:  # reported in the summary, never silently dropped
             with lock:
                 result.errors.append(f"request {j}: {exc!r}"[:300])
             return None
 
-    def answer(j: int, meta: dict[str, Any], q: float) -> None:
-        """The user's feedback on answer ``j`` (when this user gives any), and its record."""
+    def answer(j: int, meta: dict[str, Any], k: int) -> None:
+        """The user's feedback on answer ``j`` (when this user gives any): the recorded
+        quality of model ``k``'s answer; and its record."""
         i = int(rows[j])
+        q = float(ds.quality[i, k])
         fb = bool(gives_feedback[j])
         dup = False
         try:
@@ -201,7 +203,6 @@ def run_traffic(
             with lock:
                 result.errors.append(f"feedback {j}: {exc!r}"[:300])
             return
-        k = model_index(ds, meta["arm"], arm_models[meta["arm"]])
         s = Served(
             i, str(ds.tasks[i]), meta["arm"], int(meta["policy_version"]), meta["request_id"], q,
             float(ds.cost_usd[i, k]), float(ds.energy_j[i, k]), fb,
