@@ -116,6 +116,17 @@ class GatewayConfig(_Strict):
     pool_down_s: float = Field(
         default=10.0, ge=0, description="how long a pool that took no call is left out"
     )
+    spool: bool = Field(
+        default=True,
+        description="keep each accepted decision and outcome in a file on the node's disk"
+        " until it is written, so that a gateway process that dies loses none: a successor"
+        " on the node writes what it left (a machine's crash can still lose them: durable_log)",
+    )
+    spool_dir: str | None = Field(
+        default=None,
+        description="where the spool's files go (a folder per database under it); default"
+        " <data dir>/spool on the replica's node",
+    )
     durable_log: bool = Field(
         default=False,
         description="answer a request only once its decision and outcome are written (a"

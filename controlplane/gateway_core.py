@@ -72,6 +72,7 @@ from controlplane.tracing import RequestTracer, set_attributes, span
 from feedback.loop_health import LoopHealth
 from feedback.records import COMPLETION_ID_PREFIX, DecisionRecord, OutcomeRecord, clean_text
 from feedback.repositories import residency as residency_repo
+from feedback.spool import Spool
 from feedback.writer import DecisionLogWriter
 from learners import Decision
 from learners.floor import with_floor
@@ -132,6 +133,7 @@ class GatewayCore:
         *,
         stream_pool: PoolStream | None = None,
         writer: DecisionLogWriter | None = None,
+        spool: Spool | None = None,
         rng: np.random.Generator | None = None,
         tracer: Tracer | None = None,
         listen: bool = True,
@@ -141,7 +143,8 @@ class GatewayCore:
         unset: the whole answer from ``call_pool``, sent as one delta per choice).
         ``tracer``: spans go there (default: the global provider's, once one is set).
         ``listen``: the policy refresher also listens for NOTIFY, on ``listen_url``
-        (default: the engine's database)."""
+        (default: the engine's database). ``spool``: the writer keeps accepted records there
+        until written (unless ``writer`` is given)."""
         self.config = config
         self.engine = engine
         self.call_pool = call_pool
@@ -155,6 +158,7 @@ class GatewayCore:
             max_batch=min(5_000, config.gateway.log_buffer),
             flush_interval_s=config.gateway.log_flush_s,
             stale_after_s=config.gateway.loop_stale_s,
+            spool=spool,
         )
         self.rng = rng or np.random.default_rng(config.gateway.seed)
         # the current snapshot's learner, swapped atomically when a new version lands

@@ -155,7 +155,8 @@ def _writer(core: GatewayCore) -> Iterator[Metric]:
     s = core.writer.stats
     yield _gauge(
         "banditctl_decision_log_buffered",
-        "Decision and outcome records accepted but not yet written (what a crash loses)",
+        "Decision and outcome records accepted but not yet written (in the spool's files"
+        " too unless it is off)",
         s.buffered,
     )
     written = CounterMetricFamily(
@@ -166,6 +167,16 @@ def _writer(core: GatewayCore) -> Iterator[Metric]:
     written.add_metric(["decisions"], s.written_decisions)
     written.add_metric(["outcomes"], s.written_outcomes)
     yield written
+    yield _counter(
+        "banditctl_decision_log_spool_errors",
+        "Spool writes the disk refused (the spool is then off for this replica)",
+        s.spool_errors,
+    )
+    yield _counter(
+        "banditctl_decision_log_replayed_records",
+        "Records that dead gateway processes left in the spool, written by this replica",
+        s.replayed_records,
+    )
     yield _counter(
         "banditctl_decision_log_retries",
         "Batch writes retried after a transient database error",

@@ -14,9 +14,11 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from controlplane.api import create_app
 from controlplane.config import BanditConfig
 from controlplane.gateway_core import GatewayCore, PoolUnavailable
+from controlplane.settings import get_settings
 from controlplane.tokens import FeedbackTokens
 from controlplane.tracing import configure_tracing
 from feedback.database import make_engine
+from feedback.spool import Spool
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -45,8 +47,12 @@ class Gateway:
         self.instance_id = instance_id
         engine = make_engine(database_url, pool_size=4)
         tokens = FeedbackTokens.from_config(secret, config)  # with the rotated ones
+        spool = None
+        if config.gateway.spool:  # what this process accepts survives it on this node
+            root = config.gateway.spool_dir or get_settings().data_dir / "spool"
+            spool = Spool(root)
         self.core = GatewayCore(
-            config, engine, self._call_pool, tokens, stream_pool=self._stream_pool
+            config, engine, self._call_pool, tokens, stream_pool=self._stream_pool, spool=spool
         )
         await asyncio.to_thread(self.core.refresh_policy, "start")
         self.core.writer.start()

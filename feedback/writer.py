@@ -26,7 +26,15 @@ Durability contract:
   rest is written;
 * the background thread survives any error: a turn that raised is logged,
   counted in ``health`` (:class:`feedback.loop_health.LoopHealth`:
-  last success, last error, restarts) and the loop goes on.
+  last success, last error, restarts) and the loop goes on;
+* with a :class:`feedback.spool.Spool`, what a crash could lose is on the
+  node's disk instead: each accepted record is appended to a segment file
+  until it is written, and the writer writes (then deletes) the segments of
+  writers of the same database that died on this node, when it starts and
+  every ``orphan_scan_s``. The spool starts once the writer has reached the
+  database (it names the spool's folder); records accepted before then are
+  spooled at that moment. A disk that refuses a write turns the spool off
+  (counted in ``spool_errors``); the writer goes on without it.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from feedback.errors import WriterFull
 from feedback.loop_health import LoopHealth
 from feedback.records import DecisionRecord, OutcomeRecord
 from feedback.repositories import request_log
+from feedback.spool import Orphan, Spool, database_folder
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,9 @@ class WriterStats:
     retries: int = 0
     flushes: int = 0
     buffered: int = 0
+    spool_errors: int = 0
+    replayed_segments: int = 0  # dead writers' segments written from the spool
+    replayed_records: int = 0
     last_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -80,9 +92,12 @@ class DecisionLogWriter:
         max_backoff_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
         stale_after_s: float = 60.0,
+        spool: Spool | None = None,
+        orphan_scan_s: float = 60.0,
     ) -> None:
         """``stale_after_s``: the health signal reports the writer stuck when no batch
-        was written (nor the queue found empty) for this long."""
+        was written (nor the queue found empty) for this long. ``spool``: keep accepted
+        records on local disk until written (see the module's contract)."""
         if max_buffer < max_batch:
             raise ValueError("max_buffer must be at least max_batch")
         self._engine = engine
@@ -103,6 +118,9 @@ class DecisionLogWriter:
         self._done = 0
         self.stats = WriterStats()
         self.health = LoopHealth("decision_log_writer", stale_after_s=stale_after_s)
+        self._spool = spool
+        self._orphan_scan_s = orphan_scan_s
+        self._next_scan = 0.0
 
     # -- request path -------------------------------------------------
 
@@ -121,6 +139,8 @@ class DecisionLogWriter:
                 raise WriterFull(f"decision log buffer full ({self._max_buffer} records)")
             self._queue.append(record)
             self._appended += 1
+            if self._spool is not None and self._spool.active:
+                self._spool_append(self._appended, record)
             self.stats.accepted += 1
             self.stats.buffered = len(self._queue) + self._inflight
             if len(self._queue) >= self._max_batch:
@@ -144,6 +164,80 @@ class DecisionLogWriter:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
         return True
+
+    # -- spool ------------------------------------------------------------
+
+    def _spool_append(self, seq: int, record: Record) -> None:
+        """Under the lock: append to the spool; a disk error turns the spool off."""
+        assert self._spool is not None
+        try:
+            self._spool.append(seq, record)
+        except OSError as exc:
+            self.stats.spool_errors += 1
+            log.error("decision log spool turned off: %s", exc)
+            self._spool.close(self._done)
+            self._spool = None
+
+    def activate_spool(self) -> bool:
+        """Reach the database, open the spool in its folder, spool what is queued and
+        write the segments that dead writers of this database left; False when the
+        database could not be reached (tried again on a later turn). Called by the
+        thread; tests call it directly."""
+        spool = self._spool
+        if spool is None:
+            return True
+        if not spool.active:
+            with self._engine.connect() as conn:
+                oid = request_log.database_oid(conn)
+            url = self._engine.url
+            folder = database_folder(url.host, url.port, url.database, oid)
+            with self._cond:
+                spool.activate(folder)
+                for i, record in enumerate(self._queue):
+                    if self._spool is None:
+                        break
+                    self._spool_append(self._done + i + 1, record)
+        self.replay_orphans()
+        return True
+
+    def replay_orphans(self) -> int:
+        """Write the segments that dead writers of this database left on this node, then
+        delete them; returns the records written."""
+        spool = self._spool
+        self._next_scan = time.monotonic() + self._orphan_scan_s
+        if spool is None or not spool.active:
+            return 0
+        total = 0
+        for path in spool.orphans():
+            orphan = Orphan.claim(path)
+            if orphan is None:
+                continue
+            try:
+                records = list(orphan.records())
+                for i in range(0, len(records), self._max_batch):
+                    self._write_with_retry(records[i : i + self._max_batch])
+            except BaseException:
+                orphan.release()
+                raise
+            orphan.done()
+            total += len(records)
+            self.stats.replayed_segments += 1
+            self.stats.replayed_records += len(records)
+            log.warning(
+                "decision log: wrote %d records a dead writer left in %s", len(records), path.name
+            )
+        return total
+
+    def _spool_turn(self) -> None:
+        """The thread's spool chores: start it, and look for dead writers' segments."""
+        spool = self._spool
+        if spool is None or time.monotonic() < self._next_scan:
+            return
+        if not spool.active:
+            self._next_scan = time.monotonic() + 1.0  # the database away: try again soon
+            self.activate_spool()
+        else:
+            self.replay_orphans()
 
     # -- lifecycle ----------------------------------------------------
 
@@ -188,12 +282,22 @@ class DecisionLogWriter:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
+        with self._cond:
+            if self._spool is not None and self._spool.active:
+                kept = self._spool.close(self._done)
+                if kept:
+                    log.warning("decision log: %d records left in the spool for a successor", kept)
         return done
 
     # -- background flushing -----------------------------------------
 
     def _run(self) -> None:
         while True:
+            try:
+                self._spool_turn()
+            except Exception as exc:  # the database away: the spool waits, records queue
+                self.health.failed(exc)
+                log.warning("decision log spool: %s; trying again", _describe(exc))
             with self._cond:
                 if not self._queue:
                     if self._closed:
@@ -231,6 +335,8 @@ class DecisionLogWriter:
                 self._queue.popleft()
             self._done += n
             self._inflight = 0
+            if self._spool is not None and self._spool.active:
+                self._spool.release(self._done)
             self.stats.buffered = len(self._queue)
             self.stats.flushes += 1
         return n

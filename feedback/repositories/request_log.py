@@ -128,3 +128,12 @@ def demand_since(
         return np.zeros((0, 0)), [], [], None
     X = np.stack([np.frombuffer(r[0], dtype="<f4") for r in rows]).astype(np.float64)
     return X, [r[1] for r in rows], [r[2] for r in rows], rows[-1][3]
+
+
+def database_oid(conn: Connection) -> int:
+    """The connected database's oid (a database dropped and created again gets a new one)."""
+    return int(
+        conn.execute(
+            text("SELECT oid FROM pg_database WHERE datname = current_database()")
+        ).scalar_one()
+    )

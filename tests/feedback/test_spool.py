@@ -1,0 +1,172 @@
+"""The decision log's spool: a writer killed before its batches land loses nothing that a
+successor on the node can write; a live writer's segments are never taken; written
+segments are deleted; a spool never reaches another database."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from feedback import migrate
+from feedback import models as m
+from feedback.repositories import arms as arms_repo
+from feedback.spool import SUFFIX, Orphan, Spool
+from feedback.writer import DecisionLogWriter
+from tests.feedback.factories import ARMS, decision, outcome
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# a writer that spools ``n`` answered requests (half accepted before the spool starts,
+# half after, the last one without its outcome yet) and is SIGKILLed before any batch lands
+_KILLED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from sqlalchemy import create_engine
+    from feedback.spool import Spool
+    from feedback.writer import DecisionLogWriter
+    from tests.feedback.factories import decision, outcome
+
+    url, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    w = DecisionLogWriter(create_engine(url), spool=Spool(root, segment_records=7))
+    for i in range(n):
+        if i == n // 2:
+            assert w.activate_spool()
+        d = decision(seed=i)
+        w.log_decision(d)
+        if i < n - 1:
+            w.log_outcome(outcome(d))
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@pytest.fixture
+def arms(engine):
+    with engine.begin() as conn:
+        arms_repo.upsert_arms(conn, ARMS)
+    return engine
+
+
+def _counts(engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        nd = conn.execute(select(func.count()).select_from(m.decisions)).scalar_one()
+        no = conn.execute(select(func.count()).select_from(m.outcomes)).scalar_one()
+    return nd, no
+
+
+def _kill_a_writer(url: str, root: Path, n: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED, url, str(root), str(n)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == -9, done.stderr[-2000:]
+
+
+def _segments(root: Path) -> list[Path]:
+    return sorted(root.glob(f"*/*{SUFFIX}"))
+
+
+def test_a_killed_writers_records_are_written_by_its_successor(arms, tmp_path):
+    url = arms.url.render_as_string(hide_password=False)
+    _kill_a_writer(url, tmp_path, 40)
+    assert _counts(arms) == (0, 0)  # nothing reached the database before the kill
+    segments = _segments(tmp_path)
+    assert len(segments) == 12  # 79 records, 7 a segment
+    folder = segments[0].parent
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in segments)
+
+    w = DecisionLogWriter(arms, spool=Spool(tmp_path)).start()
+    deadline = time.monotonic() + 30
+    while _counts(arms) != (40, 39) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _counts(arms) == (40, 39)  # the last decision's outcome was never accepted
+    assert (w.stats.replayed_segments, w.stats.replayed_records) == (12, 79)
+    assert _segments(tmp_path) == []  # written, then deleted
+    assert w.close(timeout_s=30)
+
+
+def test_a_live_writers_segments_are_left_alone_and_deleted_once_written(arms, tmp_path):
+    live = DecisionLogWriter(arms, spool=Spool(tmp_path, segment_records=10))
+    assert live.activate_spool()
+    for i in range(25):  # not started: everything stays queued, and spooled
+        d = decision(seed=i)
+        live.log_decision(d)
+        live.log_outcome(outcome(d))
+    assert len(_segments(tmp_path)) == 5
+    other = DecisionLogWriter(arms, spool=Spool(tmp_path))
+    assert other.activate_spool()
+    assert other.replay_orphans() == 0 and _counts(arms) == (0, 0)
+    assert live.close(timeout_s=30)  # written here, then its segments deleted
+    assert _counts(arms) == (25, 25) and _segments(tmp_path) == []
+    assert other.close(timeout_s=5)
+
+
+def test_a_spool_is_never_written_into_another_database(arms, pg_server, tmp_path):
+    url = arms.url.render_as_string(hide_password=False)
+    _kill_a_writer(url, tmp_path, 3)  # 5 records: one segment
+    other_url = pg_server.create_database("banditctl_spool_other")
+    migrate.upgrade(other_url)
+    other = create_engine(other_url)
+    try:
+        with other.begin() as conn:
+            arms_repo.upsert_arms(conn, ARMS)
+        w = DecisionLogWriter(other, spool=Spool(tmp_path))
+        assert w.activate_spool() and w.replay_orphans() == 0
+        assert _counts(other) == (0, 0) and len(_segments(tmp_path)) == 1
+        assert w.close(timeout_s=5)
+    finally:
+        other.dispose()
+    # the database it belongs to takes them, once: a segment written again (a successor
+    # that died while replaying it) adds nothing
+    (path,) = _segments(tmp_path)
+    kept = path.read_bytes()
+    w = DecisionLogWriter(arms, spool=Spool(tmp_path))
+    assert w.activate_spool() and w.stats.replayed_records == 5  # replays as it starts
+    assert _counts(arms) == (3, 2) and not path.exists()
+    path.write_bytes(kept)
+    assert w.replay_orphans() == 5 and _counts(arms) == (3, 2)
+    assert w.close(timeout_s=5)
+
+
+def test_a_record_cut_short_by_the_crash_ends_its_segment(tmp_path):
+    spool = Spool(tmp_path)
+    spool.activate("db")
+    ds = [decision(seed=i) for i in range(3)]
+    for i, d in enumerate(ds, start=1):
+        spool.append(i, d)
+    (path,) = _segments(tmp_path)
+    size = path.stat().st_size
+    spool.close(0)  # kept for a successor, unlocked
+    with open(path, "r+b") as f:
+        f.truncate(size - 5)
+    orphan = Orphan.claim(path)
+    assert orphan is not None
+    assert [r.request_id for r in orphan.records()] == [d.request_id for d in ds[:2]]
+    orphan.done()
+    assert not path.exists()
+
+
+def test_a_disk_that_refuses_turns_the_spool_off_and_the_writer_goes_on(arms, tmp_path):
+    spool = Spool(tmp_path)
+    w = DecisionLogWriter(arms, spool=spool)
+    assert w.activate_spool()
+
+    def refuse(*_):
+        raise OSError(28, "No space left on device")
+
+    spool.append = refuse  # type: ignore[method-assign]
+    d = decision(seed=1)
+    w.log_decision(d)
+    w.log_outcome(outcome(d))
+    assert w.stats.spool_errors == 1
+    assert w.close(timeout_s=30) and _counts(arms) == (1, 1)
