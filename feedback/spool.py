@@ -152,8 +152,11 @@ class Spool:
             return self._segments[-1]
         self._n += 1
         path = self.folder / f"{self._tag}-{os.getpid()}-{self._n:08d}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        # locked before it bears a name that a successor looks for
+        fresh = path.with_suffix(".new")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(fresh, path)
         seg = _Segment(path, fd, seq, seq - 1, time.monotonic())
         self._segments.append(seg)
         return seg
