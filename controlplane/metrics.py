@@ -174,8 +174,13 @@ def _writer(core: GatewayCore) -> Iterator[Metric]:
     )
     yield _counter(
         "banditctl_decision_log_replayed_records",
-        "Records that dead gateway processes left in the spool, written by this replica",
+        "Records that dead gateway processes left in the spool, read by this replica",
         s.replayed_records,
+    )
+    yield _counter(
+        "banditctl_decision_log_replayed_rows",
+        "Rows from dead gateway processes' spools that the database did not hold yet",
+        s.replayed_rows,
     )
     yield _counter(
         "banditctl_decision_log_retries",

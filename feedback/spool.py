@@ -70,7 +70,7 @@ class Spool:
     """
 
     def __init__(
-        self, root: Path | str, *, segment_records: int = 20_000, segment_s: float = 30.0
+        self, root: Path | str, *, segment_records: int = 5_000, segment_s: float = 5.0
     ) -> None:
         self.root = Path(root)
         self.segment_records = segment_records

@@ -74,6 +74,7 @@ class WriterStats:
     spool_errors: int = 0
     replayed_segments: int = 0  # dead writers' segments written from the spool
     replayed_records: int = 0
+    replayed_rows: int = 0  # of those, rows the database did not hold yet: what the spool saved
     last_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -212,6 +213,7 @@ class DecisionLogWriter:
             orphan = Orphan.claim(path)
             if orphan is None:
                 continue
+            before = self.stats.written_decisions + self.stats.written_outcomes
             try:
                 records = list(orphan.records())
                 for i in range(0, len(records), self._max_batch):
@@ -223,9 +225,12 @@ class DecisionLogWriter:
             total += len(records)
             self.stats.replayed_segments += 1
             self.stats.replayed_records += len(records)
+            new_rows = self.stats.written_decisions + self.stats.written_outcomes - before
+            self.stats.replayed_rows += new_rows
             log.warning(
-                "decision log: wrote %d records a dead writer left in %s", len(records), path.name
-            )
+                "decision log: %d records a dead writer left in %s, %d of them not yet written",
+                len(records), path.name, new_rows,
+            )  # fmt: skip
         return total
 
     def _spool_turn(self) -> None:

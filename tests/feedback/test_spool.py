@@ -90,7 +90,11 @@ def test_a_killed_writers_records_are_written_by_its_successor(arms, tmp_path):
     while _counts(arms) != (40, 39) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _counts(arms) == (40, 39)  # the last decision's outcome was never accepted
-    assert (w.stats.replayed_segments, w.stats.replayed_records) == (12, 79)
+    assert (w.stats.replayed_segments, w.stats.replayed_records, w.stats.replayed_rows) == (
+        12,
+        79,
+        79,
+    )
     assert _segments(tmp_path) == []  # written, then deleted
     assert w.close(timeout_s=30)
 
@@ -135,6 +139,7 @@ def test_a_spool_is_never_written_into_another_database(arms, pg_server, tmp_pat
     assert _counts(arms) == (3, 2) and not path.exists()
     path.write_bytes(kept)
     assert w.replay_orphans() == 5 and _counts(arms) == (3, 2)
+    assert (w.stats.replayed_records, w.stats.replayed_rows) == (10, 5)
     assert w.close(timeout_s=5)
 
 

@@ -256,7 +256,8 @@ def test_sigkill_of_the_gateway_replica(app: App):
         replica_back_s=replaced_s,
         first_answer_after_s=recovery_s,
         rows_lost=len(lost),
-        written_from_the_spool=writer["replayed_records"],
+        spool_records_read=writer["replayed_records"],
+        rows_written_from_the_spool=writer["replayed_rows"],
         decisions_closed_without_outcome=closed,
         **check,
     )
