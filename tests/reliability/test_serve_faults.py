@@ -376,7 +376,10 @@ def test_sigkill_of_the_gateway_replica_under_durable_log_loses_nothing(
     """``gateway.durable_log``: an answer leaves only once its rows are written, so a
     SIGKILLed gateway loses no answered request's decision (the last test: it replaces
     the module's app with one in that mode, on a database of its own)."""
-    cfg = probe_config(ray_session, pool_wait_s=1.0, pool_down_s=5.0, fallbacks=1, durable_log=True)
+    # without the spool, which would write what the killed process held after the fact
+    cfg = probe_config(
+        ray_session, pool_wait_s=1.0, pool_down_s=5.0, fallbacks=1, durable_log=True, spool=False
+    )
     durable = deploy_app(cfg, pg.create_database("probe_durable"))
     calls, killed, replaced_s = _kill_under_load(durable, "Gateway", seed=5)
     answered = [c for c in calls if c.answered and c.request_id]
@@ -385,7 +388,7 @@ def test_sigkill_of_the_gateway_replica_under_durable_log_loses_nothing(
         lost = missing_rows(engine, [c.request_id for c in answered], "decisions")
     finally:
         engine.dispose()
-    assert len(answered) > 20, tally(calls)
+    assert len(answered) > 10, tally(calls)  # the load ran (fewer on a busy machine)
     assert lost == [], (len(lost), len(answered))
     check = _settle(durable, calls, timeout_s=120)
     FIGURES["sigkill_gateway_replica_durable_log"] = _row(
