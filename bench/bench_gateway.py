@@ -251,6 +251,8 @@ def main() -> int:
     ap.add_argument("--guarded", action="store_true",
                     help="the gateway with an API key, its rate limits, a budget and one "
                          "fallback on (limits set high enough never to refuse)")  # fmt: skip
+    ap.add_argument("--port", type=int, default=None,
+                    help="the Serve HTTP proxy's port (default: the config's, 8000)")  # fmt: skip
     ap.add_argument("--scrape-only", action="store_true",
                     help="decision overhead and scrapes only (no Ray)")  # fmt: skip
     args = ap.parse_args()
@@ -265,6 +267,8 @@ def main() -> int:
             "gateway": cfg.gateway.model_copy(update={"max_ongoing_requests": args.concurrency * 2}),
             "pools": cfg.pools.model_copy(update={"max_ongoing_requests": args.concurrency * 2}),
         })  # fmt: skip
+        if args.port is not None:
+            cfg = cfg.model_copy(update={"http_port": args.port})
         headers = None
         if args.guarded:  # every request checked against a key, its limits and a budget
             os.environ["BANDITCTL_BENCH_KEY"] = "bench-key-" + uuid.uuid4().hex

@@ -163,6 +163,8 @@ class BudgetTracker:
         self._start: list[datetime | None] = [None] * n  # the period the totals are for
         self._db: list[tuple[float, float]] = [(0.0, 0.0)] * n  # (usd, joules) in Postgres
         self._local: list[tuple[float, float]] = [(0.0, 0.0)] * n  # held, this period
+        # the period_bounds last computed for each budget, while ``now`` stays in them
+        self._bounds: list[tuple[datetime, datetime] | None] = [None] * n
         self._held: dict[uuid.UUID, _Held] = {}
         self.refreshed_at: datetime | None = None
         self.last_error: str | None = None
@@ -310,7 +312,10 @@ class BudgetTracker:
 
     def _roll(self, i: int, now: datetime) -> tuple[datetime, datetime]:
         """Start budget ``i``'s new period if ``now`` is past its last one."""
-        start, end = period_bounds(now, self.budgets[i].period)
+        bounds = self._bounds[i]
+        if bounds is None or not bounds[0] <= now < bounds[1]:  # else the same period
+            bounds = self._bounds[i] = period_bounds(now, self.budgets[i].period)
+        start, end = bounds
         if self._start[i] != start:
             self._start[i] = start
             self._db[i] = (0.0, 0.0)

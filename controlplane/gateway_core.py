@@ -220,16 +220,27 @@ class GatewayCore:
             self.prices.reprice(self.config.cache.paging_model(set(adapters.values()), measured))
         self.paging = self.prices.terms(held)
 
+    def _refresh(self, trigger: str) -> None:
+        """One refresh (in a worker thread): the policy, then the residency prices."""
+        self.refresh_policy(trigger)
+        self.refresh_residency()
+
     async def policy_refresher(self) -> None:
         """Refresh when a NOTIFY arrives (a listener thread wakes this task), else every
         ``gateway.policy_refresh_s``. Runs until cancelled; the listener stops with it."""
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
+        told = False  # whether a NOTIFY (rather than the poll's timer) set ``wake``
+
+        def tell() -> None:
+            nonlocal told
+            told = True
+            wake.set()
 
         def notified(_version: int | None) -> None:
             # the loop may have closed under us: then there is nothing left to refresh
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
+                loop.call_soon_threadsafe(tell)
 
         if self.listen:
             self.listener = PolicyListener(
@@ -242,17 +253,20 @@ class GatewayCore:
             while True:
                 self.tracing.refresh()
                 try:
-                    await asyncio.to_thread(self.refresh_policy, trigger)
-                    await asyncio.to_thread(self.refresh_residency)
+                    await asyncio.to_thread(self._refresh, trigger)
                     self.refresher_health.beat("polling")
                 except Exception as exc:  # keep serving on the current policy
                     self.refresher_health.failed(exc)
                     log.exception("policy refresh failed")
+                # a NOTIFY or, at the latest, the poll's timer (a timer handle rather than
+                # ``wait_for``, which makes a task each time)
+                timer = loop.call_later(self.config.gateway.policy_refresh_s, wake.set)
                 try:
-                    await asyncio.wait_for(wake.wait(), self.config.gateway.policy_refresh_s)
-                    trigger = "notify"
-                except TimeoutError:
-                    trigger = "poll"
+                    await wake.wait()
+                finally:
+                    timer.cancel()
+                trigger = "notify" if told else "poll"
+                told = False
                 wake.clear()
         finally:
             if self.listener is not None:
@@ -286,7 +300,12 @@ class GatewayCore:
         """The route's arms whose backend can serve every field of ``body``
         (:func:`controlplane.completions.unsupported`); none: a 400 naming the field."""
         arms = self.route_arms(body.get("model") or "auto")
-        able = tuple(a for a in arms if unsupported(body, self.arm_configs[a].backend) is None)
+        refused: dict[str, tuple[str, str] | None] = {}  # by backend kind: asked once each
+        for a in arms:
+            kind = self.arm_configs[a].backend
+            if kind not in refused:
+                refused[kind] = unsupported(body, kind)
+        able = tuple(a for a in arms if refused[self.arm_configs[a].backend] is None)
         if not able:
             field, why = unsupported(body, self.arm_configs[arms[0]].backend) or ("model", "")
             route = body.get("model") or "auto"

@@ -112,7 +112,7 @@ class FeedbackTokens:
         )
 
     def _sig(self, key: bytes, message: str) -> str:
-        mac = hmac.new(key, message.encode(), hashlib.sha256).digest()
+        mac = hmac.digest(key, message.encode(), hashlib.sha256)  # one shot: the same MAC
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
     def issue(self, request_id: uuid.UUID, now: float | None = None) -> str:

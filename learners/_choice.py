@@ -34,7 +34,9 @@ def argmax_ties_list(scores: list[float], rng: np.random.Generator) -> tuple[int
     best = [j for j in range(n) if scores[j] == top]
     for j in best:
         props[j] = 1.0 / n_ties
-    return int(rng.choice(np.array(best))), props
+    # the draw ``rng.choice(best)`` makes (the same index from the same stream), without
+    # building an array: a sixth of the time
+    return best[int(rng.integers(0, n_ties))], props
 
 
 def uniform_over(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray]:

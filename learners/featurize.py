@@ -45,13 +45,6 @@ _CHOICE = re.compile(r"(?m)^\s*[A-H][).:]\s")
 _CODE = re.compile(r"```|\bdef |\bfunction\b|\bpython\b|\bcode\b|\bclass |;\s*$", re.M)
 _MATH = re.compile(r"\d+\s*[-+*/^=]\s*\d+|\bsolve\b|\bequation\b|\bcalculate\b")
 
-# keyword guess when the request names no task; index into the task slots
-_GUESSES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("code", _CODE),
-    ("math", _MATH),
-    ("multiple_choice", _CHOICE),
-)
-
 
 class Featurizer(BaseModel):
     """Maps an OpenAI chat completion body to a vector of ``dim`` floats.
@@ -88,9 +81,10 @@ class Featurizer(BaseModel):
         messages = request.get("messages") or []
         text = last_user_text(messages)
         meta = request.get("metadata") or {}
-        task = request.get("task") or meta.get("task") or _guess_task(text)
+        code = _has_code(text)
+        task = request.get("task") or meta.get("task") or _guess_task(text, code)
         x[TASK_SLICE.start + self._task_slot(str(task))] = 1.0
-        self._stats(x, text, messages)
+        self._stats(x, text, messages, code)
         for key in ("route", "tenant"):
             value = request.get(key) or meta.get(key)
             if value:
@@ -118,16 +112,24 @@ class Featurizer(BaseModel):
             return self._hash(task, N_TASK_SLOTS)[0]
         return len(self.tasks) + self._hash(task, free)[0]
 
-    def _stats(self, x: np.ndarray, text: str, messages: Sequence[Mapping[str, Any]]) -> None:
-        s = STATS_SLICE.start
+    def _stats(
+        self,
+        x: np.ndarray,
+        text: str,
+        messages: Sequence[Mapping[str, Any]],
+        code: bool | None = None,
+    ) -> None:
+        """``code``: whether ``text`` has a code signal, when the caller knows already."""
         n_words = text.count(" ") + 1 if text else 0
-        x[s] = math.log1p(len(text)) / 10.0
-        x[s + 1] = math.log1p(n_words) / 8.0
-        x[s + 2] = math.log1p(len(messages)) / 3.0
-        x[s + 3] = min(len(_CHOICE.findall(text)), 10) / 10.0
-        x[s + 4] = 1.0 if _CODE.search(text) else 0.0
-        x[s + 5] = min(sum(c.isdigit() for c in text[-2000:]) / 50.0, 1.0)
-        x[s + 6] = 1.0 if text.rstrip().endswith("?") else 0.0
+        x[STATS_SLICE] = (
+            math.log1p(len(text)) / 10.0,
+            math.log1p(n_words) / 8.0,
+            math.log1p(len(messages)) / 3.0,
+            min(len(_CHOICE.findall(text)), 10) / 10.0,
+            1.0 if (_has_code(text) if code is None else code) else 0.0,
+            min(sum(map(str.isdigit, text[-2000:])) / 50.0, 1.0),
+            1.0 if text.rstrip().endswith("?") else 0.0,
+        )
 
     def _text(self, x: np.ndarray, text: str) -> None:
         if self.segment == "last_paragraph":
@@ -141,15 +143,16 @@ class Featurizer(BaseModel):
             if self.bigrams
             else words
         )
-        block = np.zeros(self.n_text)
         n = self.n_text
         seed = self.seed
+        counts = [0] * n  # signed counts, summed as ints (exact, as the floats were)
         for tok in tokens:
             h = zlib.crc32(tok.encode(), seed)
-            block[(h >> 1) % n] += 1.0 if h & 1 else -1.0
-        norm = float(np.sqrt(block @ block))
-        if norm > 0:
-            x[TEXT_START:] = block * (self.text_scale / norm)
+            counts[(h >> 1) % n] += 1 if h & 1 else -1
+        squares = sum(c * c for c in counts)  # exact, as the float dot product was
+        if squares > 0:
+            x[TEXT_START:] = counts
+            x[TEXT_START:] *= self.text_scale / math.sqrt(squares)
 
 
 def _content_text(content: Any) -> str:
@@ -172,8 +175,28 @@ def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
-def _guess_task(text: str) -> str:
-    for name, pattern in _GUESSES:
-        if pattern.search(text):
-            return name
+# the keyword guess when the request names no task (code, math, multiple choice, in that
+# order) and what a match of _CODE / _MATH must contain: text with none of these cannot match, and
+# is answered without running the (slower) pattern
+_CODE_NEEDS = ("```", "def ", "function", "python", "code", "class ", ";")
+_MATH_WORDS = ("solve", "equation", "calculate")
+
+
+def _has_code(text: str) -> bool:
+    return any(s in text for s in _CODE_NEEDS) and _CODE.search(text) is not None
+
+
+def _has_math(text: str) -> bool:
+    maybe = any(s in text for s in _MATH_WORDS) or any(map(str.isdigit, text))
+    return maybe and _MATH.search(text) is not None
+
+
+def _guess_task(text: str, code: bool | None = None) -> str:
+    """``code``: :func:`_has_code` of ``text``, when the caller knows it already."""
+    if _has_code(text) if code is None else code:
+        return "code"
+    if _has_math(text):
+        return "math"
+    if _CHOICE.search(text):
+        return "multiple_choice"
     return "chat"

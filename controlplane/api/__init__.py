@@ -59,10 +59,12 @@ def create_app(
     when it sent one); the decision's id is always generated here. ``admission``: rate limits and budgets (by
     default built from the core's config, on the real clocks). ``instance_id``: what
     ``/healthz`` reports as ``instance`` (the launcher's readiness probe checks it)."""
-    # every route: anonymous requests count against their address first (.flood)
-    app = FastAPI(
-        title="banditctl gateway", lifespan=_lifespan, dependencies=[Depends(limit_anonymous)]
-    )
+    app = FastAPI(title="banditctl gateway", lifespan=_lifespan)
+    # chat completions first: it applies the per-address limit itself (.chat.completions);
+    # every route added after it gets it as a dependency: anonymous requests count against
+    # their address first (.flood)
+    app.include_router(chat.completions)
+    app.router.dependencies.append(Depends(limit_anonymous))
     app.state.core = core
     app.state.start_background = start_background
     app.state.api_keys = ApiKeys(core.config.api_keys)

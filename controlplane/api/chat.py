@@ -27,11 +27,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from controlplane.admission import Admission
 from controlplane.api import schemas
-from controlplane.api.auth import ChatKeyDep
+from controlplane.api.auth import ChatKeyDep, chat_key
 from controlplane.api.deps import CoreDep, read_json
+from controlplane.api.flood import limit_anonymous
 from controlplane.api.validation import client_request_id, validate_chat
+from controlplane.gateway_core import GatewayCore
 
 router = APIRouter()
+# chat completions alone, included first and without the app's per-address dependency:
+# the endpoint applies it itself (FastAPI's solving of a dependency costs more than the
+# check does, on the one route every request takes)
+completions = APIRouter()
 
 
 @router.get("/v1/models")
@@ -45,8 +51,13 @@ async def models(core: CoreDep, _key: ChatKeyDep) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/chat/completions", openapi_extra=schemas.CHAT_BODY)
-async def chat(request: Request, core: CoreDep, key: ChatKeyDep) -> Any:
+@completions.post("/v1/chat/completions", openapi_extra=schemas.CHAT_BODY)
+async def chat(request: Request) -> Any:
+    # what the app's dependency, ``CoreDep`` and ``ChatKeyDep`` give the other routes, in
+    # the same order, taken here rather than as dependencies (see ``completions``)
+    await limit_anonymous(request)
+    core: GatewayCore = request.app.state.core
+    key = await chat_key(request, request.app.state.api_keys)
     body = core.validate_body(validate_chat(await read_json(request), core.config.limits))
     correlation = client_request_id(request, core.config.limits)
     proxied = request.app.state.proxy_request_id is not None  # the proxy sets x-request-id

@@ -102,6 +102,12 @@ def _reason(exc: ValueError) -> str:
 
 def check_tree(value: Any, max_depth: int, root: str = "body") -> None:
     """Depth, numbers and strings of a parsed JSON value (iterative: no recursion)."""
+    if not _sound(value, max_depth):
+        _walk(value, max_depth, root)  # raises, naming the place of the first fault
+
+
+def _walk(value: Any, max_depth: int, root: str) -> None:
+    """:func:`check_tree` with the path of every node, for the error message."""
     stack: list[tuple[Any, str, int]] = [(value, root, 1)]
     while stack:
         node, path, depth = stack.pop()
@@ -120,6 +126,44 @@ def check_tree(value: Any, max_depth: int, root: str = "body") -> None:
             check_text(path, node)
         elif isinstance(node, _NotANumber):
             raise BadRequest(path, f"{node.text} is not a finite number JSON can hold", 400)
+
+
+def _sound(value: Any, max_depth: int) -> bool:
+    """Whether :func:`check_tree` finds nothing in ``value``: the same checks, without
+    building the path of every node (which only an error message needs)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if not _clean_text(node):
+                return False
+        elif isinstance(node, dict):
+            if depth > max_depth:
+                return False
+            for k, v in node.items():
+                if not _clean_text(k):
+                    return False
+                stack.append((v, depth + 1))
+        elif isinstance(node, list):
+            if depth > max_depth:
+                return False
+            stack.extend((v, depth + 1) for v in node)
+        elif isinstance(node, _NotANumber):
+            return False
+    return True
+
+
+def _clean_text(value: str) -> bool:
+    """What :func:`check_text` accepts: no NUL, no unpaired surrogate."""
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _key(k: str) -> str:

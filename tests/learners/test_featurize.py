@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from learners.featurize import META_SLICE, TASK_SLICE, TEXT_START, Featurizer
 
@@ -80,3 +82,55 @@ def test_config_is_validated():
         Featurizer(dim=4)
     with pytest.raises(ValueError):
         Featurizer(tasks=("a", "a"))
+
+
+def _reference(f: Featurizer, text: str, n_messages: int) -> tuple[str, list[float], np.ndarray]:
+    """The task guess, the stats block and the text block as the module defines them,
+    computed the plain way (every pattern run, numbers added into a float array)."""
+    from learners import featurize as fz
+
+    guess = next(
+        (n for n, p in (("code", fz._CODE), ("math", fz._MATH), ("multiple_choice", fz._CHOICE))
+         if p.search(text)),
+        "chat",
+    )  # fmt: skip
+    n_words = text.count(" ") + 1 if text else 0
+    stats = [
+        np.log1p(len(text)) / 10.0,
+        np.log1p(n_words) / 8.0,
+        np.log1p(n_messages) / 3.0,
+        min(len(fz._CHOICE.findall(text)), 10) / 10.0,
+        1.0 if fz._CODE.search(text) else 0.0,
+        min(sum(c.isdigit() for c in text[-2000:]) / 50.0, 1.0),
+        1.0 if text.rstrip().endswith("?") else 0.0,
+    ]
+    parts = [p for p in text.split("\n\n") if p.strip()]
+    words = fz._WORD.findall((parts[-1] if parts else "").lower())
+    tokens = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    block = np.zeros(f.n_text)
+    for tok in tokens:
+        h = fz.zlib.crc32(tok.encode(), f.seed)
+        block[(h >> 1) % f.n_text] += 1.0 if h & 1 else -1.0
+    norm = float(np.sqrt(block @ block))
+    return guess, stats, block * (f.text_scale / norm) if norm > 0 else block
+
+
+PIECES = [*"abcdefs ;`\n\t?=+*-/^0123456789ABC).:\u00b2\u0663", "def ", "class ", "python",
+          "code", "function", "solve", "equation", "calculate", "```"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=40).map("".join))
+def test_fast_paths_compute_the_documented_vector(text: str) -> None:
+    """The featurizer skips a pattern that cannot match and counts in integers: the
+    vector is the one the plain computation gives, to the bit."""
+    from learners.featurize import STATS_SLICE, _guess_task
+
+    f = Featurizer(dim=48)
+    guess, stats, block = _reference(f, text, 2)
+    x = f.featurize(
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": text}]}
+    )
+    assert _guess_task(text) == guess
+    assert x[STATS_SLICE].tolist() == pytest.approx(stats, abs=0, rel=1e-15)
+    assert np.array_equal(x[TEXT_START:], block)

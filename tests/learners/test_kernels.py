@@ -86,3 +86,20 @@ def test_gaussian_argmax_matches_the_vectorised_quadrature(seed: int) -> None:
     got = gaussian_argmax_probs(mean, sd)
     np.testing.assert_allclose(got, want / want.sum(), atol=1e-12)
     assert got.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_argmax_ties_list_draws_as_the_array_rule(seed: int) -> None:
+    """Ties broken as :func:`argmax_ties` breaks them (``rng.choice``): the same index and
+    the same stream left behind, so decisions replay alike."""
+    from learners._choice import argmax_ties, argmax_ties_list
+
+    data = np.random.default_rng(seed)
+    for _ in range(50):
+        scores = data.integers(0, 3, size=int(data.integers(1, 12))).astype(float)
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        i_list, p_list = argmax_ties_list(scores.tolist(), a)
+        i_arr, p_arr = argmax_ties(scores, b)
+        assert i_list == i_arr
+        np.testing.assert_array_equal(p_list, p_arr)
+        assert a.random() == b.random()

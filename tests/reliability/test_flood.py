@@ -118,6 +118,7 @@ def test_one_address_flooding_leaves_the_others_served(engine, monkeypatch):
         # the flooder's feedback, reads and chat with an unknown key are refused alike
         assert _refused(flood.post("/v1/feedback", json=rating))
         assert _refused(flood.get("/v1/dashboard/routing"))
+        assert _refused(flood.get("/v1/models")) and _refused(flood.get("/metrics"))
         assert _refused(flood.post("/v1/chat/completions", json=BODY, headers=_bearer("sk-x")))
         assert flood.get("/healthz").status_code == 200  # probes are never limited
         # a header the flooder writes itself changes nothing
