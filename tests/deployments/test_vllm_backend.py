@@ -391,3 +391,39 @@ def test_cached_gguf_copy_loses_the_quantization_entry(tmp_path):
     (folder / "config.json").write_text(json.dumps(other))
     resolve_model(source, tmp_path / "models")
     assert json.loads((folder / "config.json").read_text()) == other
+
+
+def test_a_pool_pages_adapters_through_it(runner, adapter_dir):
+    """The pool loads from worker threads and streams on its own loop; the engine's
+    calls all land on the backend's engine loop, and the slots bound what it holds."""
+    from deployments.pool import PoolCore
+
+    arm = {"model": "smol", "backend": "vllm", "adapter_dir": str(adapter_dir)}
+    config = parse_config(
+        {
+            "arms": [
+                {"name": "smol", **arm},
+                {"name": "smol:a0", "adapter": "a0", **arm},
+                {"name": "smol:a1", "adapter": "a1", **arm},
+            ],
+            "cache": {"policy": "polar", "slots_per_replica": 1},
+        }
+    )
+    backend = _backend(runner, adapter_dir, max_loras=engine_slots(config))
+    core = PoolCore(config, "smol", dict.fromkeys(("smol", "smol:a0", "smol:a1"), backend))
+
+    async def run() -> list[dict[str, Any]]:
+        await core.slots.prefetch("a0")
+        return [await core.generate(a, BODY) for a in ("smol:a0", "smol:a1", "smol")]
+
+    a0, a1, base = asyncio.run(run())
+    assert [a0["text"].split()[0], a1["text"].split()[0], base["text"].split()[0]] == [
+        "a0",
+        "a1",
+        "base",
+    ]
+    assert backend.resident() == ("a0",)  # a1 was a one-off page-in, dropped after its request
+    assert backend.engine.loras == {1: "a0"}
+    assert backend.engine.threads == {runner.thread.name}
+    stats = core.residency_stats()
+    assert stats["page_ins"] == 2 and core.slots.max_held <= 2 == backend.max_loras
