@@ -58,7 +58,20 @@ class ArmConfig(_Strict):
         default=128, ge=1, description="a request's max_tokens when unset, and its cap"
     )
     device: str | None = Field(
-        default=None, description="torch device (cpu, cuda, cuda:1); unset: cuda if present"
+        default=None,
+        description="hf: torch device (cpu, cuda, cuda:1); unset: cuda if present; vllm: "
+        "cpu or cuda, checked against the platform vLLM was built for",
+    )
+    # vllm backend: vLLM's async engine in the pool replica (the vllm extra); model_path,
+    # adapter_dir and max_new_tokens as for hf
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="vllm: the engine's context length; unset: the model's"
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vllm: share of the GPU's memory the engine takes"
+    )
+    max_lora_rank: int = Field(
+        default=16, ge=1, description="vllm: the largest adapter rank the engine accepts"
     )
     usd_per_1k_prompt_tokens: float = Field(default=0.0, ge=0)
     usd_per_1k_completion_tokens: float = Field(default=0.0, ge=0)

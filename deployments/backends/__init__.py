@@ -25,6 +25,7 @@ one entry.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -208,6 +209,27 @@ def stop_sequences(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
 
 
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def peft_adapter_path(adapter_dir: Path | None, name: str) -> Path:
+    """The peft folder of adapter ``name`` under ``adapter_dir`` (it must hold an
+    ``adapter_config.json``); a name is a plain folder name."""
+    if not ADAPTER_NAME.match(name):
+        raise ValueError(f"adapter name {name!r}: use a folder name (letters, digits, _.+-)")
+    if adapter_dir is None:
+        raise FileNotFoundError(f"adapter {name!r}: the arm sets no adapter_dir")
+    path = adapter_dir / name
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapter {name!r}: no peft adapter at {path}")
+    return path
+
+
+def adapter_file_bytes(path: Path) -> int:
+    """Size of a peft folder's weights file(s)."""
+    return sum(f.stat().st_size for f in path.glob("adapter_model.*"))
+
+
 @dataclass(frozen=True)
 class BuildContext:
     """What building a pool's backends needs beyond its arms."""
@@ -222,6 +244,7 @@ BACKENDS: dict[str, str] = {
     "replay": "deployments.backends.replay",
     "openai": "deployments.backends.openai_upstream",
     "hf": "deployments.backends.hf",
+    "vllm": "deployments.backends.vllm_engine",
 }
 
 
@@ -234,9 +257,6 @@ def build_backends(arms: Sequence[ArmConfig], context: BuildContext) -> Mapping[
     out: dict[str, Backend] = {}
     for kind, group in by_kind.items():
         if kind not in BACKENDS:
-            raise ValueError(
-                f"arm {group[0].name!r}: backend {kind!r} is not built yet; "
-                "use backend: openai with base_url pointing at a vLLM server instead"
-            )
+            raise ValueError(f"arm {group[0].name!r}: no backend of kind {kind!r}")
         out.update(importlib.import_module(BACKENDS[kind]).build(group, context))
     return out

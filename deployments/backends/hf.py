@@ -45,8 +45,10 @@ from deployments.backends import (
     Chunk,
     Pricing,
     Usage,
+    adapter_file_bytes,
     choice_count,
     completion_budget,
+    peft_adapter_path,
     refuse_unsupported,
     stop_sequences,
 )
@@ -55,8 +57,6 @@ from deployments.backends.hf_models import prompt_ids
 if TYPE_CHECKING:
     from controlplane.config import ArmConfig
     from deployments.backends import BuildContext
-
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 @dataclass
@@ -289,14 +289,7 @@ class HFBackend:
     # -- adapters ----------------------------------------------------------
 
     def adapter_path(self, name: str) -> Path:
-        if not ADAPTER_NAME.match(name):
-            raise ValueError(f"adapter name {name!r}: use a folder name (letters, digits, _.+-)")
-        if self.adapter_dir is None:
-            raise FileNotFoundError(f"adapter {name!r}: the arm sets no adapter_dir")
-        path = self.adapter_dir / name
-        if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"adapter {name!r}: no peft adapter at {path}")
-        return path
+        return peft_adapter_path(self.adapter_dir, name)
 
     def load_adapter(self, name: str) -> float:
         path = self.adapter_path(name)
@@ -333,8 +326,7 @@ class HFBackend:
         """Bytes of the adapter's weights in memory; not loaded: its weights file's size."""
         if name in self._adapters:
             return self._adapters[name]
-        path = self.adapter_path(name)
-        return sum(f.stat().st_size for f in path.glob("adapter_model.*"))
+        return adapter_file_bytes(self.adapter_path(name))
 
 
 def _lora_bytes(model: Any, name: str) -> int:

