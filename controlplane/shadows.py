@@ -24,7 +24,10 @@ snapshot transaction (:meth:`ShadowSet.save`), so all resume from the same strea
 position; on start and on a rollback or promotion they reload from there and drop
 the picks recorded above it (those decisions are credited, and picked, again).
 A candidate registered since the last snapshot starts at the live watermark: fresh
-when its spec names a learner, else a copy of the live learner under its weights.
+when its spec names a learner, else a copy of the live learner under its weights. With
+``prior_weight`` w in its spec it starts instead from the live learner's data, each
+event counted as w of one, under its own config and weights (a new policy version whose
+prior is the earlier one's: :func:`learners.warm.warm_start`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from feedback.repositories import candidates as repo
 from learners import Learner, RewardEvent, load_learner, make_learner
 from learners.base import REWARD_COMPONENTS
 from learners.floor import with_floor
+from learners.warm import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,15 @@ def candidate_weights(config: BanditConfig, spec: dict[str, Any]) -> np.ndarray:
 
 
 def fresh_shadow(config: BanditConfig, spec: dict[str, Any], live: Learner | None) -> Learner:
-    """A new shadow learner: the spec's learner, or (weights only) a copy of ``live``."""
+    """A new shadow learner: the spec's learner, or (weights only) a copy of ``live``;
+    with ``prior_weight``, the spec's learner (or ``live``'s config) started from
+    ``live``'s data at that weight."""
     weights = candidate_weights(config, spec)
+    if spec.get("prior_weight") is not None and live is not None:
+        try:
+            return warm_start(live, spec.get("learner"), float(spec["prior_weight"]), weights)
+        except ValueError as exc:  # registration checks this; a config change may not
+            log.warning("candidate starts fresh, not from the live learner: %s", exc)
     if spec.get("learner") is not None or live is None:
         learner_cfg = spec.get("learner") or config.learner.model_dump(mode="json")
         return make_learner(learner_cfg, config.featurizer.dim, weights)

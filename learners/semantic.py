@@ -61,13 +61,13 @@ def onnx_path() -> Path:
     return artifact_dir() / ONNX_NAME
 
 
-def _tokenizer() -> Any:
+def _tokenizer(max_tokens: int = MAX_TOKENS) -> Any:
     try:
         from tokenizers import Tokenizer
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(f"semantic featurizers need tokenizers: {INSTALL}") from exc
     tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
-    tok.enable_truncation(MAX_TOKENS)
+    tok.enable_truncation(max_tokens)
     tok.no_padding()
     return tok
 
@@ -77,10 +77,10 @@ class _StaticEncoder:
 
     backend = "static token table (numpy)"
 
-    def __init__(self) -> None:
+    def __init__(self, max_tokens: int = MAX_TOKENS) -> None:
         from safetensors import safe_open
 
-        self.tok = _tokenizer()
+        self.tok = _tokenizer(max_tokens)
         with safe_open(str(model_dir() / "model.safetensors"), "np") as f:
             table = f.get_tensor("embeddings.word_embeddings.weight").astype(np.float32)
         self.table = table - table.mean(axis=0, keepdims=True)
@@ -101,17 +101,19 @@ class _OnnxEncoder:
 
     backend = "ONNX Runtime, int8"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_tokens: int = MAX_TOKENS) -> None:
         try:
             import onnxruntime as ort
         except ModuleNotFoundError as exc:
             raise ModuleNotFoundError(
                 f"the minilm featurizer needs onnxruntime: {INSTALL}"
             ) from exc
-        self.tok = _tokenizer()
+        self.tok = _tokenizer(max_tokens)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, text: str) -> np.ndarray:
@@ -126,8 +128,8 @@ class _TorchEncoder:
 
     backend = "torch, float32 (no ONNX file exported)"
 
-    def __init__(self) -> None:
-        self.tok = _tokenizer()
+    def __init__(self, max_tokens: int = MAX_TOKENS) -> None:
+        self.tok = _tokenizer(max_tokens)
         self.module = _pooled_module()
 
     def __call__(self, text: str) -> np.ndarray:
@@ -190,16 +192,24 @@ class SemanticFeaturizer:
     """Prompt -> unit embedding (cached per text) -> seeded projection to ``dim``."""
 
     def __init__(
-        self, kind: Kind = "minilm", dim: int = 40, seed: int = 0, cache_size: int = 4096
+        self,
+        kind: Kind = "minilm",
+        dim: int = 40,
+        seed: int = 0,
+        cache_size: int = 4096,
+        max_tokens: int = MAX_TOKENS,
     ) -> None:
+        """``max_tokens``: the prompt's first tokens that are encoded (the encoder's cost
+        grows with it; a prompt's task usually shows in its first words)."""
         self.kind, self.dim, self.seed, self.cache_size = kind, dim, seed, cache_size
+        self.max_tokens = int(max_tokens)
         if kind == "minilm-static":
-            self.encoder: Any = _StaticEncoder()
+            self.encoder: Any = _StaticEncoder(self.max_tokens)
         elif onnx_path().is_file():
-            self.encoder = _OnnxEncoder(onnx_path())
+            self.encoder = _OnnxEncoder(onnx_path(), self.max_tokens)
         else:
             try:
-                self.encoder = _TorchEncoder()
+                self.encoder = _TorchEncoder(self.max_tokens)
             except ModuleNotFoundError as exc:
                 raise ModuleNotFoundError(
                     f"no ONNX file at {onnx_path()} and no torch: run "
@@ -212,8 +222,8 @@ class SemanticFeaturizer:
 
     def describe(self) -> str:
         return (
-            f"{self.kind} embeddings ({self.encoder.backend}), 384 -> {self.dim} by a "
-            f"random projection (seed {self.seed})"
+            f"{self.kind} embeddings ({self.encoder.backend}, first {self.max_tokens} tokens), "
+            f"384 -> {self.dim} by a random projection (seed {self.seed})"
         )
 
     def embed_text(self, text: str) -> np.ndarray:

@@ -1,10 +1,12 @@
 """Policy releases over HTTP: register a candidate, watch its shadow's estimate against
 the live policy, promote it through the gate (admin scope), and the release log.
 
-``POST /v1/policies/candidates`` registers ``{name, learner?, objective?: {weights}}``
-(a learner spec as ``banditctl ope`` takes it, ``"linucb:alpha=0.1"``, or a config
-object; objective weights over quality, energy_j, latency_ms and cost_usd); the
-learner service starts its shadow (``controlplane.shadows``).
+``POST /v1/policies/candidates`` registers ``{name, learner?, objective?: {weights},
+prior_weight?}`` (a learner spec as ``banditctl ope`` takes it, ``"linucb:alpha=0.1"``,
+or a config object; objective weights over quality, energy_j, latency_ms and cost_usd;
+``prior_weight`` in [0, 1]: start from the live learner's data, each event counted as
+that much of one, under the candidate's config: linear learners with the live one's
+context view); the learner service starts its shadow (``controlplane.shadows``).
 ``POST /v1/policies/candidates/{id}/promote`` ``{force?, reason?}``: 200 promoted,
 409 ``promotion_refused`` with the estimates (the refusal is recorded too).
 ``POST /v1/policies/candidates/{id}/retire`` stops a shadow.
@@ -82,8 +84,24 @@ def candidate_spec(payload: Any, config: BanditConfig) -> tuple[str, dict[str, A
             if not isinstance(v, int | float) or isinstance(v, bool):
                 raise InvalidInput(f"objective.weights.{k}", "must be a number")
         spec["objective"] = {"weights": {k: float(v) for k, v in weights.items()}}
-    if not spec:
-        raise InvalidInput("learner", "a candidate needs a learner, objective weights or both")
+    prior = payload.get("prior_weight")
+    if not spec and prior is None:
+        raise InvalidInput(
+            "learner", "a candidate needs a learner, objective weights, a prior weight or more"
+        )
+    if prior is not None:
+        if not isinstance(prior, int | float) or isinstance(prior, bool) or not 0 <= prior <= 1:
+            raise InvalidInput("prior_weight", "a number in [0, 1]")
+        live_cfg = config.learner
+        new_cfg = parse_config(spec["learner"]) if "learner" in spec else live_cfg
+        linear = ("linucb", "lints", "greenserv")
+        if live_cfg.kind not in linear or new_cfg.kind not in linear:
+            raise InvalidInput("prior_weight", f"applies to linear learners ({', '.join(linear)})")
+        if getattr(new_cfg, "context_indices", None) != getattr(live_cfg, "context_indices", None):
+            raise InvalidInput(
+                "prior_weight", "the learner's context_indices must be the live learner's"
+            )
+        spec["prior_weight"] = float(prior)
     return name.strip(), spec
 
 

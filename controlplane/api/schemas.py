@@ -229,6 +229,13 @@ CANDIDATE: JSON = {
                 }
             },
         },
+        "prior_weight": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "start from the live learner's data, each event counted as this "
+            "much of one (linear learners with the live one's context view)",
+        },
     },
     "description": "a learner, objective weights or both",
 }

@@ -27,6 +27,7 @@ from learners.featurize import N_TASK_SLOTS, TASK_SLICE, Featurizer
 from learners.known import component_indices, known_penalties, split_weights
 from learners.registry import make_learner
 from learners.task_clusters import OnlineTaskClusters
+from learners.warm import warm_start
 
 TICK = 100  # steps between progress calls within a run
 
@@ -49,9 +50,18 @@ class ReplayOptions:
     embeddings: np.ndarray | None = None
     clusters: int = 0
     cluster_threshold: float = 0.5
+    warm_contexts: np.ndarray | None = None
+    warm_rewards: np.ndarray | None = None
+    prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
         component_indices(self.known)  # raises on an unknown name
+        if (self.warm_contexts is None) != (self.warm_rewards is None):
+            raise ValueError("a warm start needs both its contexts and its rewards")
+        if self.warm_contexts is not None and self.clusters > 0:
+            raise ValueError("a warm start does not combine with online task clusters")
+        if not 0.0 <= self.prior_weight <= 1.0:
+            raise ValueError(f"the prior weight must lie in [0, 1], got {self.prior_weight}")
         if self.clusters > N_TASK_SLOTS:
             raise ValueError(f"at most {N_TASK_SLOTS} task clusters (the task slots)")
 
@@ -126,6 +136,14 @@ def _run_one(
     index = {m: i for i, m in enumerate(models)}
     live = list(models)
     meta: dict[str, object] = {"arms": live}
+    if opts.warm_contexts is not None and opts.warm_rewards is not None:
+        Xw, Rw = opts.warm_contexts, opts.warm_rewards
+        for t in np.random.default_rng([seed, 1]).permutation(len(Xw)):
+            pen = known_penalties(live, Rw[t], w, opts.known) if opts.known else None
+            d = learner.select(Xw[t], live, rng, penalties=pen)
+            k = index[d.arm]
+            learner.update([RewardEvent(Xw[t], d.arm, Rw[t, k], d.propensity, meta)])
+        learner = warm_start(learner, prior_weight=opts.prior_weight)
     chosen = np.empty(n, dtype=np.intp)
     clusters = opts.make_clusters()
     done = 0

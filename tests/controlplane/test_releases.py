@@ -422,3 +422,30 @@ def test_a_candidate_with_its_own_weights_is_refused_promotion_even_forced(engin
     loop.run_until_idle()
     assert loop.version == before  # nothing published
     loop.stop(snapshot=False)
+
+
+def test_a_candidate_with_a_prior_weight_starts_from_the_live_learners_data(engine):
+    """``prior_weight`` in a candidate's spec: its shadow starts from the live learner's
+    data (here all of it, W = 1); without it a candidate naming a learner starts fresh."""
+    from learners.config import LinUCBConfig
+
+    cfg = release_config().model_copy(update={"learner": LinUCBConfig(alpha=0.5)})
+    log_traffic(engine, cfg, 60, seed=1, version=1)
+    loop = LearnerLoop(engine, cfg, clock=_now)
+    loop.start()
+    loop.run_until_idle()
+    live = loop.learner.arm_summary()
+    assert sum(a["pulls"] for a in live.values()) == 60
+    spec = {"learner": {"kind": "linucb", "alpha": 0.1}}
+    warm = _register(engine, "warm", {**spec, "prior_weight": 1.0})
+    cold = _register(engine, "cold", spec)
+    log_traffic(engine, cfg, 20, seed=2, version=1, t0=_now() - timedelta(seconds=10))
+    loop.run_until_idle()
+    shadows = loop.shadows.shadows
+    warm_pulls = {a: s["pulls"] for a, s in shadows[warm].learner.arm_summary().items()}
+    cold_pulls = {a: s["pulls"] for a, s in shadows[cold].learner.arm_summary().items()}
+    assert sum(warm_pulls.values()) == 80 and sum(cold_pulls.values()) == 20
+    for arm, row in live.items():
+        assert warm_pulls[arm] == row["pulls"] + cold_pulls.get(arm, 0)
+    assert shadows[warm].learner.config.alpha == 0.1
+    loop.stop()

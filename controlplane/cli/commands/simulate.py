@@ -16,6 +16,7 @@ from controlplane.cli.progress import progress_bar
 DEFAULT_NAME = "routerbench_zs"
 _BESIDE = Path("..") / "shared" / "data" / DEFAULT_NAME
 SEMANTIC = ("minilm", "minilm-static")
+LINEAR_KINDS = ("linucb", "lints", "greenserv")
 
 DESCRIPTION = (
     "Stream a full-information routing data set in a seeded random order; each learner sees "
@@ -42,7 +43,8 @@ examples:
   banditctl simulate --dataset routerbench/ --pattern '*_train.csv' --plot replay.png
   banditctl simulate --dataset bench.jsonl --objective quality=1 --json out.json
   banditctl simulate --hide-tasks --featurizer minilm --task-clusters 8 --learners lints
-  banditctl simulate --known cost_usd --learners lints,linucb --seeds 3"""
+  banditctl simulate --known cost_usd --learners lints,linucb --seeds 3
+  banditctl simulate --pattern '*_test.csv' --warm-start '*_train.csv' --learners lints"""
 
 
 def register(subparsers: Any) -> None:
@@ -127,6 +129,23 @@ def register(subparsers: Any) -> None:
         "featurizer, hashed 0.5, minilm 0.5, minilm-static 0.05)",
     )
     p.add_argument(
+        "--warm-start",
+        default=None,
+        metavar="DATA",
+        help="start every learner from an earlier policy version: before the run, each "
+        "learner learns online (bandit feedback, its own seeded order) from DATA, a file "
+        "glob in the --dataset folder (e.g. '*_train.csv') or a data set path; see "
+        "--prior-weight (default: none, a cold start)",
+    )
+    p.add_argument(
+        "--prior-weight",
+        type=float,
+        default=1.0,
+        help="with --warm-start, the weight of each earlier observation in the new "
+        "policy's prior, in [0, 1] (linear learners; other kinds only 1) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--plot",
         help="write a PNG: regret curves and the quality/cost frontier (default: none)",
     )
@@ -189,13 +208,23 @@ def run(args: argparse.Namespace) -> int:
             name, _, raw = item.partition("=")
             specs[name.strip()] = json.loads(raw)
         known = tuple(c.strip() for c in args.known.split(",") if c.strip())
+        _check_warm(args, specs)
         dataset = _resolve_dataset(args.dataset)
         ds = synthetic_dataset() if dataset == "synthetic" else load_dataset(dataset, args.pattern)
-        contexts = _contexts(ds, args)
+        warm = _warm_dataset(dataset, args) if args.warm_start else None
+        X, E, notes, Xw = _contexts(ds, args, warm)
+        Rw = None
+        if warm is not None:
+            Rw = _align(warm, ds.models)
+            notes.append(
+                f"warm start: every learner first learns online from {warm.source}"
+                f"{'' if Path(args.warm_start).exists() else ' ' + args.warm_start} "
+                f"({len(warm)} rows, bandit feedback, its own order per seed), then runs "
+                f"from that state with prior weight {args.prior_weight:g}"
+            )
     except (ValueError, FileNotFoundError, json.JSONDecodeError, ModuleNotFoundError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
-    X, E, notes = contexts
     threshold = args.cluster_threshold or DEFAULT_THRESHOLD[args.featurizer]
     try:
         options = ReplayOptions(
@@ -204,6 +233,9 @@ def run(args: argparse.Namespace) -> int:
             embeddings=E,
             clusters=args.task_clusters,
             cluster_threshold=threshold,
+            warm_contexts=Xw,
+            warm_rewards=Rw,
+            prior_weight=args.prior_weight,
         )
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
@@ -240,13 +272,54 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _contexts(ds: Any, args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
-    """Context vectors, the embeddings that task clusters read (or None), and notes."""
+def _check_warm(args: argparse.Namespace, specs: dict[str, Any]) -> None:
+    if args.prior_weight != 1.0 and not args.warm_start:
+        raise ValueError("--prior-weight needs --warm-start")
+    if not 0.0 <= args.prior_weight <= 1.0:
+        raise ValueError(f"--prior-weight must lie in [0, 1], got {args.prior_weight:g}")
+    if args.warm_start and args.task_clusters > 0:
+        raise ValueError("--warm-start does not combine with --task-clusters")
+    if args.prior_weight != 1.0:
+        other = [n for n, c in specs.items() if c.get("kind") not in LINEAR_KINDS]
+        if other:
+            raise ValueError(
+                f"--prior-weight below 1 applies to linear learners ({', '.join(LINEAR_KINDS)}) "
+                f"only, not {', '.join(other)}"
+            )
+
+
+def _warm_dataset(dataset: str, args: argparse.Namespace) -> Any:
+    """The --warm-start data: a path, else a file glob in the --dataset folder."""
+    from learners.datasets import load_dataset
+
+    if Path(args.warm_start).exists():
+        return load_dataset(args.warm_start, "*.csv")
+    if Path(dataset).is_dir():
+        return load_dataset(dataset, args.warm_start)
+    raise FileNotFoundError(
+        f"--warm-start {args.warm_start!r} is neither a path nor a file glob in a --dataset folder"
+    )
+
+
+def _align(warm: Any, models: tuple[str, ...]) -> Any:
+    """The warm data set's reward vectors with its models in ``models``' order."""
+    missing = [m for m in models if m not in warm.models]
+    if missing:
+        raise ValueError(f"the --warm-start data lacks models {', '.join(missing)}")
+    return warm.rewards()[:, [warm.models.index(m) for m in models]]
+
+
+def _contexts(
+    ds: Any, args: argparse.Namespace, warm: Any = None
+) -> tuple[Any, Any, list[str], Any]:
+    """Context vectors, the embeddings that task clusters read (or None), notes, and the
+    warm-start data's context vectors (or None), featurized alike."""
     from learners.featurize import N_TASK_SLOTS, TEXT_START, Featurizer
     from learners.task_clusters import DEFAULT_THRESHOLD
 
     notes: list[str] = []
-    all_tasks = tuple(sorted(set(ds.tasks.tolist()) - {""}))
+    labels = set(ds.tasks.tolist()) | (set() if warm is None else set(warm.tasks.tolist()))
+    all_tasks = tuple(sorted(labels - {""}))
     tasks = all_tasks[:N_TASK_SLOTS]
     if len(all_tasks) > N_TASK_SLOTS and not args.hide_tasks:
         notes.append(
@@ -254,7 +327,7 @@ def _contexts(ds: Any, args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
             f"(alphabetically) have their own; {', '.join(all_tasks[N_TASK_SLOTS:])} share "
             "slots by hash"
         )
-    requests = ds.requests
+    requests = list(ds.requests) + ([] if warm is None else list(warm.requests))
     if args.hide_tasks:
         requests = [_without_task(r) for r in requests]
         tasks = ()
@@ -275,7 +348,9 @@ def _contexts(ds: Any, args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
             f"{args.cluster_threshold or DEFAULT_THRESHOLD[args.featurizer]}) of the "
             f"{args.featurizer} embeddings, learned in stream order"
         )
-    return X, (E if args.task_clusters > 0 else None), notes
+    n = len(ds)
+    Xw = None if warm is None else X[n:]
+    return X[:n], (E[:n] if args.task_clusters > 0 else None), notes, Xw
 
 
 def _without_task(request: dict[str, Any]) -> dict[str, Any]:
