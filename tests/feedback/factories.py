@@ -65,3 +65,11 @@ def write_served(engine: Engine, at: datetime | None = None) -> DecisionRecord:
 
 def count_rows(conn: Connection, table: Table) -> int:
     return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def log_counts(engine: Engine) -> tuple[int, int]:
+    """(decisions, outcomes) in the request log."""
+    from feedback import models as m
+
+    with engine.connect() as conn:
+        return count_rows(conn, m.decisions), count_rows(conn, m.outcomes)

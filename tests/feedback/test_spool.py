@@ -12,15 +12,13 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine
 
 from feedback import migrate
-from feedback import models as m
 from feedback.repositories import arms as arms_repo
 from feedback.spool import SUFFIX, Orphan, Spool
 from feedback.writer import DecisionLogWriter
-from tests.feedback.factories import ARMS, decision, outcome
+from tests.feedback.factories import ARMS, decision, log_counts, outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,20 +46,6 @@ _KILLED = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def arms(engine):
-    with engine.begin() as conn:
-        arms_repo.upsert_arms(conn, ARMS)
-    return engine
-
-
-def _counts(engine) -> tuple[int, int]:
-    with engine.connect() as conn:
-        nd = conn.execute(select(func.count()).select_from(m.decisions)).scalar_one()
-        no = conn.execute(select(func.count()).select_from(m.outcomes)).scalar_one()
-    return nd, no
-
-
 def _kill_a_writer(url: str, root: Path, n: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
@@ -78,7 +62,7 @@ def _segments(root: Path) -> list[Path]:
 def test_a_killed_writers_records_are_written_by_its_successor(arms, tmp_path):
     url = arms.url.render_as_string(hide_password=False)
     _kill_a_writer(url, tmp_path, 40)
-    assert _counts(arms) == (0, 0)  # nothing reached the database before the kill
+    assert log_counts(arms) == (0, 0)  # nothing reached the database before the kill
     segments = _segments(tmp_path)
     assert len(segments) == 12  # 79 records, 7 a segment
     folder = segments[0].parent
@@ -87,9 +71,9 @@ def test_a_killed_writers_records_are_written_by_its_successor(arms, tmp_path):
 
     w = DecisionLogWriter(arms, spool=Spool(tmp_path)).start()
     deadline = time.monotonic() + 30
-    while _counts(arms) != (40, 39) and time.monotonic() < deadline:
+    while log_counts(arms) != (40, 39) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _counts(arms) == (40, 39)  # the last decision's outcome was never accepted
+    assert log_counts(arms) == (40, 39)  # the last decision's outcome was never accepted
     assert (w.stats.replayed_segments, w.stats.replayed_records, w.stats.replayed_rows) == (
         12,
         79,
@@ -109,9 +93,9 @@ def test_a_live_writers_segments_are_left_alone_and_deleted_once_written(arms, t
     assert len(_segments(tmp_path)) == 5
     other = DecisionLogWriter(arms, spool=Spool(tmp_path))
     assert other.activate_spool()
-    assert other.replay_orphans() == 0 and _counts(arms) == (0, 0)
+    assert other.replay_orphans() == 0 and log_counts(arms) == (0, 0)
     assert live.close(timeout_s=30)  # written here, then its segments deleted
-    assert _counts(arms) == (25, 25) and _segments(tmp_path) == []
+    assert log_counts(arms) == (25, 25) and _segments(tmp_path) == []
     assert other.close(timeout_s=5)
 
 
@@ -126,7 +110,7 @@ def test_a_spool_is_never_written_into_another_database(arms, pg_server, tmp_pat
             arms_repo.upsert_arms(conn, ARMS)
         w = DecisionLogWriter(other, spool=Spool(tmp_path))
         assert w.activate_spool() and w.replay_orphans() == 0
-        assert _counts(other) == (0, 0) and len(_segments(tmp_path)) == 1
+        assert log_counts(other) == (0, 0) and len(_segments(tmp_path)) == 1
         assert w.close(timeout_s=5)
     finally:
         other.dispose()
@@ -136,9 +120,9 @@ def test_a_spool_is_never_written_into_another_database(arms, pg_server, tmp_pat
     kept = path.read_bytes()
     w = DecisionLogWriter(arms, spool=Spool(tmp_path))
     assert w.activate_spool() and w.stats.replayed_records == 5  # replays as it starts
-    assert _counts(arms) == (3, 2) and not path.exists()
+    assert log_counts(arms) == (3, 2) and not path.exists()
     path.write_bytes(kept)
-    assert w.replay_orphans() == 5 and _counts(arms) == (3, 2)
+    assert w.replay_orphans() == 5 and log_counts(arms) == (3, 2)
     assert (w.stats.replayed_records, w.stats.replayed_rows) == (10, 5)
     assert w.close(timeout_s=5)
 
@@ -174,4 +158,4 @@ def test_a_disk_that_refuses_turns_the_spool_off_and_the_writer_goes_on(arms, tm
     w.log_decision(d)
     w.log_outcome(outcome(d))
     assert w.stats.spool_errors == 1
-    assert w.close(timeout_s=30) and _counts(arms) == (1, 1)
+    assert w.close(timeout_s=30) and log_counts(arms) == (1, 1)

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from feedback import models as m
 from feedback.errors import WriterFull
-from feedback.repositories import arms as arms_repo
 from feedback.repositories import request_log
 from feedback.writer import DecisionLogWriter
-from tests.feedback.factories import ARMS, decision, outcome
-
-
-@pytest.fixture
-def arms(engine):
-    with engine.begin() as conn:
-        arms_repo.upsert_arms(conn, ARMS)
-    return engine
-
-
-def _counts(engine) -> tuple[int, int]:
-    with engine.connect() as conn:
-        nd = conn.execute(select(func.count()).select_from(m.decisions)).scalar_one()
-        no = conn.execute(select(func.count()).select_from(m.outcomes)).scalar_one()
-    return nd, no
+from tests.feedback.factories import decision, log_counts, outcome
 
 
 def test_background_writer_lands_everything_accepted(arms):
@@ -35,7 +18,7 @@ def test_background_writer_lands_everything_accepted(arms):
         w.log_decision(d)
         w.log_outcome(outcome(d))
     assert w.close(timeout_s=60)
-    assert _counts(arms) == (500, 500)
+    assert log_counts(arms) == (500, 500)
     s = w.stats
     assert (s.accepted, s.written_decisions, s.written_outcomes, s.buffered) == (1000, 500, 500, 0)
     assert s.flushes >= 1000 // 64
@@ -59,7 +42,7 @@ def test_transient_failure_midway_is_retried_without_half_batches(arms, monkeypa
         w.log_decision(d)
         w.log_outcome(outcome(d))
     assert w.flush_once_sync() == 60
-    assert _counts(arms) == (30, 30)
+    assert log_counts(arms) == (30, 30)
     assert w.stats.retries == 2 and sleeps == [0.05, 0.1]
     assert w.stats.written_decisions == 30  # the rolled-back attempts counted nothing
 
@@ -72,7 +55,7 @@ def test_invalid_records_are_isolated_and_counted_the_rest_lands(arms):
         w.log_decision(d)
     w.log_outcome(outcome(bad))  # its outcome cannot land either
     w.flush_once_sync()
-    assert _counts(arms) == (20, 0)
+    assert log_counts(arms) == (20, 0)
     assert w.stats.invalid == 2 and w.stats.buffered == 0
     assert "fk_outcomes_request_id_decisions" in (w.stats.last_error or "")
 
@@ -93,7 +76,7 @@ def test_full_buffer_refuses_instead_of_dropping(arms):
         pass
     w.log_decision(decision(seed=100))  # room again
     w.flush_once_sync()
-    assert _counts(arms) == (10, 3)
+    assert log_counts(arms) == (10, 3)
 
 
 def test_unencodable_text_is_dropped_and_the_writer_thread_goes_on(arms):
@@ -114,7 +97,7 @@ def test_unencodable_text_is_dropped_and_the_writer_thread_goes_on(arms):
         w.log_decision(d)
         w.log_outcome(outcome(d))
     assert w.close(timeout_s=30)
-    assert _counts(arms) == (15, 5)
+    assert log_counts(arms) == (15, 5)
     assert w.stats.invalid == 2
     report = w.health.report()
     assert report["errors"] >= 2 and report["last_error"] is not None
@@ -138,7 +121,7 @@ def test_an_unexpected_error_in_a_turn_does_not_kill_the_writer(arms, monkeypatc
     d = decision(seed=1)
     w.log_decision(d)
     assert w.flush(timeout_s=30)
-    assert _counts(arms) == (1, 0)
+    assert log_counts(arms) == (1, 0)
     h = w.health.report()
     assert h["alive"] and h["healthy"] and h["restarts"] == 1 and h["last_error"] == "RuntimeError"
     w.close()
@@ -172,7 +155,7 @@ def test_written_waits_for_the_rows_and_asks_for_them_at_once(arms):
     w.log_decision(d)
     w.log_outcome(outcome(d))
     assert asyncio.run(w.written(timeout_s=30))
-    assert _counts(arms) == (1, 1)  # no close, no flush: written asked for them
+    assert log_counts(arms) == (1, 1)  # no close, no flush: written asked for them
     assert asyncio.run(w.written(timeout_s=0.01))  # nothing new: at once
     w.close(timeout_s=30)
 
@@ -180,4 +163,4 @@ def test_written_waits_for_the_rows_and_asks_for_them_at_once(arms):
     idle.log_decision(decision(seed=2))
     assert not asyncio.run(idle.written(timeout_s=0.05))
     assert idle.stats.buffered == 1
-    assert _counts(arms) == (1, 1)
+    assert log_counts(arms) == (1, 1)
