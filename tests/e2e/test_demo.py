@@ -10,33 +10,18 @@ and 93% (the bound below is 0.4; chance is 0.25)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
 
-from tests.ray_fixtures import _free_port
+from tests.e2e.demo_run import run_demo
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_demo_learns_the_per_task_routing_from_a_fresh_policy_each_seed(pg_server, tmp_path):
-    url = pg_server.create_database("banditctl_demo_test")
     out = tmp_path / "demo.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(DATABASE_URL=url, BANDITCTL_DATA_DIR=str(tmp_path / "data"))
-    cmd = [sys.executable, "-m", "controlplane.cli", "demo", "--requests", "300", "--seeds", "3",
-           "--port", str(_free_port()), "--json", str(out)]  # fmt: skip
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    finally:  # the demo's own database, beside the one it was given
-        demo_db = make_url(url).database + "_demo"
-        admin = create_engine(pg_server.admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{demo_db}" WITH (FORCE)'))
-        admin.dispose()
+    args = ["--requests", "300", "--seeds", "3"]
+    done = run_demo(pg_server, tmp_path / "data", out, args, timeout_s=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = json.loads(out.read_text())["runs"]
     assert [r["seed"] for r in runs] == [0, 1, 2]

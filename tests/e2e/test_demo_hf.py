@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
 
-from tests.ray_fixtures import _free_port
+from tests.e2e.demo_run import run_demo
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -27,24 +24,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_the_hf_demo_serves_real_streamed_generations_and_feedback_moves_the_policy(
     pg_server, tmp_path
 ):
-    url = pg_server.create_database("banditctl_demo_hf_test")
     data_dir = Path(
         os.environ.get("BANDITCTL_TEST_DATA_DIR")
         or Path(tempfile.gettempdir()) / "banditctl-test-data"
     )
     out = tmp_path / "demo.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(DATABASE_URL=url, BANDITCTL_DATA_DIR=str(data_dir))
-    cmd = [sys.executable, "-m", "controlplane.cli", "demo", "--backend", "hf", "--requests", "40",
-           "--port", str(_free_port()), "--json", str(out)]  # fmt: skip
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
-    finally:  # the demo's own database, beside the one it was given
-        demo_db = make_url(url).database + "_demo"
-        admin = create_engine(pg_server.admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{demo_db}" WITH (FORCE)'))
-        admin.dispose()
+    args = ["--backend", "hf", "--requests", "40"]
+    done = run_demo(pg_server, data_dir, out, args, timeout_s=1200)
     print(done.stdout[-2500:])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = json.loads(out.read_text())  # one seed: its report
