@@ -17,9 +17,11 @@ demand. A warm-up of ``--warmup`` requests, every adapter in turn (feedback qual
 1 for each, so the learner values every adapter on its own task), precedes the
 measured trace.
 
-POLAR plans every ``--epoch-s`` (1 s) and forgets demand with a half-life of about
-three requests (``--half-life-s``; by default three requests' time at the rate the
-previous policy's trace ran at): a pinned request is demand for its adapter, and a
+The trace is paced: request k starts at k x ``--interval-s`` (1 s; a request that
+ends late starts the next at once, counted in ``late_starts``), so both policies meet the
+same timeline on a busy machine too: POLAR's epochs and its demand half-life are in
+seconds. POLAR plans every ``--epoch-s`` (1 s) and forgets demand with a half-life of
+three requests (``--half-life-s``; by default three intervals): a pinned request is demand for its adapter, and a
 pool keeps a missed adapter in place of its least valued one when the controller's
 admission values say it is worth more. The same trace replays without a model in
 ``cache_manager.sim.pinned``.
@@ -90,10 +92,12 @@ def base_model(args: argparse.Namespace) -> str:
 
 def half_life_s(args: argparse.Namespace) -> float:
     """POLAR's demand half-life: ``--half-life-s``, else the time of
-    ``HALF_LIFE_REQUESTS`` requests at the rate the previous policy's trace ran at
-    (``args.measured_rate``), else ``DEFAULT_HALF_LIFE_S``."""
+    ``HALF_LIFE_REQUESTS`` requests: paced (``--interval-s``), or at the rate the
+    previous policy's trace ran at (``args.measured_rate``), else ``DEFAULT_HALF_LIFE_S``."""
     if args.half_life_s is not None:
         return float(args.half_life_s)
+    if args.interval_s > 0:
+        return HALF_LIFE_REQUESTS * args.interval_s
     rate = getattr(args, "measured_rate", None)
     return HALF_LIFE_REQUESTS / rate if rate else DEFAULT_HALF_LIFE_S
 
@@ -206,8 +210,17 @@ def run_policy(
             time.sleep(max(3.0, 2 * args.epoch_s))  # a snapshot, and (POLAR) a plan from it
             before = pool_stats(model)
             runs = []
+            late = 0
             t0 = time.perf_counter()
-            for i in drifting_trace(args.seed, args.requests, len(adapters), args.phases):
+            trace = drifting_trace(args.seed, args.requests, len(adapters), args.phases)
+            for k, i in enumerate(trace):
+                # paced: request k starts at k intervals, so that every policy meets the
+                # same timeline (POLAR's epochs and demand half-life are in seconds)
+                wait = t0 + k * args.interval_s - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                elif args.interval_s > 0 and k > 0:
+                    late += 1
                 a = adapters[i]
                 runs.append(stream_one(http, f"{model}:{a}", f"task-{a}", args.max_tokens))
             wall = time.perf_counter() - t0
@@ -231,6 +244,7 @@ def run_policy(
         "ttft_ms_p99": float(np.percentile(ttft, 99)),
         "tokens_per_s": sum(r["tokens"] for r in runs) / decode_s if decode_s > 0 else None,
         "wall_s": wall,
+        "late_starts": late,
         "resident_at_end": after["resident"],
         "max_held": after.get("max_held"),
         "epochs": epochs,
@@ -280,11 +294,18 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--epoch-s", type=float, default=1.0)
     parser.add_argument(
+        "--interval-s",
+        type=float,
+        default=1.0,
+        help="start request k of the trace at k intervals (0: back to back); late_starts"
+        " counts those the machine could not start on time",
+    )
+    parser.add_argument(
         "--half-life-s",
         type=float,
         default=None,
-        help="POLAR's demand half-life (seconds); default: three requests at the rate the"
-        " previous policy's trace ran at (2 s if POLAR runs first)",
+        help="POLAR's demand half-life (seconds); default: three requests' time (three"
+        " intervals; unpaced, at the rate the previous policy's trace ran at, 2 s first)",
     )
     parser.add_argument("--steps", type=int, default=4, help="adapters make: training steps")
     parser.add_argument("--adapter-dir", default=None, help="existing peft adapters to use")
