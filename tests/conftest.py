@@ -49,6 +49,14 @@ class PgServer:
 
 
 @pytest.fixture(scope="session")
+def model_data_dir() -> Path:
+    """Where SmolLM2's converted copy and the adapters made from it are kept from one run
+    to the next: ``$BANDITCTL_TEST_DATA_DIR``, else a folder in the system's temp dir."""
+    default = Path(tempfile.gettempdir()) / "banditctl-test-data"
+    return Path(os.environ.get("BANDITCTL_TEST_DATA_DIR") or default)
+
+
+@pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     url = os.environ.get("TEST_DATABASE_URL")
     handle = None

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,21 +24,19 @@ QUESTION = {"messages": [{"role": "user", "content": "What is the capital of Fra
 
 
 @pytest.fixture(scope="module")
-def smol(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def smol(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model_data_dir: Path
+) -> Iterator[Any]:
     request.getfixturevalue("torch_one_thread")  # one torch thread: 2 shared cores
     from controlplane.cli import main
     from deployments.backends.hf import HFBackend
     from deployments.backends.hf_models import load_causal_lm, resolve_model
 
-    data_dir = Path(
-        os.environ.get("BANDITCTL_TEST_DATA_DIR")
-        or Path(tempfile.gettempdir()) / "banditctl-test-data"
-    )
     out = tmp_path_factory.mktemp("smol-adapters")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BANDITCTL_DATA_DIR", str(data_dir))
+        mp.setenv("BANDITCTL_DATA_DIR", str(model_data_dir))
         start = time.perf_counter()
-        files = resolve_model(None, data_dir / "models")
+        files = resolve_model(None, model_data_dir / "models")
         print(f"\nSmolLM2 GGUF: converted in {files.converted_s} s (None: cached copy)")
         argv = ["adapters", "make", "--n", "2", "--steps", "8", "--out", str(out)]
         assert main(argv) == 0

@@ -15,7 +15,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,19 +45,15 @@ pytestmark = [pytest.mark.vllm, pytest.mark.skipif(_why_not() is not None, reaso
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def smol(tmp_path_factory: pytest.TempPathFactory, model_data_dir: Path) -> Iterator[Any]:
     from controlplane.cli import main
     from deployments.backends.hf_models import resolve_model
     from deployments.backends.vllm_engine import VLLMBackend, start_engine
 
-    data_dir = Path(
-        os.environ.get("BANDITCTL_TEST_DATA_DIR")
-        or Path(tempfile.gettempdir()) / "banditctl-test-data"
-    )
     out = tmp_path_factory.mktemp("vllm-adapters")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BANDITCTL_DATA_DIR", str(data_dir))
-        files = resolve_model(None, data_dir / "models")
+        mp.setenv("BANDITCTL_DATA_DIR", str(model_data_dir))
+        files = resolve_model(None, model_data_dir / "models")
         argv = ["adapters", "make", "--n", "2", "--steps", "8", "--threads", "1"]
         assert main([*argv, "--out", str(out)]) == 0
     fields = {

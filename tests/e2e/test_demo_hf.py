@@ -10,9 +10,6 @@ the GGUF conversion and the adapters' training.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -22,15 +19,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_the_hf_demo_serves_real_streamed_generations_and_feedback_moves_the_policy(
-    pg_server, tmp_path
+    pg_server, tmp_path, model_data_dir
 ):
-    data_dir = Path(
-        os.environ.get("BANDITCTL_TEST_DATA_DIR")
-        or Path(tempfile.gettempdir()) / "banditctl-test-data"
-    )
     out = tmp_path / "demo.json"
     args = ["--backend", "hf", "--requests", "40"]
-    done = run_demo(pg_server, data_dir, out, args, timeout_s=1200)
+    done = run_demo(pg_server, model_data_dir, out, args, timeout_s=1200)
     print(done.stdout[-2500:])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = json.loads(out.read_text())  # one seed: its report
@@ -50,5 +43,5 @@ def test_the_hf_demo_serves_real_streamed_generations_and_feedback_moves_the_pol
     from controlplane.cli.demo_hf import find_adapters
 
     served = {a for by in s["arms_by_task_second_half"].values() for a in by}
-    named = {"smol"} | {f"smol:{name}" for name, _ in find_adapters(data_dir / "adapters", 3)}
+    named = {"smol"} | {f"smol:{name}" for name, _ in find_adapters(model_data_dir / "adapters", 3)}
     assert served <= named and len(named) == 4
