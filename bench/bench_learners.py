@@ -148,7 +148,7 @@ def bench_featurizers(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from learners.featurize import TEXT_START, Featurizer, last_user_text
+    from learners.featurize import Featurizer, last_user_text
 
     if Path(args.dataset).is_dir():
         from learners.datasets import read_routerbench
@@ -187,7 +187,7 @@ def bench_featurizers(args: argparse.Namespace) -> None:
         else:
             from learners.semantic import SemanticFeaturizer
 
-            sem = SemanticFeaturizer(name, dim=args.dim - TEXT_START, max_tokens=max_tokens)  # type: ignore[arg-type]
+            sem = SemanticFeaturizer(name, dim=hashed.n_text, max_tokens=max_tokens)  # type: ignore[arg-type]
             fn, backend, cached = sem.featurize_text, sem.describe(), sem
         fn(texts[0])  # load, warm up
         if cached is not None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from learners.datasets import read_routerbench
-from learners.featurize import TEXT_START, Featurizer
+from learners.featurize import Featurizer
 from learners.replay.objective import parse_objective
 
 
@@ -55,7 +55,7 @@ def main() -> None:
 
     dims = [int(d) for d in args.dims.split(",")]
     for dim in dims:
-        feat = Featurizer(dim=dim, tasks=tuple(tasks))
+        feat = Featurizer.for_tasks(tasks, dim=dim)
         X_tr, X_te = feat.featurize_many(train.requests), feat.featurize_many(test.requests)
         for lam in [float(r) for r in args.ridges.split(",")]:
             pred = np.empty_like(S_te)
@@ -66,7 +66,7 @@ def main() -> None:
                 pred[b] = X_te[b] @ theta
             out.append((f"ridge d={dim} lambda={lam:g}", float(S_te[rows, pred.argmax(1)].mean())))
         if dim == max(dims):  # nearest neighbours on the finest hashing only
-            T_tr, T_te = X_tr[:, TEXT_START:], X_te[:, TEXT_START:]
+            T_tr, T_te = X_tr[:, feat.text_start :], X_te[:, feat.text_start :]
             for k in (10, 50):
                 pred = np.empty_like(S_te)
                 for t in tasks:

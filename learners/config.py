@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from learners.featurize import N_TASK_SLOTS, TASK_SLICE
+from learners.featurize import N_TASK_SLOTS, Featurizer
 
 
 class _Config(BaseModel):
@@ -75,9 +75,11 @@ class GreenServConfig(_LinearConfig):
     alpha: float = Field(default=0.1, ge=0)
     ridge: float = Field(default=0.05, gt=0)
     context_indices: tuple[int, ...] | None = Field(
-        default=(0, *range(TASK_SLICE.start, TASK_SLICE.start + N_TASK_SLOTS)),
+        # the default layout's Featurizer().task_view; for_layout fits it to another
+        default=(0, *range(1, 1 + N_TASK_SLOTS)),
         min_length=1,
-        description="positions of the intercept and task one-hot in the featurizer's vector",
+        description="positions of the intercept and task one-hot in the featurizer's vector "
+        "(default: the featurizer's own, see for_layout)",
     )
 
 
@@ -126,6 +128,20 @@ LearnerConfig = Annotated[
 ]
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(LearnerConfig)
+
+
+def for_layout(config: dict[str, Any] | str | BaseModel, featurizer: Featurizer) -> Any:
+    """``config`` (parsed) fitted to ``featurizer``'s layout: a ``greenserv`` config that
+    leaves ``context_indices`` at its default reads that featurizer's intercept and task
+    slots (``Featurizer.task_view``). Any other config is returned as parsed."""
+    cfg = parse_config(config)
+    if (
+        isinstance(cfg, GreenServConfig)
+        and "context_indices" not in cfg.model_fields_set
+        and cfg.context_indices != featurizer.task_view
+    ):
+        return cfg.model_copy(update={"context_indices": featurizer.task_view})
+    return cfg
 
 
 def parse_config(data: dict[str, Any] | str | BaseModel) -> Any:

@@ -7,14 +7,22 @@ learners (GreenServ's task-only baseline) can read named slices of it:
 slice                     content
 ========================  ====================================================
 ``[0]``                   intercept (1.0)
-``TASK_SLICE``            one-hot task or domain: ``request["task"]`` or
+``task_slice``            one-hot task or domain (``task_slots`` positions,
+                          8 by default): ``request["task"]`` or
                           ``metadata.task`` if present, else a keyword guess
-``STATS_SLICE``           prompt statistics: log length, word count, turn
+``stats_slice``           prompt statistics: log length, word count, turn
                           count, choice options, code and digit signals
-``META_SLICE``            signed hashes of request metadata (route, tenant)
-``[TEXT_START:dim]``      signed hashed words and bigrams of the last user
+``meta_slice``            signed hashes of request metadata (route, tenant)
+``[text_start:dim]``      signed hashed words and bigrams of the last user
                           turn (its last paragraph by default), L2-normalised
 ========================  ====================================================
+
+The slices are properties of a :class:`Featurizer`, derived from its
+``task_slots``; read them from the instance that made the vectors.
+Each name in ``tasks`` has its own task slot; any other task name is placed
+by hash in the slots left over (all of them when ``tasks`` fills them), where
+it may share one with another name: the featurizer logs that once per name
+and counts it (:meth:`Featurizer.task_sharing`).
 
 Hashing uses :func:`zlib.crc32`, never Python's salted ``hash()``, so a
 request maps to the same vector in every process.
@@ -22,23 +30,23 @@ request maps to the same vector in every process.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-N_TASK_SLOTS = 8
+N_TASK_SLOTS = 8  # the default task_slots
 N_STATS = 7
 N_META = 4
-TASK_SLICE = slice(1, 1 + N_TASK_SLOTS)
-STATS_SLICE = slice(TASK_SLICE.stop, TASK_SLICE.stop + N_STATS)
-META_SLICE = slice(STATS_SLICE.stop, STATS_SLICE.stop + N_META)
-TEXT_START = META_SLICE.stop
-MIN_DIM = TEXT_START + 8
+MIN_TEXT = 8  # the fewest positions of the text block
+MAX_SHARING_NAMES = 10_000  # task names placed by hash that are remembered one by one
+
+log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"[a-z0-9_]+")
 _CHOICE = re.compile(r"(?m)^\s*[A-H][).:]\s")
@@ -46,32 +54,108 @@ _CODE = re.compile(r"```|\bdef |\bfunction\b|\bpython\b|\bcode\b|\bclass |;\s*$"
 _MATH = re.compile(r"\d+\s*[-+*/^=]\s*\d+|\bsolve\b|\bequation\b|\bcalculate\b")
 
 
+class TaskSharing:
+    """Which task names the featurizer placed by hash, and which share a slot.
+
+    Accounting, not configuration: two featurizers with the same fields are equal
+    whatever traffic each has seen.
+    """
+
+    def __init__(self) -> None:
+        self.slot_of: dict[str, int] = {}  # name placed by hash -> its slot
+        self.holders: dict[int, list[str]] = {}  # slot -> names in it (listed first)
+        self.shared_names: set[str] = set()
+        self.shared_requests = 0
+        self.untracked_requests = 0  # with a name past MAX_SHARING_NAMES, not remembered
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskSharing)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Featurizer(BaseModel):
     """Maps an OpenAI chat completion body to a vector of ``dim`` floats.
 
-    ``tasks`` lists known task names, each given its own task slot in order;
-    other task names share the remaining slots by hash.
+    ``task_slots`` positions hold the task one-hot. ``tasks`` lists known task
+    names, each given its own task slot in order; other task names share the
+    remaining slots by hash (see the module's notes).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["hashed"] = "hashed"
-    dim: int = Field(default=64, ge=MIN_DIM, le=1 << 20)
-    tasks: tuple[str, ...] = Field(default=(), max_length=N_TASK_SLOTS)
+    dim: int = Field(default=64, ge=1, le=1 << 20)
+    task_slots: int = Field(
+        default=N_TASK_SLOTS,
+        ge=1,
+        le=1 << 16,
+        description="positions of the task one-hot; at least as many as tasks",
+    )
+    tasks: tuple[str, ...] = ()
     bigrams: bool = True
     segment: Literal["last_paragraph", "full"] = "last_paragraph"
     text_scale: float = Field(default=0.1, gt=0)  # tuned on routerbench_zs *_train
     seed: int = 0
 
+    _sharing: TaskSharing = PrivateAttr(default_factory=TaskSharing)
+
     @model_validator(mode="after")
-    def _unique_tasks(self) -> Featurizer:
+    def _check_layout(self) -> Featurizer:
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError("tasks must be unique")
+        if len(self.tasks) > self.task_slots:
+            raise ValueError(
+                f"tasks lists {len(self.tasks)} names but task_slots is {self.task_slots}: "
+                f"set task_slots to at least {len(self.tasks)}"
+            )
+        if self.dim < self.min_dim:
+            raise ValueError(
+                f"dim {self.dim} is too small for task_slots {self.task_slots}: the layout "
+                f"has {self.text_start} positions before the text block and at least "
+                f"{MIN_TEXT} in it, so dim must be at least {self.min_dim}"
+            )
         return self
+
+    @classmethod
+    def for_tasks(cls, tasks: Iterable[str], **fields: Any) -> Featurizer:
+        """A featurizer that gives each of ``tasks`` (sorted, unique, '' dropped) its own
+        slot: ``task_slots`` is their number, at least the default."""
+        names = tuple(sorted(set(tasks) - {""}))
+        return cls(tasks=names, task_slots=max(N_TASK_SLOTS, len(names)), **fields)
+
+    # -- layout ---------------------------------------------------------
+
+    @property
+    def task_slice(self) -> slice:
+        return slice(1, 1 + self.task_slots)
+
+    @property
+    def stats_slice(self) -> slice:
+        start = 1 + self.task_slots
+        return slice(start, start + N_STATS)
+
+    @property
+    def meta_slice(self) -> slice:
+        start = 1 + self.task_slots + N_STATS
+        return slice(start, start + N_META)
+
+    @property
+    def text_start(self) -> int:
+        return 1 + self.task_slots + N_STATS + N_META
+
+    @property
+    def min_dim(self) -> int:
+        return self.text_start + MIN_TEXT
 
     @property
     def n_text(self) -> int:
-        return self.dim - TEXT_START
+        return self.dim - self.text_start
+
+    @property
+    def task_view(self) -> tuple[int, ...]:
+        """Positions of the intercept and the task one-hot (GreenServ's view)."""
+        return (0, *range(1, 1 + self.task_slots))
 
     # -- public ---------------------------------------------------------
 
@@ -83,13 +167,13 @@ class Featurizer(BaseModel):
         meta = request.get("metadata") or {}
         code = _has_code(text)
         task = request.get("task") or meta.get("task") or _guess_task(text, code)
-        x[TASK_SLICE.start + self._task_slot(str(task))] = 1.0
+        x[1 + self._task_slot(str(task))] = 1.0
         self._stats(x, text, messages, code)
         for key in ("route", "tenant"):
             value = request.get(key) or meta.get(key)
             if value:
                 idx, sign = self._hash(f"{key}={value}", N_META)
-                x[META_SLICE.start + idx] += sign
+                x[self.meta_slice.start + idx] += sign
         self._text(x, text)
         return x
 
@@ -107,10 +191,81 @@ class Featurizer(BaseModel):
     def _task_slot(self, task: str) -> int:
         if task in self.tasks:
             return self.tasks.index(task)
-        free = N_TASK_SLOTS - len(self.tasks)
+        sharing = self._sharing
+        slot = sharing.slot_of.get(task)
+        if slot is None:
+            slot = self._hashed_slot(task)
+            if not self._place(task, slot):  # too many names to remember: counted apart
+                sharing.untracked_requests += 1
+                return slot
+        if len(sharing.holders[slot]) > 1:
+            sharing.shared_requests += 1
+        return slot
+
+    def _hashed_slot(self, task: str) -> int:
+        free = self.task_slots - len(self.tasks)
         if free == 0:
-            return self._hash(task, N_TASK_SLOTS)[0]
+            return self._hash(task, self.task_slots)[0]
         return len(self.tasks) + self._hash(task, free)[0]
+
+    def _place(self, task: str, slot: int) -> bool:
+        """Remember where a name not in ``tasks`` went (False: too many names to remember);
+        warn once when it shares the slot."""
+        sharing = self._sharing
+        if len(sharing.slot_of) >= MAX_SHARING_NAMES:
+            if sharing.untracked_requests == 0:
+                log.warning(
+                    "more than %d task names outside the featurizer's tasks: the others are "
+                    "no longer tracked one by one (task_slots %d)",
+                    MAX_SHARING_NAMES,
+                    self.task_slots,
+                )
+            return False
+        sharing.slot_of[task] = slot
+        holders = sharing.holders.setdefault(
+            slot, [self.tasks[slot]] if slot < len(self.tasks) else []
+        )
+        holders.append(task)
+        if len(holders) > 1:
+            sharing.shared_names.update(holders)
+            log.warning(
+                "task %r is not in the featurizer's tasks and shares task slot %d with %s: "
+                "list it in featurizer.tasks and raise featurizer.task_slots (now %d)",
+                task,
+                slot,
+                ", ".join(repr(h) for h in holders[:-1]),
+                self.task_slots,
+            )
+        return True
+
+    def task_sharing(self) -> dict[str, Any]:
+        """What this featurizer has seen of task names outside ``tasks``: how many were
+        placed by hash, which slots hold more than one name (``shared_slots``: slot ->
+        names, listed task first), how many requests carried a name in such a slot, and
+        how many carried a name past the ``MAX_SHARING_NAMES`` remembered."""
+        sharing = self._sharing
+        return {
+            "task_slots": self.task_slots,
+            "hashed_names": len(sharing.slot_of),
+            "shared_names": len(sharing.shared_names),
+            "shared_requests": sharing.shared_requests,
+            "untracked_requests": sharing.untracked_requests,
+            "shared_slots": {
+                slot: list(names)
+                for slot, names in sorted(sharing.holders.items())
+                if len(names) > 1
+            },
+        }
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        """Pickles made before ``task_slots`` existed load with its default."""
+        fields = state.get("__dict__", {})
+        if "task_slots" not in fields:
+            defaults = {"task_slots": N_TASK_SLOTS}
+            state["__dict__"] = {k: fields.get(k, defaults.get(k)) for k in type(self).model_fields}
+        if not state.get("__pydantic_private__"):
+            state["__pydantic_private__"] = {"_sharing": TaskSharing()}
+        super().__setstate__(state)
 
     def _stats(
         self,
@@ -121,7 +276,7 @@ class Featurizer(BaseModel):
     ) -> None:
         """``code``: whether ``text`` has a code signal, when the caller knows already."""
         n_words = text.count(" ") + 1 if text else 0
-        x[STATS_SLICE] = (
+        x[self.stats_slice] = (
             math.log1p(len(text)) / 10.0,
             math.log1p(n_words) / 8.0,
             math.log1p(len(messages)) / 3.0,
@@ -151,8 +306,9 @@ class Featurizer(BaseModel):
             counts[(h >> 1) % n] += 1 if h & 1 else -1
         squares = sum(c * c for c in counts)  # exact, as the float dot product was
         if squares > 0:
-            x[TEXT_START:] = counts
-            x[TEXT_START:] *= self.text_scale / math.sqrt(squares)
+            start = self.text_start
+            x[start:] = counts
+            x[start:] *= self.text_scale / math.sqrt(squares)
 
 
 def _content_text(content: Any) -> str:

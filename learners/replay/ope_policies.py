@@ -34,12 +34,15 @@ import numpy as np
 
 from learners.base import Learner, RewardEvent
 from learners.config import parse_config
+from learners.featurize import Featurizer
 from learners.registry import LEARNERS, make_learner
-from learners.replay.presets import PRESETS
+from learners.replay.presets import PRESETS, presets
 
 
-def parse_policy_spec(spec: str) -> dict[str, Any]:
-    """A learner config (a dict with ``kind``) from a spec; ``ValueError`` when unknown."""
+def parse_policy_spec(spec: str, featurizer: Featurizer | None = None) -> dict[str, Any]:
+    """A learner config (a dict with ``kind``) from a spec; ``ValueError`` when unknown.
+    Presets read the task slots of ``featurizer`` (default: the default layout)."""
+    named = PRESETS if featurizer is None else presets(featurizer)
     spec = spec.strip()
     if not spec:
         raise ValueError("empty policy spec")
@@ -51,13 +54,13 @@ def parse_policy_spec(spec: str) -> dict[str, Any]:
         config = {"kind": "epsilon_greedy", "epsilon": float(spec.split(":", 1)[1])}
     else:
         name, *fields = spec.split(":")
-        if name in PRESETS:
-            config = dict(PRESETS[name])
+        if name in named:
+            config = dict(named[name])
         elif name in LEARNERS:
             config = {"kind": name}
         else:
             raise ValueError(
-                f"unknown policy {spec!r}: use one of {sorted(PRESETS)}, fixed:ARM, "
+                f"unknown policy {spec!r}: use one of {sorted(named)}, fixed:ARM, "
                 "epsilon:E, NAME:key=value or a JSON config"
             )
         for field in fields:

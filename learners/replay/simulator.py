@@ -22,8 +22,9 @@ import numpy as np
 from scipy import stats
 
 from learners.base import RewardEvent
+from learners.config import for_layout
 from learners.datasets import RoutingDataset
-from learners.featurize import N_TASK_SLOTS, TASK_SLICE, Featurizer
+from learners.featurize import Featurizer
 from learners.known import component_indices, known_penalties, split_weights
 from learners.registry import make_learner
 from learners.task_clusters import OnlineTaskClusters
@@ -42,7 +43,8 @@ class ReplayOptions:
     - ``contexts``: precomputed context vectors (n, d), in place of the featurizer's.
     - ``embeddings`` with ``clusters`` > 0: online task inference; per seed, a fresh
       :class:`OnlineTaskClusters` assigns each prompt (in stream order) to a
-      cluster of its embedding, whose one-hot replaces the task one-hot.
+      cluster of its embedding, whose one-hot replaces the task one-hot (at most
+      the featurizer's ``task_slots`` clusters).
     """
 
     known: tuple[str, ...] = ()
@@ -62,8 +64,6 @@ class ReplayOptions:
             raise ValueError("a warm start does not combine with online task clusters")
         if not 0.0 <= self.prior_weight <= 1.0:
             raise ValueError(f"the prior weight must lie in [0, 1], got {self.prior_weight}")
-        if self.clusters > N_TASK_SLOTS:
-            raise ValueError(f"at most {N_TASK_SLOTS} task clusters (the task slots)")
 
     def make_clusters(self) -> OnlineTaskClusters | None:
         if self.clusters <= 0 or self.embeddings is None:
@@ -116,7 +116,7 @@ def _rng_for(seed: int, name: str) -> np.random.Generator:
 
 def _run_one(
     name: str,
-    config: Mapping[str, Any],
+    config: Any,
     seed: int,
     X: np.ndarray,
     R: np.ndarray,
@@ -125,8 +125,10 @@ def _run_one(
     best_fixed: int,
     options: ReplayOptions | None = None,
     tick: Callable[[int], None] | None = None,
+    task_slice: slice = slice(0),
 ) -> RunTrace:
-    """One learner on one seed; ``tick(k)`` is called every ``TICK`` steps (and at the end)."""
+    """One learner on one seed; ``tick(k)`` is called every ``TICK`` steps (and at the end).
+    ``task_slice``: where the task one-hot lies in ``X`` (what task clusters overwrite)."""
     opts = options or ReplayOptions()
     n = len(X)
     order = np.random.default_rng(seed).permutation(n)
@@ -151,8 +153,8 @@ def _run_one(
         x = X[t]
         if clusters is not None and opts.embeddings is not None:
             x = x.copy()
-            x[TASK_SLICE] = 0.0
-            x[TASK_SLICE.start + clusters.assign(opts.embeddings[t])] = 1.0
+            x[task_slice] = 0.0
+            x[task_slice.start + clusters.assign(opts.embeddings[t])] = 1.0
         if opts.known:
             penalties = known_penalties(live, R[t], w, opts.known)
             d = learner.select(x, live, rng, penalties=penalties)
@@ -239,29 +241,40 @@ def run_replay(
     steps within a run when ``jobs`` is 1, once per run otherwise. ``options``
     holds the variants (known components, precomputed contexts, online task
     clusters); see :class:`ReplayOptions`.
+
+    ``featurizer`` makes the contexts (default: one task slot per task of ``ds``,
+    :meth:`Featurizer.for_tasks`) or, with ``options.contexts``, describes their
+    layout; learner configs are fitted to it (:func:`learners.config.for_layout`).
     """
     opts = options or ReplayOptions()
-    if opts.contexts is not None:
-        X = opts.contexts
-    else:
-        feat = featurizer or Featurizer(tasks=tuple(sorted(set(ds.tasks.tolist())))[:8])
-        X = feat.featurize_many(ds.requests)
+    feat = featurizer or Featurizer.for_tasks(ds.tasks.tolist())
+    if opts.clusters > feat.task_slots:
+        raise ValueError(
+            f"{opts.clusters} task clusters but {feat.task_slots} task slots: at most "
+            "one cluster per task slot"
+        )
+    X = opts.contexts if opts.contexts is not None else feat.featurize_many(ds.requests)
     R = ds.rewards()
     w = np.asarray(weights, dtype=float)
     refs = references(ds, w)
     best_fixed = ds.models.index(refs["best_fixed"]["arm"])
-    jobs_list = [(name, dict(cfg), int(s)) for s in seeds for name, cfg in learners.items()]
+    fitted = {name: for_layout(dict(cfg), feat) for name, cfg in learners.items()}
+    jobs_list = [(name, cfg, int(s)) for s in seeds for name, cfg in fitted.items()]
     traces: dict[str, list[RunTrace]] = {name: [] for name in learners}
     args = (X, R, w, ds.models, best_fixed, opts)
+    task_slice = feat.task_slice
     if jobs <= 1:
         for name, cfg, s in jobs_list:
             tick = None
             if progress is not None:
                 tick = _ticker(progress, name, s)
-            traces[name].append(_run_one(name, cfg, s, *args, tick=tick))
+            traces[name].append(_run_one(name, cfg, s, *args, tick=tick, task_slice=task_slice))
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(_run_one, name, cfg, s, *args) for name, cfg, s in jobs_list]
+            futures = [
+                pool.submit(_run_one, name, cfg, s, *args, task_slice=task_slice)
+                for name, cfg, s in jobs_list
+            ]
             for fut in futures:
                 tr = fut.result()
                 traces[tr.name].append(tr)

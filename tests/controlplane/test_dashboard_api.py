@@ -30,7 +30,6 @@ from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord
 from feedback.repositories import arms as arms_repo
 from feedback.repositories import feedback as feedback_repo
 from feedback.repositories import reports, request_log, residency, snapshots
-from learners.featurize import TASK_SLICE
 from tests.controlplane.learning import learning_config, write_traffic
 
 ADMIN, FEEDBACK = "admin-key-unit", "fb-key-unit"
@@ -143,9 +142,10 @@ def _context(cfg, task: str | None, rng: np.random.Generator) -> np.ndarray:
     """Intercept, the task's one-hot slot, a little noise elsewhere."""
     x = np.zeros(cfg.featurizer.dim, dtype=np.float32)
     x[0] = 1.0
+    tasks = cfg.featurizer.task_slice
     if task is not None:
-        x[TASK_SLICE.start + cfg.featurizer.tasks.index(task)] = 1.0
-    x[TASK_SLICE.stop :] = 0.05 * rng.normal(size=cfg.featurizer.dim - TASK_SLICE.stop)
+        x[tasks.start + cfg.featurizer.tasks.index(task)] = 1.0
+    x[tasks.stop :] = 0.05 * rng.normal(size=cfg.featurizer.dim - tasks.stop)
     return x
 
 

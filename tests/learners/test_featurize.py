@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learners.featurize import META_SLICE, TASK_SLICE, TEXT_START, Featurizer
+from learners.featurize import Featurizer
 
 REQ = {
     "model": "auto",
@@ -34,14 +34,14 @@ def test_shape_layout_and_signals():
     x = f.featurize({**REQ, "task": "arc"})
     assert x.shape == (64,) and x.dtype == np.float64
     assert x[0] == 1.0
-    assert x[TASK_SLICE].tolist() == [0, 1, 0, 0, 0, 0, 0, 0]
-    assert np.count_nonzero(x[META_SLICE]) >= 1
-    assert np.linalg.norm(x[TEXT_START:]) == pytest.approx(f.text_scale)
+    assert x[f.task_slice].tolist() == [0, 1, 0, 0, 0, 0, 0, 0]
+    assert np.count_nonzero(x[f.meta_slice]) >= 1
+    assert np.linalg.norm(x[f.text_start :]) == pytest.approx(f.text_scale)
     guessed = f.featurize(REQ)  # no task given: a keyword guess (code)
-    assert guessed[TASK_SLICE].sum() == 1.0 and guessed[TASK_SLICE][:2].sum() == 0
+    assert guessed[f.task_slice].sum() == 1.0 and guessed[f.task_slice][:2].sum() == 0
     bare = f.featurize({"messages": REQ["messages"]})
-    assert not np.any(bare[META_SLICE])
-    assert np.array_equal(bare[TEXT_START:], guessed[TEXT_START:])
+    assert not np.any(bare[f.meta_slice])
+    assert np.array_equal(bare[f.text_start :], guessed[f.text_start :])
 
 
 def test_words_change_the_vector_and_empty_request_is_safe():
@@ -78,10 +78,18 @@ def test_deterministic_across_processes():
 
 
 def test_config_is_validated():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="dim 4 is too small for task_slots 8.*at least 28"):
         Featurizer(dim=4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unique"):
         Featurizer(tasks=("a", "a"))
+    names = tuple(f"t{i}" for i in range(9))
+    with pytest.raises(ValueError, match="tasks lists 9 names but task_slots is 8"):
+        Featurizer(tasks=names)
+    assert Featurizer(tasks=names, task_slots=9).task_slots == 9
+    with pytest.raises(ValueError, match="dim 40 is too small for task_slots 30.*at least 50"):
+        Featurizer(dim=40, task_slots=30)
+    with pytest.raises(ValueError, match="task_slots"):
+        Featurizer(task_slots=0)
 
 
 def _reference(f: Featurizer, text: str, n_messages: int) -> tuple[str, list[float], np.ndarray]:
@@ -124,7 +132,7 @@ PIECES = [*"abcdefs ;`\n\t?=+*-/^0123456789ABC).:\u00b2\u0663", "def ", "class "
 def test_fast_paths_compute_the_documented_vector(text: str) -> None:
     """The featurizer skips a pattern that cannot match and counts in integers: the
     vector is the one the plain computation gives, to the bit."""
-    from learners.featurize import STATS_SLICE, _guess_task
+    from learners.featurize import _guess_task
 
     f = Featurizer(dim=48)
     guess, stats, block = _reference(f, text, 2)
@@ -132,5 +140,165 @@ def test_fast_paths_compute_the_documented_vector(text: str) -> None:
         {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": text}]}
     )
     assert _guess_task(text) == guess
-    assert x[STATS_SLICE].tolist() == pytest.approx(stats, abs=0, rel=1e-15)
-    assert np.array_equal(x[TEXT_START:], block)
+    assert x[f.stats_slice].tolist() == pytest.approx(stats, abs=0, rel=1e-15)
+    assert np.array_equal(x[f.text_start :], block)
+
+
+# -- task slots -----------------------------------------------------------------------
+
+# the layout the module fixed before task_slots existed: 8 task slots, 7 statistics,
+# 4 metadata hashes, the text block after them, at least 8 positions in it
+OLD_SLOTS, OLD_STATS, OLD_META = 8, 7, 4
+
+
+def _old_layout_vector(dim: int, tasks: tuple[str, ...], request: dict) -> np.ndarray:
+    """The vector as the fixed layout defined it, computed from its rules: the task's slot
+    (a listed task's index, else a hash into the slots left over), the statistics, the
+    metadata hashes and the hashed words, each at the old fixed offsets."""
+    import math
+    import zlib
+
+    from learners import featurize as fz
+
+    f = Featurizer(dim=dim, tasks=tasks)  # for the keyword guess only (_reference)
+    task_start = 1
+    stats_start = task_start + OLD_SLOTS
+    meta_start = stats_start + OLD_STATS
+    text_start = meta_start + OLD_META
+    messages = request.get("messages") or []
+    text = fz.last_user_text(messages)
+    meta = request.get("metadata") or {}
+    guess, _, _ = _reference(f, text, len(messages))
+    n_words = text.count(" ") + 1 if text else 0
+    stats = [  # as the module computes them (math.log1p: numpy's may differ in the last bit)
+        math.log1p(len(text)) / 10.0,
+        math.log1p(n_words) / 8.0,
+        math.log1p(len(messages)) / 3.0,
+        min(len(fz._CHOICE.findall(text)), 10) / 10.0,
+        1.0 if fz._CODE.search(text) else 0.0,
+        min(sum(c.isdigit() for c in text[-2000:]) / 50.0, 1.0),
+        1.0 if text.rstrip().endswith("?") else 0.0,
+    ]
+    x = np.zeros(dim)
+    x[0] = 1.0
+    task = str(request.get("task") or meta.get("task") or guess)
+    if task in tasks:
+        slot = tasks.index(task)
+    else:
+        free = OLD_SLOTS - len(tasks)
+        n = free or OLD_SLOTS
+        slot = (0 if free == 0 else len(tasks)) + (zlib.crc32(task.encode(), 0) >> 1) % n
+    x[task_start + slot] = 1.0
+    x[stats_start:meta_start] = stats
+    for key in ("route", "tenant"):
+        value = request.get(key) or meta.get(key)
+        if value:
+            h = zlib.crc32(f"{key}={value}".encode(), 0)
+            x[meta_start + (h >> 1) % OLD_META] += 1.0 if h & 1 else -1.0
+    # the text block: hashed words and bigrams of the last paragraph, L2-normalised
+    parts = [p for p in text.split("\n\n") if p.strip()]
+    words = fz._WORD.findall((parts[-1] if parts else "").lower())
+    tokens = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    n_text = dim - text_start
+    block = np.zeros(n_text)
+    for tok in tokens:
+        h = zlib.crc32(tok.encode(), 0)
+        block[(h >> 1) % n_text] += 1.0 if h & 1 else -1.0
+    norm = float(np.sqrt(block @ block))
+    if norm > 0:
+        x[text_start:] = block * (f.text_scale / norm)
+    return x
+
+
+FIXED_REQUESTS = [
+    {**REQ, "task": "arc"},
+    REQ,
+    {"messages": REQ["messages"]},
+    {"messages": [{"role": "user", "content": "Solve 12 + 30 = ? Show the equation."}]},
+    {"messages": [{"role": "user", "content": "Which?\nA) one\nB) two\nC) three"}]},
+    {"messages": [{"role": "user", "content": "tell me about rivers"}], "task": "geo"},
+    {"messages": [], "metadata": {"task": "mbpp", "tenant": "t1"}},
+    {"messages": [{"role": "user", "content": "hello there"}], "route": "r", "task": "x9"},
+]
+
+
+@pytest.mark.parametrize("tasks", [(), ("mbpp", "arc"), tuple(f"k{i}" for i in range(8))])
+@pytest.mark.parametrize("dim", [28, 64, 200])
+def test_default_layout_is_the_fixed_one_to_the_bit(tasks, dim):
+    f = Featurizer(dim=dim, tasks=tasks)
+    assert f.task_slots == OLD_SLOTS
+    assert (f.task_slice, f.stats_slice, f.meta_slice) == (
+        slice(1, 1 + OLD_SLOTS),
+        slice(1 + OLD_SLOTS, 1 + OLD_SLOTS + OLD_STATS),
+        slice(1 + OLD_SLOTS + OLD_STATS, 1 + OLD_SLOTS + OLD_STATS + OLD_META),
+    )
+    assert f.text_start == 1 + OLD_SLOTS + OLD_STATS + OLD_META
+    assert f.min_dim == f.text_start + 8
+    for request in FIXED_REQUESTS:
+        assert np.array_equal(f.featurize(request), _old_layout_vector(dim, tasks, request))
+
+
+def test_more_task_slots_give_every_task_its_own_and_shift_the_rest():
+    names = tuple(f"task{i:02d}" for i in range(12))
+    wide = Featurizer.for_tasks(reversed(names), dim=68)
+    assert wide.tasks == names and wide.task_slots == 12
+    assert wide.task_slice == slice(1, 13) and wide.text_start == 24
+    assert wide.task_view == (0, *range(1, 13))
+    narrow = Featurizer(dim=64)  # the same text width (44), 8 slots
+    one_hot = []
+    for i, name in enumerate(names):
+        request = {**REQ, "task": name}
+        x, y = wide.featurize(request), narrow.featurize(request)
+        one_hot.append(x[wide.task_slice])
+        assert x[1 + i] == 1.0
+        for a, b in ((wide.stats_slice, narrow.stats_slice), (wide.meta_slice, narrow.meta_slice)):
+            assert np.array_equal(x[a], y[b])
+        assert np.array_equal(x[wide.text_start :], y[narrow.text_start :])
+    assert np.array_equal(np.array(one_hot), np.eye(12))
+    assert wide.task_sharing()["shared_slots"] == {}
+    assert Featurizer.for_tasks(["a", "b", ""]).task_slots == 8  # at least the default
+
+
+def test_names_past_the_slots_share_one_and_are_reported_once(caplog):
+    f = Featurizer(dim=40, task_slots=4, tasks=("a", "b", "c", "d"))
+    others = [f"extra{i}" for i in range(6)]
+    with caplog.at_level("WARNING", logger="learners.featurize"):
+        for _ in range(3):
+            for name in [*others, "a"]:
+                f.featurize({"messages": [], "task": name})
+    report = f.task_sharing()
+    assert report["task_slots"] == 4 and report["hashed_names"] == 6
+    # the tasks fill every slot: each other name shares one with a listed task
+    assert report["shared_names"] >= 6
+    assert report["shared_requests"] == 3 * 6  # "a" is listed: not counted
+    held = [n for names in report["shared_slots"].values() for n in names]
+    assert sorted(n for n in held if n.startswith("extra")) == others
+    for slot, names in report["shared_slots"].items():
+        assert names[0] == f.tasks[slot]  # the listed task first
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 6  # once per name, not per request
+    assert all("featurizer.task_slots (now 4)" in m for m in warned)
+    assert f == Featurizer(dim=40, task_slots=4, tasks=("a", "b", "c", "d"))  # traffic aside
+
+
+def test_a_name_alone_in_a_free_slot_shares_nothing():
+    f = Featurizer(tasks=("a",))  # 7 slots free
+    f.featurize({"messages": [], "task": "solo"})
+    report = f.task_sharing()
+    assert report["hashed_names"] == 1 and report["shared_names"] == 0
+    assert report["shared_requests"] == 0 and report["shared_slots"] == {}
+
+
+def test_pickles_made_before_task_slots_load_with_the_default():
+    import pickle
+
+    f = Featurizer(dim=48, tasks=("a", "b"))
+    state = f.__getstate__()
+    old = dict(state, __dict__={k: v for k, v in state["__dict__"].items() if k != "task_slots"})
+    old["__pydantic_private__"] = None  # the model had no private attributes then
+    g = Featurizer.__new__(Featurizer)
+    g.__setstate__(old)
+    assert g == f and g.task_slots == 8
+    assert list(g.model_dump()) == list(f.model_dump())
+    assert np.array_equal(g.featurize({**REQ, "task": "zz"}), f.featurize({**REQ, "task": "zz"}))
+    assert pickle.loads(pickle.dumps(f)) == f

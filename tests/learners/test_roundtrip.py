@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from learners import RewardEvent, load_learner, make_learner
-from learners.featurize import MIN_DIM
+from learners.featurize import Featurizer
 
 from .conftest import ARMS, linear_problem
 
@@ -42,8 +42,9 @@ def _drive(learner, X, R, rng, start: int, stop: int) -> list[tuple]:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
 def test_next_1000_decisions_identical_after_reload(config):
     n_warm, n_next = 300, 1000
-    X, R = linear_problem(seed=3, n=n_warm + n_next, dim=MIN_DIM)
-    learner = make_learner(config, MIN_DIM, W)
+    dim = Featurizer().min_dim  # the smallest context the default layout allows
+    X, R = linear_problem(seed=3, n=n_warm + n_next, dim=dim)
+    learner = make_learner(config, dim, W)
     _drive(learner, X, R, np.random.default_rng(1), 0, n_warm)
     blob = learner.state_bytes()
     clone = load_learner(blob)

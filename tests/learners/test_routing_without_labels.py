@@ -57,8 +57,10 @@ def test_known_cost_spends_no_exploration_on_cost():
 def test_known_components_must_be_reward_components():
     with pytest.raises(ValueError, match="unknown reward components"):
         ReplayOptions(known=("price",))
-    with pytest.raises(ValueError, match="at most 8 task clusters"):
-        ReplayOptions(clusters=9)
+    ds = synthetic_dataset(n=30, seed=0)  # 3 tasks: the default 8 task slots
+    with pytest.raises(ValueError, match="9 task clusters but 8 task slots"):
+        run_replay(ds, {"r": {"kind": "random"}}, parse_objective("quality=1"), [0],
+                   options=ReplayOptions(clusters=9))  # fmt: skip
 
 
 def test_online_clusters_recover_separated_groups_in_any_order():
@@ -90,21 +92,22 @@ def test_clusters_stand_in_for_hidden_tasks_on_synthetic():
     """On the synthetic scenario (3 tasks, words differ by task), clusters of the hashed
     words recover the tasks: LinTS (the preset) on them does as well as on the labels, and
     better than with nothing in their place, over 3 seeds."""
-    from learners.featurize import TEXT_START, Featurizer
+    from learners.featurize import Featurizer
     from learners.replay.presets import resolve
 
     ds = synthetic_dataset(n=900, seed=3)
     reqs = [{k: v for k, v in r.items() if k != "task"} for r in ds.requests]
-    X = Featurizer(dim=64).featurize_many(reqs)
+    feat = Featurizer(dim=64)
+    X = feat.featurize_many(reqs)
     w = parse_objective("quality=1,cost_usd=-30")
     lints = resolve(["lints"])
     labels = Featurizer(dim=64, tasks=("code", "math", "trivia")).featurize_many(ds.requests)
     X_blind = X.copy()
-    X_blind[:, 1:9] = 0.0  # no task one-hot at all
+    X_blind[:, feat.task_slice] = 0.0  # no task one-hot at all
     seeds = [0, 1, 2]
     blind = summarize(run_replay(ds, lints, w, seeds, options=ReplayOptions(contexts=X_blind)))
-    opts = ReplayOptions(contexts=X, embeddings=X[:, TEXT_START:].copy(), clusters=8)
-    clustered = summarize(run_replay(ds, lints, w, seeds, options=opts))
+    opts = ReplayOptions(contexts=X, embeddings=X[:, feat.text_start :].copy(), clusters=8)
+    clustered = summarize(run_replay(ds, lints, w, seeds, featurizer=feat, options=opts))
     labelled = summarize(run_replay(ds, lints, w, seeds, options=ReplayOptions(contexts=labels)))
     got = clustered["learners"]["lints"]["mean_reward"]
     assert got > blind["learners"]["lints"]["mean_reward"] + 0.01
@@ -122,8 +125,24 @@ def test_hide_tasks_on_the_command_line(tmp_path, capsys):
     assert "task labels hidden" in printed and "online clusters (up to 4, threshold 0.5)" in printed
     assert "task gain" in printed
     assert json.loads(out.read_text())["learners"]["lints"]["share_of_task_gain"] is not None
-    assert main(["simulate", "--dataset", "synthetic", "--task-clusters", "9", "--seeds", "1",
-                 "--no-progress"]) == 2  # fmt: skip
+    assert main(["simulate", "--dataset", "synthetic", "--task-clusters", "9", "--task-slots",
+                 "8", "--seeds", "1", "--no-progress"]) == 2  # fmt: skip
+
+
+def test_task_clusters_get_as_many_task_slots():
+    """Without --task-slots, the slots are sized for the labels and the clusters, whichever
+    needs more (at least 8); the text block keeps its 44 positions."""
+    import argparse
+
+    from controlplane.cli.commands.simulate import _featurizer
+
+    def feat(clusters: int, labels: int):
+        args = argparse.Namespace(task_slots=None, task_clusters=clusters, dim=None)
+        return _featurizer(args, tuple(f"t{i:02d}" for i in range(labels)))
+
+    assert (feat(0, 3).task_slots, feat(0, 3).dim) == (8, 64)
+    assert (feat(12, 0).task_slots, feat(12, 0).n_text) == (12, 44)
+    assert (feat(4, 10).task_slots, feat(4, 10).n_text) == (10, 44)
 
 
 def test_known_cost_on_the_command_line(capsys):

@@ -54,7 +54,8 @@ def test_a_quality_only_jsonl_data_set_with_12_tasks_runs_cleanly(tmp_path, caps
     assert rc == 0, err
     assert "Traceback" not in out + err
     assert "12 tasks" in out and "every cost is 0" in out
-    assert "12 tasks but 8 task slots" in out
+    assert "task slots: 12, one per task (12 tasks); no slot is shared" in out
+    assert "share by hash" not in out and "names share" not in out
     assert "cost USD" not in out and "%cost" not in out  # constant: left out
     doc = json.loads(out_json.read_text())
     assert doc["constant_cost"] is True
@@ -65,6 +66,65 @@ def test_a_quality_only_jsonl_data_set_with_12_tasks_runs_cleanly(tmp_path, caps
     assert np.mean(lints["per_seed"]["mean_reward"]) == pytest.approx(lints["mean_reward"])
     assert lints["mean_reward"] > doc["learners"]["random"]["mean_reward"]
     assert png.stat().st_size > 10_000
+
+
+def test_fewer_task_slots_than_tasks_are_reported_with_what_shares(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "bench.jsonl", quality_only_rows(120))
+    rc, out, err = simulate(
+        capsys, "--dataset", str(data), "--objective", "quality=1", "--seeds", "1",
+        "--learners", "greenserv", "--task-slots", "5",
+    )  # fmt: skip
+    assert rc == 0, err
+    note = next(line for line in out.splitlines() if "task slots:" in line)
+    assert "task slots: 5 for 12 tasks: the first 5 (alphabetically) have their own" in note
+    # the 5 slots are all listed tasks' own: each of the other 7 shares with one of them
+    for task in TASKS[5:]:
+        assert task in note
+    assert "names share" in note
+    assert "raise --task-slots" in note
+
+
+def test_task_slots_validation_reaches_the_user_as_one_line(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "bench.jsonl", quality_only_rows(24))
+    rc, _, err = simulate(capsys, "--dataset", str(data), "--seeds", "1", "--task-slots", "0")
+    assert rc == 2 and "--task-slots must be at least 1" in err
+    rc, _, err = simulate(
+        capsys, "--dataset", str(data), "--seeds", "1", "--dim", "30", "--learners", "random"
+    )
+    assert rc == 2 and "Traceback" not in err
+    assert "dim 30 is too small for task_slots 12" in err and "at least 32" in err
+    rc, _, err = simulate(
+        capsys, "--dataset", str(data), "--seeds", "1", "--task-slots", "4",
+        "--task-clusters", "6", "--hide-tasks",
+    )  # fmt: skip
+    assert rc == 2 and "--task-clusters 6 exceeds the 4 task slots" in err
+
+
+def test_greenserv_on_12_tasks_reads_12_task_slots(tmp_path):
+    """GreenServ sees only the intercept and the task one-hot: with one slot per task it
+    learns each task's best model; squeezed into 8 slots, tasks with different best
+    models share a slot and it does worse, on every seed."""
+    from learners.config import for_layout
+    from learners.featurize import Featurizer
+    from learners.replay.objective import parse_objective
+    from learners.replay.presets import resolve
+    from learners.replay.simulator import run_replay
+
+    ds = read_jsonl(write_jsonl(tmp_path / "d.jsonl", quality_only_rows(1200)))
+    wide = Featurizer.for_tasks(ds.tasks.tolist())
+    assert wide.task_slots == 12
+    assert for_layout({"kind": "greenserv"}, wide).context_indices == tuple(range(13))
+    assert resolve(["greenserv"], wide)["greenserv"]["context_indices"] == tuple(range(13))
+    lints = resolve(["lints"], wide)["lints"]
+    assert lints["context_indices"] == tuple(range(13)) and len(lints["ridge_scale"]) == 13
+    narrow = Featurizer(tasks=tuple(TASKS[:8]))
+    w = parse_objective("quality=1")
+    spec = {"greenserv": {"kind": "greenserv"}}  # context_indices fitted by run_replay
+    got = {
+        f.task_slots: [r.rewards.mean() for r in run_replay(ds, spec, w, [0, 1, 2], f).traces["greenserv"]]
+        for f in (wide, narrow)
+    }  # fmt: skip
+    assert all(a > b for a, b in zip(got[12], got[8], strict=True)), got
 
 
 def test_all_zero_costs_given_explicitly_do_not_crash(tmp_path, capsys):

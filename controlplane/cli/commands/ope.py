@@ -181,9 +181,12 @@ def _candidates(
     weights: np.ndarray,
     arms: tuple[str, ...],
     stored: Any = None,
+    featurizer: Any = None,
 ) -> list[Candidate]:
     """The candidates of ``--candidates``, ``--candidate`` and their ``--weights`` variants;
-    ``stored(spec)`` builds ``current`` and ``version:N`` (database only)."""
+    ``stored(spec)`` builds ``current`` and ``version:N`` (database only); presets read the
+    task slots of ``featurizer`` (default: the default layout)."""
+    from learners.config import for_layout
     from learners.replay.objective import parse_objective
     from learners.replay.ope_policies import learner_candidate, parse_policy_spec, with_weights
 
@@ -202,7 +205,9 @@ def _candidates(
             cand: Candidate = stored(spec)
             variable.append(cand)
         else:
-            config = parse_policy_spec(spec)
+            config = parse_policy_spec(spec, featurizer)
+            if featurizer is not None:
+                config = for_layout(config, featurizer).model_dump(mode="json", by_alias=True)
             if config["kind"] == "fixed" and config["arm"] not in arms:
                 raise UsageError(
                     f"candidate {spec!r}: arm {config['arm']!r} is not among the logged arms "
@@ -231,6 +236,7 @@ def _from_dataset(
 ) -> tuple[list[tuple[int, Log]], list[Candidate], dict[str, Any]]:
     import numpy as np
 
+    from learners.config import for_layout
     from learners.datasets import load_dataset
     from learners.featurize import Featurizer
     from learners.replay.objective import format_objective, parse_objective
@@ -239,7 +245,6 @@ def _from_dataset(
     from learners.replay.synthetic import synthetic_dataset
 
     weights = parse_objective(args.objective or DEFAULT_OBJECTIVE)
-    logger = parse_policy_spec(args.logging_policy)
     if args.dataset == "synthetic":
         ds = synthetic_dataset(args.rows or 1500)
     else:
@@ -247,12 +252,16 @@ def _from_dataset(
         if args.rows is not None and args.rows < len(ds):
             idx = np.sort(np.random.default_rng(0).choice(len(ds), args.rows, replace=False))
             ds = ds.subset(idx)
+    # one task slot per task of the data set (at least the default 8)
+    feat = Featurizer.for_tasks(ds.tasks.tolist(), dim=args.dim)
+    logger = for_layout(parse_policy_spec(args.logging_policy, feat), feat).model_dump(
+        mode="json", by_alias=True
+    )
     if logger["kind"] == "fixed" and logger["arm"] not in ds.models:
         raise UsageError(f"logging policy {args.logging_policy!r}: no such model")
-    tasks = tuple(sorted(set(ds.tasks.tolist())))[:8]
-    X = Featurizer(dim=args.dim, tasks=tasks).featurize_many(ds.requests)
+    X = feat.featurize_many(ds.requests)
     R = ds.rewards()
-    candidates = _candidates(args, X.shape[1], weights, ds.models)
+    candidates = _candidates(args, X.shape[1], weights, ds.models, featurizer=feat)
     logs = [
         (s, from_replay(log_dataset(X, R, weights, ds.models, logger, s), ds.models))
         for s in range(args.seeds)

@@ -90,7 +90,22 @@ def register(subparsers: Any) -> None:
         default=10,
         help="runs per learner, seeds 0..N-1 (default: %(default)s)",
     )
-    p.add_argument("--dim", type=int, default=64, help="context dimension (default: %(default)s)")
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="context dimension (default: 64, plus one per task slot beyond 8, so the "
+        "text block keeps its 44 positions)",
+    )
+    p.add_argument(
+        "--task-slots",
+        type=int,
+        default=None,
+        metavar="N",
+        help="positions of the task one-hot; tasks past the first N (alphabetically) "
+        "share slots by hash, and the output says which (default: one per task label of "
+        "the data set and the --warm-start data, at least 8, and at least --task-clusters)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default: %(default)s)")
     p.add_argument(
         "--known",
@@ -118,8 +133,8 @@ def register(subparsers: Any) -> None:
         default=0,
         metavar="K",
         help="online task inference: up to K clusters of prompt embeddings, learned in "
-        "stream order, stand in for the task one-hot; 0 keeps the task labels "
-        "(default: %(default)s)",
+        "stream order, stand in for the task one-hot (K at most the task slots); 0 keeps "
+        "the task labels (default: %(default)s)",
     )
     p.add_argument(
         "--cluster-threshold",
@@ -186,7 +201,6 @@ def _resolve_dataset(arg: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from learners.datasets import load_dataset
     from learners.replay.objective import format_objective, parse_objective
-    from learners.replay.presets import resolve
     from learners.replay.report import format_table, plot, require_pyplot
     from learners.replay.simulator import ReplayOptions, run_replay, summarize
     from learners.replay.synthetic import synthetic_dataset
@@ -201,18 +215,19 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         print("simulate: --seeds must be at least 1", file=sys.stderr)
         return 2
+    if args.task_slots is not None and args.task_slots < 1:
+        print("simulate: --task-slots must be at least 1", file=sys.stderr)
+        return 2
     try:
         weights = parse_objective(args.objective)
-        specs = resolve([n.strip() for n in args.learners.split(",") if n.strip()])
-        for item in args.learner_config:
-            name, _, raw = item.partition("=")
-            specs[name.strip()] = json.loads(raw)
+        specs = _specs(args)  # names checked before the data set loads
         known = tuple(c.strip() for c in args.known.split(",") if c.strip())
         _check_warm(args, specs)
         dataset = _resolve_dataset(args.dataset)
         ds = synthetic_dataset() if dataset == "synthetic" else load_dataset(dataset, args.pattern)
         warm = _warm_dataset(dataset, args) if args.warm_start else None
-        X, E, notes, Xw = _contexts(ds, args, warm)
+        feat, X, E, notes, Xw = _contexts(ds, args, warm)
+        specs = _specs(args, feat)  # the presets that read task slots read feat's
         Rw = None
         if warm is not None:
             Rw = _align(warm, ds.models)
@@ -257,8 +272,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(k)
 
         result = run_replay(
-            ds, specs, weights, range(args.seeds), jobs=args.jobs, progress=progress,
-            options=options,
+            ds, specs, weights, range(args.seeds), featurizer=feat, jobs=args.jobs,
+            progress=progress, options=options,
         )  # fmt: skip
     summary = summarize(result)
     print(format_table(summary))
@@ -270,6 +285,18 @@ def run(args: argparse.Namespace) -> int:
         plot(result, summary, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _specs(args: argparse.Namespace, featurizer: Any = None) -> dict[str, Any]:
+    """The learners' configs: --learners presets for ``featurizer``'s layout, then
+    --learner-config."""
+    from learners.replay.presets import resolve
+
+    specs = resolve([n.strip() for n in args.learners.split(",") if n.strip()], featurizer)
+    for item in args.learner_config:
+        name, _, raw = item.partition("=")
+        specs[name.strip()] = json.loads(raw)
+    return specs
 
 
 def _check_warm(args: argparse.Namespace, specs: dict[str, Any]) -> None:
@@ -309,38 +336,80 @@ def _align(warm: Any, models: tuple[str, ...]) -> Any:
     return warm.rewards()[:, [warm.models.index(m) for m in models]]
 
 
+def _featurizer(args: argparse.Namespace, labels: tuple[str, ...]) -> Any:
+    """The featurizer for the run: one task slot per label (at least the default and
+    --task-clusters) unless --task-slots says otherwise; ``labels`` are sorted and listed
+    in that order, so past --task-slots the rest share slots by hash."""
+    from pydantic import ValidationError
+
+    from learners.featurize import N_TASK_SLOTS, Featurizer
+
+    slots = args.task_slots or max(N_TASK_SLOTS, len(labels), args.task_clusters)
+    if args.task_clusters > slots:
+        raise ValueError(
+            f"--task-clusters {args.task_clusters} exceeds the {slots} task slots "
+            "(--task-slots): at most one cluster per slot"
+        )
+    dim = args.dim if args.dim is not None else 64 + max(0, slots - N_TASK_SLOTS)
+    try:
+        return Featurizer(dim=dim, task_slots=slots, tasks=labels[:slots])
+    except ValidationError as exc:  # the layout's own words: dim too small for the slots
+        raise ValueError(f"--dim / --task-slots: {exc.errors()[0]['msg']}") from None
+
+
+def _slot_notes(feat: Any, labels: tuple[str, ...], hidden: bool) -> list[str]:
+    """What the task slots hold, and which names share one."""
+    sharing = feat.task_sharing()
+    shared = sharing["shared_slots"]
+    if hidden or not labels:
+        head = f"task slots: {feat.task_slots}, for the keyword guess of each prompt's task"
+    elif len(labels) <= feat.task_slots:
+        head = f"task slots: {feat.task_slots}, one per task ({len(labels)} tasks)"
+    else:
+        head = (
+            f"task slots: {feat.task_slots} for {len(labels)} tasks: the first "
+            f"{feat.task_slots} (alphabetically) have their own, the rest share by hash"
+        )
+    if not shared:
+        return [head + "; no slot is shared"]
+    parts = "; ".join(f"slot {s}: {', '.join(names)}" for s, names in shared.items())
+    return [
+        f"{head}; {sharing['shared_names']} names share {len(shared)} "
+        f"slot{'s' if len(shared) > 1 else ''} ({parts}): "
+        "raise --task-slots to separate them"
+    ]
+
+
 def _contexts(
     ds: Any, args: argparse.Namespace, warm: Any = None
-) -> tuple[Any, Any, list[str], Any]:
-    """Context vectors, the embeddings that task clusters read (or None), notes, and the
-    warm-start data's context vectors (or None), featurized alike."""
-    from learners.featurize import N_TASK_SLOTS, TEXT_START, Featurizer
+) -> tuple[Any, Any, Any, list[str], Any]:
+    """The featurizer, context vectors, the embeddings that task clusters read (or None),
+    notes, and the warm-start data's context vectors (or None), featurized alike."""
     from learners.task_clusters import DEFAULT_THRESHOLD
 
     notes: list[str] = []
     labels = set(ds.tasks.tolist()) | (set() if warm is None else set(warm.tasks.tolist()))
     all_tasks = tuple(sorted(labels - {""}))
-    tasks = all_tasks[:N_TASK_SLOTS]
-    if len(all_tasks) > N_TASK_SLOTS and not args.hide_tasks:
-        notes.append(
-            f"{len(all_tasks)} tasks but {N_TASK_SLOTS} task slots: the first {N_TASK_SLOTS} "
-            f"(alphabetically) have their own; {', '.join(all_tasks[N_TASK_SLOTS:])} share "
-            "slots by hash"
-        )
     requests = list(ds.requests) + ([] if warm is None else list(warm.requests))
     if args.hide_tasks:
         requests = [_without_task(r) for r in requests]
-        tasks = ()
         notes.append("task labels hidden from the learners (--hide-tasks); references use them")
-    feat = Featurizer(dim=args.dim, tasks=tasks)
+    feat = _featurizer(args, () if args.hide_tasks else all_tasks)
     X = feat.featurize_many(requests)
-    E = X[:, TEXT_START:].copy()
+    if args.task_clusters > 0:
+        notes.append(
+            f"task slots: {feat.task_slots}, holding up to {args.task_clusters} online clusters"
+        )
+    else:
+        notes.extend(_slot_notes(feat, all_tasks, args.hide_tasks))
+    start = feat.text_start
+    E = X[:, start:].copy()
     if args.featurizer in SEMANTIC:
         from learners.semantic import SemanticFeaturizer
 
-        sem = SemanticFeaturizer(kind=args.featurizer, dim=X.shape[1] - TEXT_START)
+        sem = SemanticFeaturizer(kind=args.featurizer, dim=X.shape[1] - start)
         E = sem.embed_many(requests)
-        X[:, TEXT_START:] = sem.project(E) * feat.text_scale
+        X[:, start:] = sem.project(E) * feat.text_scale
         notes.append(f"text block: {sem.describe()}")
     if args.task_clusters > 0:
         notes.append(
@@ -350,7 +419,7 @@ def _contexts(
         )
     n = len(ds)
     Xw = None if warm is None else X[n:]
-    return X[:n], (E[:n] if args.task_clusters > 0 else None), notes, Xw
+    return feat, X[:n], (E[:n] if args.task_clusters > 0 else None), notes, Xw
 
 
 def _without_task(request: dict[str, Any]) -> dict[str, Any]:
