@@ -449,6 +449,17 @@ class BanditConfig(_Strict):
         return cache
 
     @model_validator(mode="after")
+    def _fit_learner_to_layout(self) -> BanditConfig:
+        """A learner that reads the task one-hot by default (greenserv) reads this
+        featurizer's task slots, however many ``featurizer.task_slots`` makes."""
+        from learners.config import for_layout
+
+        fitted = for_layout(self.learner, self.featurizer)
+        if fitted is not self.learner:
+            object.__setattr__(self, "learner", fitted)  # frozen: set once, while validating
+        return self
+
+    @model_validator(mode="after")
     def _check_refs(self) -> BanditConfig:
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):

@@ -45,6 +45,7 @@ from feedback.records import RewardRow
 from feedback.repositories import candidates as repo
 from learners import Learner, RewardEvent, load_learner, make_learner
 from learners.base import REWARD_COMPONENTS
+from learners.config import for_layout
 from learners.floor import with_floor
 from learners.warm import warm_start
 
@@ -67,12 +68,15 @@ def fresh_shadow(config: BanditConfig, spec: dict[str, Any], live: Learner | Non
     weights = candidate_weights(config, spec)
     if spec.get("prior_weight") is not None and live is not None:
         try:
-            return warm_start(live, spec.get("learner"), float(spec["prior_weight"]), weights)
+            cfg = spec.get("learner")
+            fitted = None if cfg is None else for_layout(cfg, config.featurizer)
+            return warm_start(live, fitted, float(spec["prior_weight"]), weights)
         except ValueError as exc:  # registration checks this; a config change may not
             log.warning("candidate starts fresh, not from the live learner: %s", exc)
     if spec.get("learner") is not None or live is None:
         learner_cfg = spec.get("learner") or config.learner.model_dump(mode="json")
-        return make_learner(learner_cfg, config.featurizer.dim, weights)
+        fitted = for_layout(learner_cfg, config.featurizer)  # greenserv: these task slots
+        return make_learner(fitted, config.featurizer.dim, weights)
     learner = load_learner(live.state_bytes())
     learner.set_weights(weights)
     return learner

@@ -30,7 +30,7 @@ from controlplane.gateway_core import GatewayCore
 from feedback.errors import InvalidInput
 from feedback.repositories import candidates as repo
 from learners.base import REWARD_COMPONENTS
-from learners.config import parse_config
+from learners.config import for_layout, parse_config
 from learners.replay.ope_policies import parse_policy_spec
 
 router = APIRouter()
@@ -63,7 +63,11 @@ def candidate_spec(payload: Any, config: BanditConfig) -> tuple[str, dict[str, A
     learner = payload.get("learner")
     if learner is not None:
         try:
-            cfg = parse_policy_spec(learner) if isinstance(learner, str) else dict(learner)
+            cfg = (
+                parse_policy_spec(learner, config.featurizer)
+                if isinstance(learner, str)
+                else dict(learner)
+            )
             parse_config(cfg)
         except (ValueError, TypeError) as exc:
             raise InvalidInput("learner", str(exc).splitlines()[0]) from None
@@ -93,7 +97,7 @@ def candidate_spec(payload: Any, config: BanditConfig) -> tuple[str, dict[str, A
         if not isinstance(prior, int | float) or isinstance(prior, bool) or not 0 <= prior <= 1:
             raise InvalidInput("prior_weight", "a number in [0, 1]")
         live_cfg = config.learner
-        new_cfg = parse_config(spec["learner"]) if "learner" in spec else live_cfg
+        new_cfg = for_layout(spec["learner"], config.featurizer) if "learner" in spec else live_cfg
         linear = ("linucb", "lints", "greenserv")
         if live_cfg.kind not in linear or new_cfg.kind not in linear:
             raise InvalidInput("prior_weight", f"applies to linear learners ({', '.join(linear)})")

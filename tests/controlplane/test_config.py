@@ -128,3 +128,45 @@ def test_hf_arms(tmp_path):
         "cpu",
     )
     assert cfg.adapter_arms == {"smol:ahoy": "ahoy-r4"} and cfg.base_models == ("smol",)
+
+
+def test_greenserv_reads_the_featurizers_task_slots(tmp_path):
+    """A greenserv learner that leaves context_indices at its default reads the intercept
+    and the featurizer's task slots, however many; one given explicitly is kept."""
+    from learners import make_learner
+    from learners.config import GreenServConfig
+
+    tasks = ", ".join(f"t{i}" for i in range(12))
+    base = "arms: [{name: a, model: a}, {name: b, model: b}]\n"
+    wide = f"featurizer: {{dim: 80, task_slots: 12, tasks: [{tasks}]}}\n"
+    cfg = load_config(_write(tmp_path, base + wide + "learner: {kind: greenserv}\n"))
+    assert cfg.featurizer.task_slots == 12
+    assert cfg.learner.context_indices == cfg.featurizer.task_view == tuple(range(13))
+    learner = make_learner(cfg.learner, cfg.featurizer.dim)
+    assert (
+        learner.state_bytes() != make_learner(GreenServConfig(), cfg.featurizer.dim).state_bytes()
+    )
+    explicit = "learner: {kind: greenserv, context_indices: [0, 1, 2]}\n"
+    assert load_config(_write(tmp_path, base + wide + explicit)).learner.context_indices == (
+        0,
+        1,
+        2,
+    )
+    # the default layout: the default config, dumped exactly as before
+    default = load_config(_write(tmp_path, base + "learner: {kind: greenserv}\n"))
+    assert default.featurizer.task_slots == 8
+    assert default.learner.model_dump() == GreenServConfig().model_dump()
+
+
+@pytest.mark.parametrize(
+    ("featurizer", "needle"),
+    [
+        ("{task_slots: 2, tasks: [a, b, c]}", "tasks lists 3 names but task_slots is 2"),
+        ("{dim: 30, task_slots: 12}", "dim 30 is too small for task_slots 12"),
+        ("{task_slots: 0}", "featurizer.task_slots"),
+    ],
+)
+def test_featurizer_layout_errors_name_the_field(tmp_path, featurizer, needle):
+    text = f"arms: [{{name: a, model: a}}]\nfeaturizer: {featurizer}\n"
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(_write(tmp_path, text))
