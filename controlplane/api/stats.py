@@ -90,6 +90,10 @@ async def stats(request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
         "cache": await _service_status(request.app.state.cache_status),
         "tables": tables,
         "gateway": dict(core.counters),
+        # task names outside featurizer.tasks that share a task slot: counts, no names
+        "featurizer": {
+            k: v for k, v in core.featurizer.task_sharing().items() if k != "shared_slots"
+        },
         "writer": writer,
         "policy_version": core.policy.version,
         "budgets": await _budgets(request) if may_read(request, keys) else None,

@@ -109,3 +109,20 @@ def test_stats_does_not_show_database_error_text():
     assert resp.json()["tables"] == {"error": "OperationalError: database error"}
     for secret in ("hunter2", "secretdb", "nobody", "127.0.0.1", "Connection refused"):
         assert secret not in resp.text
+
+
+def test_stats_count_task_names_that_share_a_slot_without_naming_them():
+    dead = create_engine("postgresql+psycopg://nobody:x@127.0.0.1:1/none")
+    cfg = config(featurizer={"dim": 24, "task_slots": 2, "tasks": ["alpha", "beta"]})
+    core = GatewayCore(cfg, dead, stub_pool, FeedbackTokens(SECRET, 60), listen=False)
+    for task in ("alpha", "secret-task-1", "secret-task-2", "secret-task-1"):
+        core.featurizer.featurize({"messages": [{"role": "user", "content": "hi"}], "task": task})
+    app = create_app(core, start_background=False)
+    with TestClient(app) as http:
+        resp = http.get("/v1/stats")
+    assert resp.status_code == 200, resp.text
+    got = resp.json()["featurizer"]
+    # both slots hold a listed task: each other name shares one, on each of its requests
+    assert got["task_slots"] == 2 and got["hashed_names"] == 2
+    assert got["shared_requests"] == 3 and got["shared_names"] >= 3
+    assert "secret-task" not in resp.text
