@@ -152,6 +152,13 @@ def test_greenserv_reads_the_featurizers_task_slots(tmp_path):
         1,
         2,
     )
+    # a candidate's greenserv, started fresh or from the live learner, reads them too
+    from controlplane.shadows import fresh_shadow
+
+    shadow = fresh_shadow(cfg, {"learner": {"kind": "greenserv"}}, None)
+    assert shadow.config.context_indices == tuple(range(13))
+    warm = fresh_shadow(cfg, {"learner": {"kind": "greenserv"}, "prior_weight": 0.5}, learner)
+    assert warm.config.context_indices == tuple(range(13))
     # the default layout: the default config, dumped exactly as before
     default = load_config(_write(tmp_path, base + "learner: {kind: greenserv}\n"))
     assert default.featurizer.task_slots == 8
