@@ -36,6 +36,17 @@ def pool_name(model: str) -> str:
     return "pool-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in model)
 
 
+def pool_actor_options(config: BanditConfig, model: str) -> dict[str, Any]:
+    """The pool replica's ``ray_actor_options``: no CPU reserved (as every deployment
+    here), and the GPUs its arms ask for (``num_gpus``), so that Ray places it on a
+    node that has them and shows it those (``CUDA_VISIBLE_DEVICES``)."""
+    options: dict[str, Any] = {"num_cpus": 0}
+    gpus = config.pool_gpus(model)
+    if gpus > 0:
+        options["num_gpus"] = gpus
+    return options
+
+
 def make_backends(config: BanditConfig, model: str) -> Mapping[str, Backend]:
     """The backends of one base model's arms, by arm name."""
     from controlplane.settings import get_settings
