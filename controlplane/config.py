@@ -73,6 +73,12 @@ class ArmConfig(_Strict):
     max_lora_rank: int = Field(
         default=16, ge=1, description="vllm: the largest adapter rank the engine accepts"
     )
+    kv_cache_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="vllm: the KV cache's size in GiB (vLLM's kv_cache_memory_bytes), instead "
+        "of what gpu_memory_utilization leaves",
+    )
     num_gpus: float = Field(
         default=0,
         ge=0,

@@ -348,6 +348,9 @@ def test_engine_args_from_the_arm(tmp_path):
         "max_model_len": 512,
     }
     assert "max_model_len" not in engine_args(_config().arms[0], tmp_path, 3)
+    sized = engine_args(_config(kv_cache_gib=0.25).arms[0], tmp_path, 3)
+    assert sized["kv_cache_memory_bytes"] == 2**28
+    assert "kv_cache_memory_bytes" not in engine_args(_config().arms[0], tmp_path, 3)
 
 
 def test_engine_slots_are_the_pools_limit():
