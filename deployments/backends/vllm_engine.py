@@ -327,7 +327,10 @@ class VLLMBackend:
         return held.file_bytes if held else adapter_file_bytes(self.adapter_path(name))
 
     def close(self) -> None:
-        """Stop the engine (its processes) and its loop."""
+        """Stop the engine (its processes) and its loop; what it held is gone (a later
+        ``unload_adapter`` has nothing to do)."""
+        with self._lock:
+            self._adapters.clear()
         with suppress(Exception):
             self.engine.shutdown()
         self.runner.close()
