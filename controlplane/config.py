@@ -73,6 +73,19 @@ class ArmConfig(_Strict):
     max_lora_rank: int = Field(
         default=16, ge=1, description="vllm: the largest adapter rank the engine accepts"
     )
+    kv_cache_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="vllm: the KV cache's size in GiB (vLLM's kv_cache_memory_bytes), instead "
+        "of what gpu_memory_utilization leaves",
+    )
+    num_gpus: float = Field(
+        default=0,
+        ge=0,
+        description="GPUs Ray reserves for the pool replica serving this arm's model (the "
+        "largest among the model's arms; fractions below 1 share a GPU), so that Ray places "
+        "it on a GPU node; 0: none",
+    )
     usd_per_1k_prompt_tokens: float = Field(default=0.0, ge=0)
     usd_per_1k_completion_tokens: float = Field(default=0.0, ge=0)
     joules_per_token: float = Field(default=0.0, ge=0)
@@ -85,6 +98,13 @@ class ArmConfig(_Strict):
     def _backend_fields(self) -> ArmConfig:
         if self.backend == "openai" and not self.base_url:
             raise ValueError(f"arm {self.name!r}: the openai backend needs base_url")
+        if self.num_gpus > 1 and not self.num_gpus.is_integer():
+            raise ValueError(
+                f"arm {self.name!r}: num_gpus {self.num_gpus} (Ray shares a GPU below 1; "
+                "above 1 it reserves whole GPUs)"
+            )
+        if self.num_gpus > 0 and (self.device or "").split(":", 1)[0] == "cpu":
+            raise ValueError(f"arm {self.name!r}: num_gpus {self.num_gpus} with device cpu")
         return self
 
 
@@ -507,6 +527,11 @@ class BanditConfig(_Strict):
     @property
     def base_models(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(a.model for a in self.arms))
+
+    def pool_gpus(self, model: str) -> float:
+        """GPUs the pool replica of ``model`` asks Ray for: the most any of its arms sets
+        (the arms of a base model share its pool replica)."""
+        return max((a.num_gpus for a in self.arms if a.model == model), default=0.0)
 
 
 def _default_learner() -> LearnerConfig:

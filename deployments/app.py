@@ -10,7 +10,7 @@ from typing import Any
 from controlplane.config import BanditConfig
 from deployments.gateway import Gateway
 from deployments.learner import LearnerService
-from deployments.pool import ModelPool, pool_name
+from deployments.pool import ModelPool, pool_actor_options, pool_name
 
 
 def build_app(
@@ -21,6 +21,7 @@ def build_app(
             name=pool_name(model),
             num_replicas=config.pools.replicas,
             max_ongoing_requests=config.pools.max_ongoing_requests,
+            ray_actor_options=pool_actor_options(config, model),
         ).bind(config, model)
         for model in config.base_models
     }

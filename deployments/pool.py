@@ -36,6 +36,17 @@ def pool_name(model: str) -> str:
     return "pool-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in model)
 
 
+def pool_actor_options(config: BanditConfig, model: str) -> dict[str, Any]:
+    """The pool replica's ``ray_actor_options``: no CPU reserved (as every deployment
+    here), and the GPUs its arms ask for (``num_gpus``), so that Ray places it on a
+    node that has them and shows it those (``CUDA_VISIBLE_DEVICES``)."""
+    options: dict[str, Any] = {"num_cpus": 0}
+    gpus = config.pool_gpus(model)
+    if gpus > 0:
+        options["num_gpus"] = gpus
+    return options
+
+
 def make_backends(config: BanditConfig, model: str) -> Mapping[str, Backend]:
     """The backends of one base model's arms, by arm name."""
     from controlplane.settings import get_settings
@@ -61,6 +72,7 @@ class PoolCore:
         self.arms = {a.name: a for a in config.arms if a.model == model}
         self.backends = dict(backends)
         self.cache = config.cache
+        self._closed = False
         hosts = {a.adapter: self.backends[n] for n, a in self.arms.items() if a.adapter}
         self.slots = AdapterSlots(
             config.cache.slots_per_replica,
@@ -106,6 +118,17 @@ class PoolCore:
     def residency_stats(self) -> dict[str, Any]:
         return {"policy": self.cache.policy.kind, **self.slots.stats()}
 
+    def close(self) -> None:
+        """Stop what the backends run beside the replica (a vLLM engine's processes), once;
+        backends without a ``close`` hold nothing that outlives the replica."""
+        if self._closed:
+            return
+        self._closed = True
+        for backend in {id(b): b for b in self.backends.values()}.values():
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class ModelPool:
@@ -129,6 +152,13 @@ class ModelPool:
         self._mux = serve.multiplexed(max_num_models_per_replica=config.cache.slots_per_replica)(
             load_for_serve
         )
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica (Python may call it again): the
+        backends stop their engines, whose processes would otherwise outlive it."""
+        core = getattr(self, "core", None)  # None: __init__ failed before building it
+        if core is not None:
+            core.close()
 
     async def _mux_get(self, adapter: str) -> Any:
         return await self._mux(adapter)

@@ -327,7 +327,10 @@ class VLLMBackend:
         return held.file_bytes if held else adapter_file_bytes(self.adapter_path(name))
 
     def close(self) -> None:
-        """Stop the engine (its processes) and its loop."""
+        """Stop the engine (its processes) and its loop; what it held is gone (a later
+        ``unload_adapter`` has nothing to do)."""
+        with self._lock:
+            self._adapters.clear()
         with suppress(Exception):
             self.engine.shutdown()
         self.runner.close()
@@ -359,6 +362,8 @@ def engine_args(arm: ArmConfig, folder: Path, max_loras: int) -> dict[str, Any]:
     }
     if arm.max_model_len is not None:
         fields["max_model_len"] = arm.max_model_len
+    if arm.kv_cache_gib is not None:
+        fields["kv_cache_memory_bytes"] = int(arm.kv_cache_gib * 2**30)
     return fields
 
 
@@ -417,6 +422,7 @@ def build(arms: Sequence[ArmConfig], context: BuildContext) -> dict[str, VLLMBac
             arm.max_model_len,
             arm.gpu_memory_utilization,
             arm.max_lora_rank,
+            arm.kv_cache_gib,
         )
         groups.setdefault(key, []).append(arm)
     out: dict[str, VLLMBackend] = {}

@@ -177,3 +177,46 @@ def test_featurizer_layout_errors_name_the_field(tmp_path, featurizer, needle):
     text = f"arms: [{{name: a, model: a}}]\nfeaturizer: {featurizer}\n"
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_config(_write(tmp_path, text))
+
+
+def test_a_pool_asks_ray_for_the_most_gpus_its_arms_set(tmp_path):
+    from controlplane.cli.commands.serve_config import deployment_overrides
+    from deployments.pool import pool_actor_options
+
+    cfg = load_config(
+        _write(
+            tmp_path,
+            "arms:\n"
+            "  - {name: smol, model: smol, backend: vllm, num_gpus: 0.5}\n"
+            "  - {name: smol:ahoy, model: smol, adapter: ahoy-r4, backend: vllm}\n"
+            "  - {name: big, model: big, backend: vllm, device: cuda, num_gpus: 2}\n"
+            "  - {name: replay, model: replay}\n",
+        )
+    )
+    assert [a.num_gpus for a in cfg.arms] == [0.5, 0.0, 2.0, 0.0]
+    assert (cfg.pool_gpus("smol"), cfg.pool_gpus("big"), cfg.pool_gpus("replay")) == (0.5, 2, 0)
+    assert pool_actor_options(cfg, "smol") == {"num_cpus": 0, "num_gpus": 0.5}
+    assert pool_actor_options(cfg, "replay") == {"num_cpus": 0}  # no GPU key: none asked
+    # serve-config's --resources override replaces the code's options: it keeps the GPUs
+    over = {
+        d["name"]: d.get("ray_actor_options")
+        for d in deployment_overrides(cfg, ["pool-big,pool-replay=gpu_node:1"], [])
+    }
+    assert over["pool-big"] == {"num_cpus": 0, "num_gpus": 2.0, "resources": {"gpu_node": 1.0}}
+    assert over["pool-replay"] == {"num_cpus": 0, "resources": {"gpu_node": 1.0}}
+    assert over["pool-smol"] is None  # no override: the code's options (num_gpus 0.5) hold
+
+
+@pytest.mark.parametrize(
+    ("arm", "needle"),
+    [
+        ("num_gpus: -1", "arms.0.num_gpus"),
+        ("num_gpus: 1.5", "Ray shares a GPU below 1"),
+        ("num_gpus: 1, device: cpu", "with device cpu"),
+    ],
+)
+def test_gpu_errors_name_the_arm(tmp_path, arm, needle):
+    path = _write(tmp_path, f"arms: [{{name: a, model: a, backend: vllm, {arm}}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert needle in str(err.value), str(err.value)

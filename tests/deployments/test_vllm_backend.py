@@ -44,6 +44,7 @@ class FakeEngine:
         self.cancelled: list[str] = []
         self.threads: set[str] = set()
         self.fail_with: Exception | None = None
+        self.shutdowns = 0
 
     async def generate(
         self, prompt: Any, params: dict[str, Any], request_id: str, *, lora_request: Any = None
@@ -78,6 +79,9 @@ class FakeEngine:
 
     async def remove_lora(self, lora_id: int) -> bool:
         return self.loras.pop(lora_id, None) is not None
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
 
 
 async def _render(messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -348,6 +352,9 @@ def test_engine_args_from_the_arm(tmp_path):
         "max_model_len": 512,
     }
     assert "max_model_len" not in engine_args(_config().arms[0], tmp_path, 3)
+    sized = engine_args(_config(kv_cache_gib=0.25).arms[0], tmp_path, 3)
+    assert sized["kv_cache_memory_bytes"] == 2**28
+    assert "kv_cache_memory_bytes" not in engine_args(_config().arms[0], tmp_path, 3)
 
 
 def test_engine_slots_are_the_pools_limit():
@@ -427,3 +434,30 @@ def test_a_pool_pages_adapters_through_it(runner, adapter_dir):
     assert backend.engine.threads == {runner.thread.name}
     stats = core.residency_stats()
     assert stats["page_ins"] == 2 and core.slots.max_held <= 2 == backend.max_loras
+
+
+def test_closing_the_pool_stops_each_engine_once(runner, adapter_dir):
+    """A pool replica stopping (Serve calls its ``__del__``, Python may call it again)
+    shuts each distinct engine down once; a backend without ``close`` is left alone."""
+    from deployments.pool import PoolCore
+
+    arm = {"model": "smol", "backend": "vllm", "adapter_dir": str(adapter_dir)}
+    config = parse_config(
+        {
+            "arms": [
+                {"name": "smol", **arm},
+                {"name": "smol:a0", "adapter": "a0", **arm},
+                {"name": "smol-replay", "model": "smol"},
+            ]
+        }
+    )
+    backend = _backend(runner, adapter_dir)
+    backend.load_adapter("a0")
+    backends = {"smol": backend, "smol:a0": backend, "smol-replay": SimpleNamespace()}
+    core = PoolCore(config, "smol", backends)
+    core.close()
+    core.close()
+    assert backend.engine.shutdowns == 1
+    assert not runner.thread.is_alive() and runner.loop.is_closed()
+    assert backend.resident() == ()
+    backend.unload_adapter("a0")  # Serve's LRU dropping it after the stop: nothing to do

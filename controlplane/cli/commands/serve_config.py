@@ -118,8 +118,9 @@ def deployment_overrides(
     """Serve's per-deployment overrides (``applications[].deployments``): every
     deployment's ``max_surge_percent`` (:data:`DEFAULT_SURGE` unless ``--max-surge``), and
     the ``--resources`` and ``--replicas`` options. An override's ``ray_actor_options``
-    replaces the code's, so it repeats ``num_cpus: 0``."""
+    replaces the code's, so it repeats ``num_cpus: 0`` (and a pool's ``num_gpus``)."""
     from controlplane.config import ConfigError
+    from deployments.pool import pool_actor_options, pool_name
 
     known = deployment_names(cfg)
     out: dict[str, dict[str, Any]] = {
@@ -131,12 +132,14 @@ def deployment_overrides(
             raise ConfigError(f"{option} {name}: no such deployment (known: {', '.join(known)})")
         return out.setdefault(name, {"name": name})
 
+    code_options = {pool_name(m): pool_actor_options(cfg, m) for m in cfg.base_models}
     for value in resources:
         names, spec = _split("--resources", value)
         need = _amounts(value, spec)
         for name in names.split(","):
             opts = entry("--resources", name.strip()).setdefault(
-                "ray_actor_options", {"num_cpus": 0, "resources": {}}
+                "ray_actor_options",
+                {**code_options.get(name.strip(), {"num_cpus": 0}), "resources": {}},
             )
             opts["resources"].update(need)
     for value in surge or []:
