@@ -10,7 +10,11 @@ Three Serve apps run in one local Ray over the same replay backend (no sleep): t
 gateway, a pass-through to one pool, and a pass-through to the pool each request
 names, sent in the arm mix the gateway chose (the same pools and spread of load,
 without a decision). One load generator (httpx, async) in this process drives them
-in turn, in ``--rounds`` interleaved rounds; ratios are the rounds' medians. The
+in turn, in ``--rounds`` interleaved rounds; ratios are the rounds' medians.
+``--cpu-by-process`` also prints the CPU each process spent per request during each
+app's runs (psutil: this process, the Ray processes it started, and the PostgreSQL
+backends of the bench's database), grouped by role: where the gateway's extra CPU goes
+in the whole system, not only in its own replica. The
 scrapes go to a gateway app in process (FastAPI's TestClient) that asks an
 in-process learner for its figures, as a deployed gateway asks the learner's handle.
 """
@@ -21,14 +25,17 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
@@ -97,6 +104,68 @@ async def load(
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return time.perf_counter() - t0, lat, results
+
+
+def process_role(proc: psutil.Process, database: str) -> str | None:
+    """What a process is to the bench: a Serve replica (app:deployment, pools together),
+    the proxy, Serve's controller, Ray's own, a PostgreSQL backend of ``database``, or
+    this load generator; None for anything else."""
+    if proc.pid == os.getpid():
+        return "load generator (this process)"
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return None
+    if cmd.startswith("postgres:"):
+        return "PostgreSQL backends" if f" {database} " in cmd else None
+    found = re.search(r"ray::ServeReplica:([\w-]+):([\w.-]+)", cmd)
+    if found:
+        app, deployment = found.groups()
+        pool = deployment.startswith(("pool-", "named-pool-", "bare-pool"))
+        return f"{app}: {'pools' if pool else deployment.split('.')[0]}"
+    if "ProxyActor" in cmd:
+        return "Serve proxy"
+    if "ServeController" in cmd:
+        return "Serve controller"
+    return "Ray (raylet, GCS, other workers)"
+
+
+def cpu_by_process(database: str) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process, its descendants (the local Ray it started)
+    and ``database``'s PostgreSQL backends, by pid: (role, seconds)."""
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    procs += [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+    out: dict[int, tuple[str, float]] = {}
+    for proc in procs:
+        role = process_role(proc, database)
+        if role is None:
+            continue
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        out[proc.pid] = (role, t.user + t.system)
+    return out
+
+
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> Counter:
+    spent: Counter = Counter()
+    for pid, (role, seconds) in after.items():
+        spent[role] += seconds - before.get(pid, (role, 0.0))[1]
+    return spent
+
+
+def print_cpu_by_process(per_app: dict[str, Counter], rounds: int) -> None:
+    labels = list(per_app)
+    roles = sorted(set().union(*per_app.values()))
+    print(f"CPU per request by process during each app's runs (ms, mean of {rounds} rounds):")
+    print("  " + f"{'':<34}" + "".join(f"{label:>20}" for label in labels))
+    for role in roles:
+        row = "".join(f"{per_app[label][role] / rounds * 1e3:20.3f}" for label in labels)
+        print(f"  {role:<34}{row}")
+    totals = "".join(f"{sum(per_app[label].values()) / rounds * 1e3:20.3f}" for label in labels)
+    print(f"  {'all of them':<34}{totals}")
 
 
 def learner_events_per_s(cfg, url: str, n: int) -> float:
@@ -253,6 +322,8 @@ def main() -> int:
                          "fallback on (limits set high enough never to refuse)")  # fmt: skip
     ap.add_argument("--port", type=int, default=None,
                     help="the Serve HTTP proxy's port (default: the config's, 8000)")  # fmt: skip
+    ap.add_argument("--cpu-by-process", action="store_true",
+                    help="the CPU each process spent per request during each app's runs")  # fmt: skip
     ap.add_argument("--scrape-only", action="store_true",
                     help="decision overhead and scrapes only (no Ray)")  # fmt: skip
     args = ap.parse_args()
@@ -330,10 +401,16 @@ def main() -> int:
         )
         per_round: list[dict[str, tuple[float, float, float]]] = []
         results: list[dict] = []
+        database = url.rsplit("/", 1)[-1].split("?")[0]
+        cpu: dict[str, Counter] = {label: Counter() for label, _, _, _ in runs}
         for rnd in range(args.rounds):  # interleaved: a load that drifts hits all three alike
             row = {}
             for label, path, payload, hdrs in runs:
+                before = cpu_by_process(database) if args.cpu_by_process else {}
                 secs, lat, res = asyncio.run(load(base + path, payload, args.concurrency, hdrs))
+                if args.cpu_by_process:
+                    spent = cpu_spent(before, cpu_by_process(database))
+                    cpu[label].update({role: s / len(payload) for role, s in spent.items()})
                 row[label] = (len(payload) / secs, pct(lat, 50), pct(lat, 99))
                 if "gateway" in label:
                     results = res
@@ -351,6 +428,8 @@ def main() -> int:
                 f"HTTP via Serve proxy, {args.concurrency} concurrent, {label:<19}: median {med:8.1f} req/s over {args.rounds} rounds"
             )
         ratio = float(np.median(ratios_named))
+        if args.cpu_by_process:
+            print_cpu_by_process(cpu, args.rounds)
         print(
             "gateway / pass-through throughput ratio, median of rounds: "
             f"{float(np.median(ratios_bare)):.2f} against one pool "

@@ -7,7 +7,8 @@ pass-through app over the same pools, without Ray or HTTP.
 Both apps run in this process and are called as ASGI apps (no sockets), 32 requests at a
 time, on the bundled scenario's prompts: the gateway app (``create_app``) with an API
 key, its rate limits, a budget and one fallback on, as ``bench_gateway.py --guarded``
-runs it, with its decision log writer and policy refresher running; and a FastAPI app that
+runs it, with its decision log writer (and its spool, in a temp dir, where the config has
+it on, as a deployed gateway has) and policy refresher running; and a FastAPI app that
 reads the body and forwards it to the pool of the arm it names, as
 ``passthrough.NamedPassThrough`` does. Both call the same in-process pools
 (``PoolCore`` on the replay backend, no sleep), so their difference is the gateway's
@@ -24,6 +25,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -46,6 +48,7 @@ from controlplane.tokens import FeedbackTokens  # noqa: E402
 from deployments.pool import PoolCore, make_backends  # noqa: E402
 from feedback.database import make_engine  # noqa: E402
 from feedback.repositories import arms as arms_repo  # noqa: E402
+from feedback.spool import Spool  # noqa: E402
 from learners.replay.dataset import dataset_for  # noqa: E402
 
 PATH = "/v1/chat/completions"
@@ -135,7 +138,11 @@ def run(url: str, args: argparse.Namespace) -> None:
     async def call_pool(arm: str, body: dict[str, Any]) -> dict[str, Any]:
         return await pools[model_of[arm]].generate(arm, body)
 
-    core = GatewayCore(cfg, engine, call_pool, FeedbackTokens("profile-secret-0123456789", 60))
+    spool_dir = tempfile.TemporaryDirectory(prefix="banditctl-profgw-spool-")
+    spool = Spool(spool_dir.name) if cfg.gateway.spool else None  # as the deployment has it
+    core = GatewayCore(
+        cfg, engine, call_pool, FeedbackTokens("profile-secret-0123456789", 60), spool=spool
+    )
     apps: dict[str, Asgi] = {
         "pass-through": passthrough_app(call_pool),
         "gateway": create_app(core, start_background=False),
@@ -173,6 +180,7 @@ def run(url: str, args: argparse.Namespace) -> None:
     cpu = asyncio.run(rounds())
     core.writer.close()
     engine.dispose()
+    spool_dir.cleanup()
     for name in names:
         print(
             f"{name:<12}: CPU per request min {min(cpu[name]) * 1e3:.3f} ms, "

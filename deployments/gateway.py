@@ -63,28 +63,9 @@ class Gateway:
         adapter = self.adapter_of[arm]
         return handle.options(multiplexed_model_id=adapter) if adapter else handle
 
-    async def _assigned(self, arm: str, response: Any) -> None:
-        """Wait until Serve's router has given the call a replica, at most
-        ``gateway.pool_wait_s``: with no replica running (one crashed and restarts) the
-        router holds calls until a new one is up, which would hold this arm's requests,
-        and every client waiting on them, for as long. Past the bound the call is
-        cancelled and fails with :class:`PoolUnavailable`."""
-        fetch = getattr(response, "_fetch_future_result_async", None)
-        if fetch is None:  # another Serve: no bound, the call waits as it would
-            return
-        try:
-            await asyncio.wait_for(fetch(), self.config.gateway.pool_wait_s)
-        except TimeoutError:
-            with contextlib.suppress(Exception):
-                response.cancel()
-            wait = self.config.gateway.pool_wait_s
-            raise PoolUnavailable(
-                f"no replica of {arm}'s pool took the call in {wait:g} s"
-            ) from None
-
     async def _call_pool(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:
         response = self._handle(arm).generate.remote(arm, body)
-        await self._assigned(arm, response)
+        await assigned(arm, response, self.config.gateway.pool_wait_s)
         try:
             result: dict[str, Any] = await response
         except RayTaskError as exc:
@@ -96,7 +77,7 @@ class Gateway:
         leaving early (the client went away) cancels it, which stops the generation."""
         stream = self._handle(arm).options(stream=True)
         chunks = cast(DeploymentResponseGenerator[Any], stream.generate_stream.remote(arm, body))
-        await self._assigned(arm, chunks)
+        await assigned(arm, chunks, self.config.gateway.pool_wait_s)
         try:
             async for chunk in chunks:
                 yield chunk.as_dict()
@@ -137,6 +118,25 @@ class Gateway:
 
     def __del__(self) -> None:
         self.core.writer.close(timeout_s=10)
+
+
+async def assigned(arm: str, response: Any, wait_s: float) -> None:
+    """Wait until Serve's router has given the call a replica, at most ``wait_s``
+    (``gateway.pool_wait_s``): with no replica running (one crashed and restarts) the
+    router holds calls until a new one is up, which would hold this arm's requests, and
+    every client waiting on them, for as long. Past the bound the call is cancelled and
+    fails with :class:`PoolUnavailable`. The bound is a timer on this task
+    (``asyncio.timeout``), not a task of its own per call as ``wait_for`` makes."""
+    fetch = getattr(response, "_fetch_future_result_async", None)
+    if fetch is None:  # another Serve: no bound, the call waits as it would
+        return
+    try:
+        async with asyncio.timeout(wait_s):
+            await fetch()
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            response.cancel()
+        raise PoolUnavailable(f"no replica of {arm}'s pool took the call in {wait_s:g} s") from None
 
 
 def _cause(exc: RayTaskError) -> Exception:

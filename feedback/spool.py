@@ -16,8 +16,10 @@ an orphan (a dead writer's, whatever became of its pid). Segments live in a fold
 database (its server, name and oid), so a spool is never written into another database,
 nor into a database of the same name created since.
 
-A segment is a sequence of frames: a 4-byte little-endian length, then the pickled record.
-A frame cut short by the crash is the end of the segment. The folder is created 0700 and
+A segment is a sequence of frames: a 4-byte little-endian length, then the pickled record,
+as a tuple of its fields in plain types (:func:`encode`; a pickled record object, as
+earlier versions wrote, is read too). A frame cut short by the crash is the end of the
+segment. The folder is created 0700 and
 the files 0600: they hold what the decision log holds (contexts, tenants, task labels).
 """
 
@@ -35,7 +37,11 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from feedback.records import DecisionRecord, OutcomeRecord
 
@@ -44,6 +50,113 @@ log = logging.getLogger(__name__)
 Record = DecisionRecord | OutcomeRecord
 _LEN = struct.Struct("<I")
 SUFFIX = ".spool"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def encode(record: Record) -> bytes:
+    """A record's frame body: its fields as plain values (bytes, ints, floats, strings) in
+    a pickled tuple, a quarter of the time of pickling the record itself (the request
+    path spools every record); :func:`decode` gives back an equal record."""
+    if type(record) is DecisionRecord:
+        ctx = np.ascontiguousarray(record.context)
+        fields: tuple[Any, ...] = (
+            "d",
+            record.request_id.bytes,
+            *_when(record.created_at),
+            record.route,
+            record.arm_id,
+            ctx.dtype.str,
+            ctx.shape,
+            ctx.tobytes(),
+            record.propensity,
+            record.policy_version,
+            record.learner,
+            record.tenant,
+            record.task,
+            record.key_id,
+            record.attempt,
+            None if record.fallback_of is None else record.fallback_of.bytes,
+            record.client_request_id,
+        )
+    elif type(record) is OutcomeRecord:
+        fields = (
+            "o",
+            record.request_id.bytes,
+            *_when(record.created_at),
+            record.status,
+            record.latency_ms,
+            record.ttft_ms,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.energy_j,
+            record.cost_usd,
+            record.error,
+        )
+    else:  # a subclass or anything else: the object itself
+        return pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode(data: bytes) -> Record:
+    """The record of a frame body (:func:`encode`'s, or a pickled record object);
+    raises ``ValueError`` on anything else."""
+    obj = pickle.loads(data)
+    if isinstance(obj, DecisionRecord | OutcomeRecord):
+        return obj
+    if not isinstance(obj, tuple) or not obj or obj[0] not in ("d", "o"):
+        raise ValueError("not a record")
+    if obj[0] == "d":
+        (_, rid, us, offset, route, arm, dtype, shape, ctx, propensity, version, learner,
+         tenant, task, key_id, attempt, fallback_of, client_request_id) = obj  # fmt: skip
+        return DecisionRecord(
+            request_id=uuid.UUID(bytes=rid),
+            created_at=_from_when(us, offset),
+            route=route,
+            arm_id=arm,
+            context=np.frombuffer(ctx, dtype=np.dtype(dtype)).reshape(shape).copy(),
+            propensity=propensity,
+            policy_version=version,
+            learner=learner,
+            tenant=tenant,
+            task=task,
+            key_id=key_id,
+            attempt=attempt,
+            fallback_of=None if fallback_of is None else uuid.UUID(bytes=fallback_of),
+            client_request_id=client_request_id,
+        )
+    (_, rid, us, offset, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens,
+     energy_j, cost_usd, error) = obj  # fmt: skip
+    return OutcomeRecord(
+        request_id=uuid.UUID(bytes=rid),
+        created_at=_from_when(us, offset),
+        status=status,
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        energy_j=energy_j,
+        cost_usd=cost_usd,
+        error=error,
+    )
+
+
+def _when(at: datetime) -> tuple[int, int | None]:
+    """A time as whole microseconds since the epoch (UTC) and its UTC offset in
+    microseconds (None: a naive time, counted as if it were UTC)."""
+    offset = at.utcoffset()
+    if offset is None:
+        return (at.replace(tzinfo=UTC) - _EPOCH) // _US, None
+    return (at - _EPOCH) // _US, offset // _US
+
+
+def _from_when(us: int, offset: int | None) -> datetime:
+    at = _EPOCH + us * _US
+    if offset is None:
+        return at.replace(tzinfo=None)
+    return at.astimezone(timezone(offset * _US))
 
 
 def database_folder(host: str | None, port: int | None, name: str | None, oid: int) -> str:
@@ -98,7 +211,7 @@ class Spool:
     def append(self, seq: int, record: Record) -> None:
         """Add record number ``seq`` (raises ``OSError`` when the disk refuses)."""
         seg = self._current(seq)
-        data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+        data = encode(record)
         frame = _LEN.pack(len(data)) + data
         written = os.write(seg.fd, frame)
         if written != len(frame):  # a full disk: the segment is cut short here
@@ -206,12 +319,9 @@ class Orphan:
                     log.warning("spool %s: last record cut short; ignored", self.path.name)
                     return
                 try:
-                    record = pickle.loads(data)
+                    record = decode(data)
                 except Exception:
                     log.error("spool %s: a record that does not load; the rest ignored", self.path)
-                    return
-                if not isinstance(record, DecisionRecord | OutcomeRecord):
-                    log.error("spool %s: not a record; the rest ignored", self.path)
                     return
                 yield record
 

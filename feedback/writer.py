@@ -387,13 +387,28 @@ class DecisionLogWriter:
             self._write_with_retry(half)
 
     def _write(self, batch: list[Record]) -> None:
+        """One transaction: COPY without savepoints (the common case: no row of the batch
+        is there yet); a batch whose rows are partly there already (retried after its
+        commit was acknowledged late, or replayed from the spool) fails it on a unique
+        violation, and is written again in one that skips the rows there."""
         decisions = [r for r in batch if isinstance(r, DecisionRecord)]
         outcomes = [r for r in batch if isinstance(r, OutcomeRecord)]
-        with self._engine.begin() as conn:
-            nd = request_log.write_decisions(conn, decisions)
-            no = request_log.write_outcomes(conn, outcomes)
+        try:
+            nd, no = self._write_once(decisions, outcomes, guarded=False)
+        except IntegrityError as exc:
+            if not request_log.already_written(exc):
+                raise
+            nd, no = self._write_once(decisions, outcomes, guarded=True)
         self.stats.written_decisions += nd
         self.stats.written_outcomes += no
+
+    def _write_once(
+        self, decisions: list[DecisionRecord], outcomes: list[OutcomeRecord], *, guarded: bool
+    ) -> tuple[int, int]:
+        with self._engine.begin() as conn:
+            nd = request_log.write_decisions(conn, decisions, guarded=guarded)
+            no = request_log.write_outcomes(conn, outcomes, guarded=guarded)
+        return nd, no
 
 
 class _GaveUp(Exception):

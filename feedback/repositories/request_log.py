@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from feedback import models as m
 from feedback.records import DecisionRecord, OutcomeRecord
-from feedback.repositories._sql import bulk_insert
+from feedback.repositories._sql import bulk_insert, is_duplicate
 
 _DECISION_COLS = (
     "request_id",
@@ -86,13 +86,27 @@ def _outcome_row(o: OutcomeRecord) -> tuple[Any, ...]:
     )
 
 
-def write_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> int:
-    """Bulk insert; returns rows inserted (a retried batch inserts 0)."""
-    return bulk_insert(conn, "decisions", _DECISION_COLS, [_decision_row(d) for d in records])
+def write_decisions(
+    conn: Connection, records: Sequence[DecisionRecord], *, guarded: bool = True
+) -> int:
+    """Bulk insert; returns rows inserted (a retried batch inserts 0). ``guarded=False``:
+    a retried batch fails the transaction instead (:func:`already_written`; see
+    :func:`feedback.repositories._sql.bulk_insert`)."""
+    rows = [_decision_row(d) for d in records]
+    return bulk_insert(conn, "decisions", _DECISION_COLS, rows, guarded=guarded)
 
 
-def write_outcomes(conn: Connection, records: Sequence[OutcomeRecord]) -> int:
-    return bulk_insert(conn, "outcomes", _OUTCOME_COLS, [_outcome_row(o) for o in records])
+def write_outcomes(
+    conn: Connection, records: Sequence[OutcomeRecord], *, guarded: bool = True
+) -> int:
+    """As :func:`write_decisions`, for outcomes."""
+    rows = [_outcome_row(o) for o in records]
+    return bulk_insert(conn, "outcomes", _OUTCOME_COLS, rows, guarded=guarded)
+
+
+def already_written(exc: BaseException) -> bool:
+    """Whether an unguarded write failed on a row that is there already (a retried batch)."""
+    return is_duplicate(exc)
 
 
 def insert_decision(conn: Connection, d: DecisionRecord) -> None:

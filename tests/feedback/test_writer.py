@@ -28,11 +28,11 @@ def test_transient_failure_midway_is_retried_without_half_batches(arms, monkeypa
     calls = {"n": 0}
     real = request_log.write_outcomes
 
-    def flaky(conn, records):
+    def flaky(conn, records, **kw):
         calls["n"] += 1
         if calls["n"] <= 2:  # the decisions of this batch are already inserted, uncommitted
             raise OperationalError("INSERT", {}, Exception("server closed the connection"))
-        return real(conn, records)
+        return real(conn, records, **kw)
 
     monkeypatch.setattr(request_log, "write_outcomes", flaky)
     sleeps: list[float] = []
@@ -45,6 +45,28 @@ def test_transient_failure_midway_is_retried_without_half_batches(arms, monkeypa
     assert log_counts(arms) == (30, 30)
     assert w.stats.retries == 2 and sleeps == [0.05, 0.1]
     assert w.stats.written_decisions == 30  # the rolled-back attempts counted nothing
+
+
+def test_a_batch_partly_written_already_lands_once(arms):
+    # a batch retried after its commit was acknowledged late: the unguarded COPY fails on
+    # the rows already there, and the batch is written again skipping them
+    ds = [decision(seed=i) for i in range(20)]
+    os_ = [outcome(d) for d in ds]
+    with arms.begin() as conn:
+        request_log.write_decisions(conn, ds[:10])
+        request_log.write_outcomes(conn, os_[:5])
+    w = DecisionLogWriter(arms, max_batch=100)
+    for d, o in zip(ds, os_, strict=True):
+        w.log_decision(d)
+        w.log_outcome(o)
+    assert w.flush_once_sync() == 40
+    assert log_counts(arms) == (20, 20)
+    s = w.stats
+    assert (s.written_decisions, s.written_outcomes, s.invalid, s.retries) == (10, 15, 0, 0)
+    for i in range(3):  # a batch of new rows only
+        w.log_decision(decision(seed=200 + i, arm="large"))
+    assert w.flush_once_sync() == 3
+    assert log_counts(arms) == (23, 20) and w.stats.written_decisions == 13
 
 
 def test_invalid_records_are_isolated_and_counted_the_rest_lands(arms):

@@ -32,6 +32,21 @@ def test_batch_write_round_trips_context_and_is_idempotent(db):
     np.testing.assert_array_equal(np.frombuffer(row.context, dtype="<f4"), ds[7].context)
 
 
+def test_an_unguarded_write_of_a_retried_batch_fails_on_the_rows_there(db):
+    ds = [decision(seed=i) for i in range(5)]
+    with db.begin() as conn:
+        assert request_log.write_decisions(conn, ds[:2], guarded=False) == 2
+    with pytest.raises(IntegrityError) as raised, db.begin() as conn:
+        request_log.write_decisions(conn, ds, guarded=False)
+    assert request_log.already_written(raised.value)
+    bad = decision(arm="no-such-arm")  # bad data is no retried batch
+    with pytest.raises(IntegrityError) as raised, db.begin() as conn:
+        request_log.write_decisions(conn, [bad], guarded=False)
+    assert not request_log.already_written(raised.value)
+    with db.connect() as conn:
+        assert count_rows(conn, m.decisions) == 2
+
+
 def test_batch_failing_midway_writes_none_of_it(db):
     good = [decision(seed=i) for i in range(10)]
     bad = decision(arm="no-such-arm")
