@@ -100,6 +100,14 @@ class AdapterSlots:
         self.hosts.setdefault(adapter, host)
         if not self.planned:
             return await self._acquire_mux(adapter)
+        if adapter in self.registry.resident():
+            # a hit takes no lock: the check and the pin are one step of this event loop,
+            # where every eviction runs, so nothing evicts between them; a plan's load of
+            # another adapter, which holds the condition for its whole load (and, on one
+            # model, waits for the generation in flight first), does not hold this request
+            hit = self.registry.acquire(adapter)  # no load
+            self.pins[adapter] += 1
+            return hit
         async with self._cond:
             if adapter in self.registry.resident():
                 hit = self.registry.acquire(adapter)  # no load
@@ -128,6 +136,13 @@ class AdapterSlots:
         return hit
 
     async def release(self, adapter: str) -> None:
+        if self.pins[adapter] > 1 or self.kept(adapter):
+            # what the backends hold does not change (the only thing waiters wait on):
+            # no lock, so that a load in flight does not hold the end of this request
+            self.pins[adapter] -= 1
+            if self.pins[adapter] <= 0:
+                del self.pins[adapter]
+            return
         async with self._cond:
             self.pins[adapter] -= 1
             if self.pins[adapter] <= 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -125,6 +126,40 @@ def test_planned_one_off_load_is_dropped_after_its_request():
             await core.slots.prefetch("c")
         with pytest.raises(KeyError):
             await core.slots.prefetch("unknown")
+
+    asyncio.run(run())
+
+
+def test_a_hit_is_not_held_behind_a_plans_load_of_another_adapter():
+    """A plan's prefetch holds the slots' condition for its whole load (on a real model the
+    load waits for the generation in flight first): a request for an adapter already
+    resident is served meanwhile, and the load lands after it."""
+
+    async def run() -> None:
+        core, backend = _pool("polar", 2)
+        await core.slots.prefetch("a")
+        loading, release = threading.Event(), threading.Event()
+        plain = backend.load_adapter
+
+        def slow_load(name: str) -> float:
+            if name == "b":
+                loading.set()
+                release.wait(30)
+            return plain(name)
+
+        backend.load_adapter = slow_load  # type: ignore[method-assign]
+        prefetch = asyncio.create_task(core.slots.prefetch("b"))
+        assert await asyncio.to_thread(loading.wait, 30)
+        try:
+            gen = await asyncio.wait_for(core.generate("m:a", {}), 30)
+        finally:
+            release.set()
+        assert gen["text"] == "a0 a1 a2 "
+        assert backend.loads == ["a"]  # served before the load of b finished
+        assert await prefetch == pytest.approx(LOAD_S["b"]) and backend.loads == ["a", "b"]
+        assert set(core.slots.resident()) == {"a", "b"} and core.slots.pins == {}
+        stats = core.residency_stats()
+        assert (stats["hits"], stats["misses"], stats["page_ins"]) == (1, 0, 2)
 
     asyncio.run(run())
 
