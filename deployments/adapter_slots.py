@@ -139,16 +139,17 @@ class AdapterSlots:
         if self.pins[adapter] > 1 or self.kept(adapter):
             # what the backends hold does not change (the only thing waiters wait on):
             # no lock, so that a load in flight does not hold the end of this request
-            self.pins[adapter] -= 1
-            if self.pins[adapter] <= 0:
-                del self.pins[adapter]
+            self._unpin(adapter)
             return
         async with self._cond:
-            self.pins[adapter] -= 1
-            if self.pins[adapter] <= 0:
-                del self.pins[adapter]
+            self._unpin(adapter)
             await self._drop_if_unused(adapter)
             self._cond.notify_all()
+
+    def _unpin(self, adapter: str) -> None:
+        self.pins[adapter] -= 1
+        if self.pins[adapter] <= 0:
+            del self.pins[adapter]
 
     # -- the plan (planned policies) -------------------------------------------
 
