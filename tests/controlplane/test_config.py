@@ -18,6 +18,13 @@ def _write(tmp_path, text: str) -> Path:
     return p
 
 
+def _refusal(path) -> str:
+    """The text of the ConfigError that loading ``path`` raises."""
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    return str(err.value)
+
+
 def test_readme_example_config_is_valid(tmp_path):
     block = re.search(r"## Configuration.*?```yaml\n(.*?)```", README.read_text(), re.S)
     assert block, "README lost its configuration example"
@@ -50,9 +57,7 @@ def test_readme_example_config_is_valid(tmp_path):
 )
 def test_errors_name_the_file_and_the_key(tmp_path, text, needle):
     path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    msg = str(err.value)
+    msg = _refusal(path)
     assert str(path) in msg and needle in msg, msg
 
 
@@ -92,9 +97,8 @@ def test_cache_embeds_the_simulators_policy_config(tmp_path):
 )
 def test_cache_errors_name_the_key(tmp_path, cache, needle):
     path = _write(tmp_path, f"arms: [{{name: a, model: a, adapter: x}}]\ncache: {cache}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert needle in str(err.value), str(err.value)
+    msg = _refusal(path)
+    assert needle in msg, msg
 
 
 def test_planned_cache_needs_one_replica_per_pool(tmp_path):
@@ -217,6 +221,5 @@ def test_a_pool_asks_ray_for_the_most_gpus_its_arms_set(tmp_path):
 )
 def test_gpu_errors_name_the_arm(tmp_path, arm, needle):
     path = _write(tmp_path, f"arms: [{{name: a, model: a, backend: vllm, {arm}}}]\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert needle in str(err.value), str(err.value)
+    msg = _refusal(path)
+    assert needle in msg, msg
