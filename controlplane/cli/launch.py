@@ -45,6 +45,7 @@ APP_NAME = "banditctl"
 # set, only while ray.init starts a local node, to that node's temp dir: every process of
 # the node inherits it, also those whose command line Ray rewrites (agents, workers)
 NODE_MARKER = "BANDITCTL_RAY_NODE"
+PROXY_HEALTH_CHECK_PERIOD_S = 2.0  # Serve's, for a local node (init_ray); Ray's default 10
 
 
 @dataclass
@@ -170,6 +171,10 @@ def init_ray(address: str | None, attempts: int = 3) -> LocalRay | None:
     if ray.is_initialized():
         return None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Serve's controller restarts a dead HTTP proxy after three failed health checks, one
+    # every PERIOD seconds: at Ray's default (10 s) a SIGKILLed proxy left the port closed
+    # for 26 s in the fault probe; a check every 2 s is one actor call, and closes it sooner
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S", str(PROXY_HEALTH_CHECK_PERIOD_S))
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return None

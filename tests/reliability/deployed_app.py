@@ -98,10 +98,22 @@ def replica_processes(deployment: str) -> list[psutil.Process]:
     return [p for p in _node_processes() if pattern.search(_title(p))]
 
 
-def controller_process() -> psutil.Process | None:
-    """The Serve controller's process."""
-    found = [p for p in _node_processes() if _title(p).startswith("ray::ServeController")]
+def serve_actor_process(actor: str) -> psutil.Process | None:
+    """The process of Serve's ``actor`` on this node (``ServeController``, ``ProxyActor``)."""
+    found = [p for p in _node_processes() if _title(p).startswith(f"ray::{actor}")]
     return found[0] if found else None
+
+
+def wait_actor_replaced(actor: str, old_pid: int, timeout_s: float = 120.0) -> float:
+    """Wait for Serve's ``actor`` to run again in a process other than ``old_pid``;
+    seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        proc = serve_actor_process(actor)
+        if proc is not None and proc.pid != old_pid:
+            return time.monotonic() - t0
+        time.sleep(0.25)
+    raise AssertionError(f"no new {actor} within {timeout_s:.0f}s")
 
 
 def sigkill(proc: psutil.Process) -> None:

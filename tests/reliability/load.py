@@ -55,6 +55,9 @@ class Load:
     concurrency: int = 4
     timeout_s: float = 30.0
     seed: int = 0
+    # after a request that got no HTTP answer (nothing listens on the port), wait this long
+    # before the next, as a client's retry backoff does, rather than spin
+    backoff_s: float = 0.2
     feedback: bool = True
     calls: list[Call] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -132,6 +135,8 @@ class Load:
                     c = self.one(http, j)
                     with self._lock:
                         self.calls.append(c)
+                    if c.status is None:
+                        self._stop.wait(self.backoff_s)
 
         self._threads = [
             threading.Thread(target=loop, name=f"load-{i}", daemon=True)

@@ -37,8 +37,10 @@ from tests.reliability.deployed_app import (
     missing_rows,
     probe_config,
     replica_processes,
+    serve_actor_process,
     sigkill,
     uncredited,
+    wait_actor_replaced,
     wait_for,
     wait_replaced,
 )
@@ -297,6 +299,76 @@ def test_sigkill_of_the_cache_controller(app: App):
     FIGURES["sigkill_cache_controller"] = _row(
         calls,
         replica_back_s=replaced_s,
+        rows_lost=0,
+        **check,
+    )
+
+
+def _kill_serve_actor_under_load(
+    app: App, actor: str, seed: int
+) -> tuple[list[Call], float, float]:
+    """SIGKILL Serve's ``actor`` (its controller or its HTTP proxy) mid-load; the calls,
+    the kill time and the seconds until it runs again and the gateway answers through it."""
+    load = Load(app.base_url, concurrency=CONCURRENCY, seed=seed).start()
+    time.sleep(3)
+    victim = serve_actor_process(actor)
+    assert victim is not None, f"no {actor} process on this node"
+    killed = time.monotonic()
+    sigkill(victim)
+    wait_actor_replaced(actor, victim.pid)
+    wait_for(lambda: _healthy(app), 120, "the gateway to answer /healthz")
+    back_s = time.monotonic() - killed
+    time.sleep(4)
+    load.stop()
+    load.retry_feedback()  # those posted while nothing answered
+    return load.snapshot(), killed, back_s
+
+
+def _healthy(app: App) -> bool:
+    try:
+        return httpx.get(f"{app.base_url}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_sigkill_of_the_serve_controller(app: App):
+    """Serve's controller is the control plane's control plane (deploys, health checks,
+    autoscaling), never on a request's path: Ray restarts it, it recovers its state from
+    the GCS, and the replicas and the proxy serve on meanwhile."""
+    from ray import serve
+
+    from controlplane.cli.launch import APP_NAME
+
+    calls, killed, back_s = _kill_serve_actor_under_load(app, "ServeController", seed=7)
+    assert all(c.answered for c in calls), tally(calls)
+    assert serve.status().applications[APP_NAME].status == "RUNNING"
+    check = _settle(app, calls)
+    FIGURES["sigkill_serve_controller"] = _row(
+        calls,
+        controller_back_s=back_s,
+        longest_gap_s=longest_gap(calls, killed, killed + back_s),
+        rows_lost=0,
+        **check,
+    )
+
+
+def test_sigkill_of_the_http_proxy(app: App):
+    """The HTTP proxy holds the clients' connections: those open when it dies are cut (no
+    HTTP answer, never a 5xx), and until Serve's controller starts a new one nothing
+    listens on the port. Whatever was answered has its rows, and nothing is credited
+    twice."""
+    calls, killed, back_s = _kill_serve_actor_under_load(app, "ProxyActor", seed=8)
+    failed = [c for c in calls if not c.answered]
+    assert all(c.status is None for c in failed), tally(calls)  # cut or refused, no 5xx
+    cut = [c for c in failed if c.started < killed]  # in flight when the proxy died
+    assert len(cut) <= CONCURRENCY, tally(calls)
+    assert any(c.answered and c.started > killed + back_s for c in calls), tally(calls)
+    check = _settle(app, calls)
+    FIGURES["sigkill_http_proxy"] = _row(
+        calls,
+        proxy_back_s=back_s,
+        cut_in_flight=len(cut),
+        longest_gap_s=longest_gap(calls, killed, killed + back_s),
         rows_lost=0,
         **check,
     )
