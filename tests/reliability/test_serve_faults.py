@@ -1,6 +1,7 @@
 """Fault probes of a whole deployment on Ray Serve, under steady chat + feedback load over
 HTTP: the PostgreSQL server stopped and started again, and one process SIGKILLed at a
-time (a pool replica, the gateway replica, the learner replica). Each probe counts what
+time (a pool replica, the gateway replica, the learner replica, the cache controller, Ray
+Serve's controller and its HTTP proxy). Each probe counts what
 the clients saw (sent, answered, refused, 5xx), checks the database for every answered
 request and every stored feedback, and checks that the learner caught up crediting every
 decision once; the last test compares the learner's state with an uninterrupted run's.
