@@ -71,10 +71,11 @@ class GatewayApp(FastAPI):
 
 
 class ChatFront:
-    """ASGI: a chat completions request to ``chat``, anything else to ``stack``."""
+    """ASGI: a chat completions request to ``chat``, anything else to ``app`` (the app's
+    middleware stack as FastAPI builds it)."""
 
-    def __init__(self, stack: ASGIApp, chat: ASGIApp) -> None:
-        self.stack = stack
+    def __init__(self, app: ASGIApp, chat: ASGIApp) -> None:
+        self.app = app
         self.chat = chat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,7 +89,7 @@ class ChatFront:
         ):
             await self.chat(scope, receive, send)
         else:
-            await self.stack(scope, receive, send)
+            await self.app(scope, receive, send)
 
 
 async def serve_chat(scope: Scope, receive: Receive, send: Send) -> None:

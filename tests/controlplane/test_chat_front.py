@@ -207,7 +207,7 @@ def test_only_chat_skips_the_stack(apps):
     assert client.get("/healthz").status_code == 200  # builds the stack
     front = client.app.middleware_stack  # type: ignore[attr-defined]
     assert isinstance(front, ChatFront)
-    front.stack = counting = Counting(front.stack)
+    front.app = counting = Counting(front.app)
     assert client.post(CHAT, json=BODY, headers=AUTH).status_code == 200
     assert client.post(CHAT, json={**BODY, "stream": True}, headers=AUTH).status_code == 200
     assert counting.paths == []
