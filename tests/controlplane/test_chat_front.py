@@ -6,6 +6,7 @@ Ray; the rate limits run on a fake clock."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -232,3 +233,52 @@ def test_a_middleware_added_to_the_app_sees_chat(engine, monkeypatch):
         assert client.post(CHAT, json=BODY, headers=AUTH).status_code == 200
     assert not isinstance(app.middleware_stack, ChatFront)  # type: ignore[attr-defined]
     assert seen[0].paths == [CHAT]
+
+
+async def _post(app: ASGIApp, path: str, **scope: Any) -> int:
+    """One chat request straight through ``app``'s ASGI call (``scope``: keys to add)."""
+    body = b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}'
+    full = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+        "headers": [(b"content-type", b"application/json"),
+                    (b"authorization", f"Bearer {KEY}".encode())],
+        **scope,
+    }  # fmt: skip
+    sent = False
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(full, receive, send)
+    return statuses[0]
+
+
+def test_what_fastapi_instruments_or_mounts_takes_the_stack(apps):
+    client = apps.clients[0]
+    assert client.get("/healthz").status_code == 200  # builds the stack
+    front = client.app.middleware_stack  # type: ignore[attr-defined]
+    front.app = counting = Counting(front.app)
+    app = client.app
+
+    async def calls() -> list[int]:
+        return [
+            await _post(app, CHAT),  # the front's
+            # FastAPI's instrumentation marks the requests it traces (fastapi.telemetry)
+            await _post(app, CHAT, **{"fastapi.telemetry": object()}),
+            await _post(app, "/gw" + CHAT, root_path="/gw"),  # mounted under a prefix
+            await _post(app, CHAT, **{"starlette.max_body_size": 1 << 20}),  # a body limit
+        ]
+
+    assert asyncio.run(calls()) == [200, 200, 200, 200]
+    assert counting.paths == [CHAT, "/gw" + CHAT, CHAT]
