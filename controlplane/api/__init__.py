@@ -5,9 +5,10 @@ One router per resource: chat completions and models (:mod:`.chat`), feedback
 (:mod:`.explain`), health and stats (:mod:`.stats`), the dashboard
 (:mod:`.dashboard`); ``/metrics`` comes from :mod:`controlplane.metrics`.
 Chat completions is served below FastAPI's stack by the app's outermost layer
-(:mod:`.front`), with the route's own endpoint. Errors have one shape, and :mod:`.errors` registers every handler. What the
-routes share lives on ``app.state`` and reaches them through the dependencies
-of :mod:`.deps` and :mod:`.auth`.
+(:mod:`.front`), with the route's own endpoint. Errors have one shape, and
+:mod:`.errors` registers every handler. What the routes share lives on
+``app.state`` and reaches them through the dependencies of :mod:`.deps` and
+:mod:`.auth`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ endpoint that has none) costs about 30 us of CPU for an endpoint that answers at
 and more on the gateway's request path, whose task suspends at every await and resumes
 each of the stack's frames when it goes on (0.03-0.19 ms a request in process,
 ``bench/profile_gateway.py --fastapi-chat``).
+
 :class:`GatewayApp` is the FastAPI app :func:`controlplane.api.create_app` builds: its
 middleware stack has one layer more, outermost, :class:`ChatFront`, which hands a chat
 request to the route's own endpoint (:func:`controlplane.api.chat.chat`, the one
