@@ -12,9 +12,14 @@ it on, as a deployed gateway has) and policy refresher running; and a FastAPI ap
 reads the body and forwards it to the pool of the arm it names, as
 ``passthrough.NamedPassThrough`` does. Both call the same in-process pools
 (``PoolCore`` on the replay backend, no sleep), so their difference is the gateway's
-own work. Rounds alternate the two; each prints the process CPU time per request (all
-threads, the writer's too); the minimum over rounds is the least disturbed by other
-jobs on a shared machine. ``--only gateway`` runs the gateway alone, for a profiler.
+own work. Rounds alternate the two, each round starting with another app; each prints
+the process CPU time per request (all threads, the writer's too: a gateway's block ends
+once its log writer has written what the block gave it); the minimum over rounds is the
+least disturbed by other jobs on a shared machine. ``--only gateway`` runs the gateway
+alone, for a profiler.
+``--fastapi-chat`` adds a third app in the rounds, ``gateway-fastapi``: the same gateway
+(the same core) with its chat route served through FastAPI's stack
+(``create_app(..., chat_front=False)``), to weigh the front against it.
 """
 
 from __future__ import annotations
@@ -98,9 +103,15 @@ async def post(app: Asgi, body: bytes, headers: list[tuple[bytes, bytes]]) -> No
 
 
 async def block(
-    app: Asgi, bodies: list[bytes], headers: list[tuple[bytes, bytes]], concurrency: int
+    app: Asgi,
+    bodies: list[bytes],
+    headers: list[tuple[bytes, bytes]],
+    concurrency: int,
+    drain: Callable[[], object] | None = None,
 ) -> float:
-    """Process CPU seconds per request for ``bodies`` sent ``concurrency`` at a time."""
+    """Process CPU seconds per request for ``bodies`` sent ``concurrency`` at a time;
+    ``drain`` (the gateway's log writer's flush) runs before the clock stops, so that
+    what the block's requests left to write counts in the block, not in the next one."""
     queue = list(range(len(bodies)))
 
     async def worker() -> None:
@@ -109,6 +120,8 @@ async def block(
 
     c0 = time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if drain is not None:
+        await asyncio.to_thread(drain)
     return (time.process_time() - c0) / len(bodies)
 
 
@@ -147,6 +160,8 @@ def run(url: str, args: argparse.Namespace) -> None:
         "pass-through": passthrough_app(call_pool),
         "gateway": create_app(core, start_background=False),
     }
+    if args.fastapi_chat or args.only == "gateway-fastapi":
+        apps["gateway-fastapi"] = create_app(core, start_background=False, chat_front=False)
     ds = dataset_for("synthetic", cfg.replay.synthetic_rows, 0)
     arms = [a.name for a in cfg.arms]
     prompts = [ds.requests[i % len(ds)]["messages"] for i in range(args.requests)]
@@ -157,21 +172,32 @@ def run(url: str, args: argparse.Namespace) -> None:
             for i, m in enumerate(prompts)
         ],
     }
+    bodies["gateway-fastapi"] = bodies["gateway"]
     headers = {"gateway": [(b"authorization", f"Bearer {os.environ[KEY_ENV]}".encode())],
                "pass-through": []}  # fmt: skip
+    headers["gateway-fastapi"] = headers["gateway"]
     names = [args.only] if args.only else ["pass-through", "gateway"]
+    if args.fastapi_chat:
+        names.append("gateway-fastapi")
 
     async def rounds() -> dict[str, list[float]]:
         core.writer.start()
         refresher = asyncio.create_task(core.policy_refresher())
-        await apps["gateway"].state.admission.keep_fresh()
+        for name in names:
+            if name != "pass-through":
+                await apps[name].state.admission.keep_fresh()
+        drain = {name: None if name == "pass-through" else core.writer.flush for name in names}
         for name in names:  # warm up
-            await block(apps[name], bodies[name][:100], headers[name], args.concurrency)
+            await block(
+                apps[name], bodies[name][:100], headers[name], args.concurrency, drain[name]
+            )
         cpu: dict[str, list[float]] = {name: [] for name in names}
         for r in range(args.rounds):
-            for name in names:
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # each order
                 cpu[name].append(
-                    await block(apps[name], bodies[name], headers[name], args.concurrency)
+                    await block(
+                        apps[name], bodies[name], headers[name], args.concurrency, drain[name]
+                    )
                 )
             print(f"round {r + 1}: " + "; ".join(f"{n} {cpu[n][-1] * 1e3:.3f} ms" for n in names))
         refresher.cancel()
@@ -186,12 +212,14 @@ def run(url: str, args: argparse.Namespace) -> None:
             f"{name:<12}: CPU per request min {min(cpu[name]) * 1e3:.3f} ms, "
             f"median {statistics.median(cpu[name]) * 1e3:.3f} ms over {args.rounds} rounds"
         )
-    if len(names) == 2:
-        gw, pt = cpu["gateway"], cpu["pass-through"]
-        print(
-            f"gateway - pass-through: min {(min(gw) - min(pt)) * 1e3:.3f} ms, "
-            f"median {(statistics.median(gw) - statistics.median(pt)) * 1e3:.3f} ms per request"
-        )
+    for name in ("gateway", "gateway-fastapi"):
+        if name in cpu and "pass-through" in cpu:
+            gw, pt = cpu[name], cpu["pass-through"]
+            print(
+                f"{name} - pass-through: min {(min(gw) - min(pt)) * 1e3:.3f} ms, "
+                f"median {(statistics.median(gw) - statistics.median(pt)) * 1e3:.3f} ms "
+                "per request"
+            )
 
 
 def main() -> int:
@@ -202,7 +230,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=300, help="requests per app per round")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--only", choices=("gateway", "pass-through"), default=None)
+    ap.add_argument("--only", choices=("gateway", "pass-through", "gateway-fastapi"), default=None)
+    ap.add_argument("--fastapi-chat", action="store_true",
+                    help="also run the gateway with its chat route through FastAPI")  # fmt: skip
     args = ap.parse_args()
     with scratch_database(args.database_url, "banditctl_profgw") as (url, where):
         print(f"server: {where}")

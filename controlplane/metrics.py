@@ -371,6 +371,8 @@ def _snapshot_head(core: GatewayCore) -> dict[str, Any]:
 class _RejectionCounter:
     """Plain ASGI middleware (no per-request cost off the feedback paths)."""
 
+    passes_chat = True  # chat completions may skip it (controlplane.api.front)
+
     def __init__(self, app: Any, rejections: FeedbackRejections) -> None:
         self.app = app
         self.rejections = rejections

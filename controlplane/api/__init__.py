@@ -4,9 +4,11 @@ One router per resource: chat completions and models (:mod:`.chat`), feedback
 (:mod:`.feedback`), policies and rollback (:mod:`.policies`), route explain
 (:mod:`.explain`), health and stats (:mod:`.stats`), the dashboard
 (:mod:`.dashboard`); ``/metrics`` comes from :mod:`controlplane.metrics`.
-Errors have one shape, and :mod:`.errors` registers every handler. What the
-routes share lives on ``app.state`` and reaches them through the dependencies
-of :mod:`.deps` and :mod:`.auth`.
+Chat completions is served below FastAPI's stack by the app's outermost layer
+(:mod:`.front`), with the route's own endpoint. Errors have one shape, and
+:mod:`.errors` registers every handler. What the routes share lives on
+``app.state`` and reaches them through the dependencies of :mod:`.deps` and
+:mod:`.auth`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from controlplane.api import candidates, chat, dashboard, explain, feedback, pol
 from controlplane.api.auth import ApiKeys
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.flood import limit_anonymous
+from controlplane.api.front import GatewayApp
 from controlplane.dashboard_data import PolicyCache
 from controlplane.gateway_core import GatewayCore
 from controlplane.metrics import install_metrics
@@ -48,6 +51,7 @@ def create_app(
     admission: Admission | None = None,
     instance_id: str | None = None,
     learner_metrics: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    chat_front: bool = True,
 ) -> FastAPI:
     """``start_background``: the lifespan starts the decision log writer and the
     policy refresher (a Gateway deployment starts its own). ``learner_status``:
@@ -58,8 +62,11 @@ def create_app(
     fronting proxy (Ray Serve's) answers with its own ``x-request-id`` (the client's,
     when it sent one); the decision's id is always generated here. ``admission``: rate limits and budgets (by
     default built from the core's config, on the real clocks). ``instance_id``: what
-    ``/healthz`` reports as ``instance`` (the launcher's readiness probe checks it)."""
-    app = FastAPI(title="banditctl gateway", lifespan=_lifespan)
+    ``/healthz`` reports as ``instance`` (the launcher's readiness probe checks it).
+    ``chat_front``: serve chat completions below FastAPI (:mod:`.front`); False serves
+    it through FastAPI's stack, as every other route (the same endpoint either way)."""
+    app = GatewayApp(title="banditctl gateway", lifespan=_lifespan)
+    app.chat_front = chat_front
     # chat completions first: it applies the per-address limit itself (.chat.completions);
     # every route added after it gets it as a dependency: anonymous requests count against
     # their address first (.flood)

@@ -53,6 +53,10 @@ async def models(core: CoreDep, _key: ChatKeyDep) -> dict[str, Any]:
 
 @completions.post("/v1/chat/completions", openapi_extra=schemas.CHAT_BODY)
 async def chat(request: Request) -> Any:
+    # the route's endpoint, and the gateway app's front calls it too (.front): it takes
+    # only the request (no dependency, no parameter FastAPI would read) and returns the
+    # response to send, so that both ways answer alike (a comment, not a docstring: FastAPI
+    # would publish a docstring in the OpenAPI schema)
     # what the app's dependency, ``CoreDep`` and ``ChatKeyDep`` give the other routes, in
     # the same order, taken here rather than as dependencies (see ``completions``)
     await limit_anonymous(request)
