@@ -347,7 +347,8 @@ class IngressConfig(_Strict):
     it again to another replica, ``retries`` times at most, on the ``retry_on``
     conditions: by default a refused connection and a connection closed before any byte
     of an answer, which is what a killed replica leaves (the README says why replaying
-    those is safe here). It takes effect when Serve starts: :meth:`controller_env` is
+    those is safe here, and that in its probe most such requests, not all, came back
+    answered). It takes effect when Serve starts: :meth:`controller_env` is
     the Serve controller's environment, which its proxies and replicas inherit."""
 
     kind: Literal["proxy", "haproxy"] = "proxy"
