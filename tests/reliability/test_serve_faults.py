@@ -524,7 +524,7 @@ def test_sigkill_of_one_of_two_gateway_replicas_behind_haproxy_costs_nothing(
 ):
     """``ingress.kind: haproxy``: a request the killed replica held (its connection
     closed before any byte of an answer) goes to the other replica, no row is lost. Not
-    every one: in one of nine runs here a request's connection was closed without an answer
+    every one: in two of ten runs here a request's connection was closed without an answer
     all the same (the README), so the bound is the Python proxy probe's and the figures say
     how many failed. Serve starts again for it, with the HAProxy ingress, and stops after
     it."""
