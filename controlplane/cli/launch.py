@@ -257,12 +257,18 @@ def deploy(
     blocking: bool = False,
 ) -> str:
     """Start Serve on the config's host and port (when not running yet) and run the app;
-    ``instance_id``: what its ``/healthz`` reports (see :func:`wait_ready`)."""
+    ``instance_id``: what its ``/healthz`` reports (see :func:`wait_ready`). A Serve
+    started here takes the config's ingress (``ingress.kind``); one already running keeps
+    its own."""
     from ray import serve
 
     from deployments.app import build_app
 
-    serve.start(http_options={"host": config.http_host, "port": config.http_port})
+    env = config.ingress.controller_env()
+    serve.start(
+        http_options={"host": config.http_host, "port": config.http_port},
+        controller_options={"runtime_env": {"env_vars": env}} if env else None,
+    )
     app = build_app(config, database_url, secret, instance_id=instance_id)
     serve_log = logging.getLogger("ray.serve")
     notice = _NoReconnectNotice()

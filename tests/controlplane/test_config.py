@@ -223,3 +223,40 @@ def test_gpu_errors_name_the_arm(tmp_path, arm, needle):
     path = _write(tmp_path, f"arms: [{{name: a, model: a, backend: vllm, {arm}}}]\n")
     msg = _refusal(path)
     assert needle in msg, msg
+
+
+def test_the_haproxy_ingress_is_the_serve_controllers_environment(tmp_path):
+    cfg = load_config(_write(tmp_path, "arms: [{name: a, model: a}]\n"))
+    assert cfg.ingress.kind == "proxy" and cfg.ingress.controller_env() == {}
+    cfg = load_config(
+        _write(
+            tmp_path,
+            "arms: [{name: a, model: a}]\n"
+            "gateway: {replicas: 2}\n"
+            "ingress:\n"
+            "  kind: haproxy\n"
+            "  env: {RAY_SERVE_HAPROXY_STATS_PORT: '8404'}\n",
+        )
+    )
+    assert cfg.ingress.controller_env() == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+        "RAY_SERVE_HAPROXY_RETRIES": "3",
+        "RAY_SERVE_HAPROXY_STATS_PORT": "8404",
+    }
+
+
+@pytest.mark.parametrize(
+    ("ingress", "needle"),
+    [
+        ("{kind: nginx}", "ingress.kind"),
+        ("{kind: haproxy, retry_on: [conn-failure, on-crash]}", "'on-crash'"),
+        ("{kind: haproxy, retry_on: []}", "ingress.retry_on"),
+        ("{kind: haproxy, retries: -1}", "ingress.retries"),
+        ("{kind: haproxy, env: {PATH: /tmp}}", "PATH: only RAY_SERVE_* settings"),
+        ("{kind: haproxy, env: {RAY_SERVE_HAPROXY_RETRY_ON: 503}}", "RAY_SERVE_HAPROXY_RETRY_ON"),
+    ],
+)
+def test_ingress_errors_name_the_key(tmp_path, ingress, needle):
+    msg = _refusal(_write(tmp_path, f"arms: [{{name: a, model: a}}]\ningress: {ingress}\n"))
+    assert needle in msg, msg

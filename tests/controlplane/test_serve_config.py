@@ -65,3 +65,28 @@ def test_the_sample_config_loads_and_its_serve_config_names_the_port_in_force(tm
     assert (
         doc["http_options"]["port"] == doc["applications"][0]["args"]["config"]["http_port"] == 9100
     )
+
+
+def test_a_haproxy_ingress_starts_serves_controller_with_its_environment(tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    config = tmp_path / "banditctl.yaml"
+    config.write_text(
+        "arms: [{name: a, model: a}]\ngateway: {replicas: 2}\ningress: {kind: haproxy}\n"
+    )
+    out = tmp_path / "serve.yaml"
+    assert main(["serve-config", "--config", str(config), "-o", str(out)]) == 0
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
+    assert schema.controller_options is not None
+    assert schema.controller_options.runtime_env == {
+        "env_vars": {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+            "RAY_SERVE_HAPROXY_RETRIES": "3",
+        }
+    }
+    (app,) = schema.applications
+    assert app.args["config"]["gateway"]["replicas"] == 2
+    # the default ingress leaves Serve's controller as it is
+    assert main(["serve-config", "-o", str(out)]) == 0
+    assert "controller_options" not in yaml.safe_load(out.read_text())

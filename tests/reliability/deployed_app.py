@@ -21,11 +21,19 @@ from controlplane.config import BanditConfig
 SECRET = "probe-secret-0123456789abcdef"
 
 
-def probe_config(port: int, *, adapters: bool = True, **gateway: Any) -> BanditConfig:
-    """The demo's scenario (four models on replay backends), with ``adapters`` two LoRA
-    adapters of the small model under POLAR (so a cache controller runs), a fast
-    learner, a short outcome timeout (decisions a crashed gateway never closed) and
-    ``gateway``'s fields set."""
+def probe_config(
+    port: int,
+    *,
+    adapters: bool = True,
+    latency_scale: float = 0.0,
+    ingress: dict[str, Any] | None = None,
+    **gateway: Any,
+) -> BanditConfig:
+    """The demo's scenario (four models on replay backends, answering at once unless
+    ``latency_scale``), with ``adapters`` two LoRA adapters of the small model under
+    POLAR (so a cache controller runs), a fast learner, a short outcome timeout
+    (decisions a crashed gateway never closed), ``gateway``'s fields and ``ingress``
+    set."""
     data = demo_config().model_dump(mode="json")
     if adapters:
         data["arms"] += [
@@ -45,7 +53,9 @@ def probe_config(port: int, *, adapters: bool = True, **gateway: Any) -> BanditC
         min_snapshot_interval_s=0.2,
         outcome_timeout_s=8.0,
     )
-    data["replay"]["latency_scale"] = 0.0
+    data["replay"]["latency_scale"] = latency_scale
+    if ingress is not None:
+        data["ingress"] = ingress
     return BanditConfig.model_validate(data)
 
 
@@ -122,13 +132,15 @@ def sigkill(proc: psutil.Process) -> None:
 
 
 def wait_replaced(
-    deployment: str, old_pid: int, timeout_s: float = 120.0
+    deployment: str, old_pid: int | set[int], timeout_s: float = 120.0
 ) -> tuple[float, psutil.Process]:
-    """Wait for a live replica of ``deployment`` other than ``old_pid``; seconds waited."""
+    """Wait for a live replica of ``deployment`` other than ``old_pid`` (or than every
+    one of a set: the replicas there were before the kill); seconds waited."""
+    old = {old_pid} if isinstance(old_pid, int) else old_pid
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         for p in replica_processes(deployment):
-            if p.pid != old_pid:
+            if p.pid not in old:
                 return time.monotonic() - t0, p
         time.sleep(0.25)
     raise AssertionError(f"no new {deployment} replica within {timeout_s:.0f}s")

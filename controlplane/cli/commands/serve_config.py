@@ -189,11 +189,15 @@ def build(
     if working_dir:
         app["runtime_env"] = {"working_dir": working_dir}
     app["deployments"] = deployment_overrides(cfg, resources or [], replicas or [], surge)
-    return {
+    doc: dict[str, Any] = {
         "proxy_location": "EveryNode",
         "http_options": {"host": cfg.http_host, "port": cfg.http_port},
-        "applications": [app],
     }
+    env = cfg.ingress.controller_env()
+    if env:  # ingress.kind haproxy: applied when this config starts Serve on the cluster
+        doc["controller_options"] = {"runtime_env": {"env_vars": env}}
+    doc["applications"] = [app]
+    return doc
 
 
 def run(args: argparse.Namespace) -> int:
