@@ -592,7 +592,7 @@ def _haproxy_missing() -> str | None:
 
 
 @pytest.mark.usefixtures("app")
-def test_sigkill_of_one_of_two_gateway_replicas_behind_haproxy_costs_nothing(
+def test_sigkill_of_one_of_two_gateway_replicas_behind_haproxy(
     ray_session: int, pg: private_pg.PrivatePostgres
 ):
     """``ingress.kind: haproxy``: a request the killed replica held (its connection
