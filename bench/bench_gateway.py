@@ -324,6 +324,9 @@ def main() -> int:
                     help="the Serve HTTP proxy's port (default: the config's, 8000)")  # fmt: skip
     ap.add_argument("--cpu-by-process", action="store_true",
                     help="the CPU each process spent per request during each app's runs")  # fmt: skip
+    ap.add_argument("--one-pool", action="store_true",
+                    help="every arm on one model's pool: each app runs one pool replica, so the "
+                         "ratio against the one-pool pass-through is the gateway's own cost")  # fmt: skip
     ap.add_argument("--scrape-only", action="store_true",
                     help="decision overhead and scrapes only (no Ray)")  # fmt: skip
     args = ap.parse_args()
@@ -354,6 +357,11 @@ def main() -> int:
                 "gateway": {**cfg.gateway.model_dump(mode="json"), "fallbacks": 1},
             })  # fmt: skip
             print("gateway: API key, rate limits, budget and 1 fallback on")
+        if args.one_pool:  # each arm still replays its own answers (backends are per arm)
+            data = cfg.model_dump(mode="json")
+            data["arms"] = [{**a, "model": "shared"} for a in data["arms"]]
+            cfg = cfg.model_validate(data)
+            print("arms: every arm on one pool (model 'shared')")
         with create_engine(url).begin() as conn:
             arms_repo.upsert_arms(conn, arm_records(cfg))
 
