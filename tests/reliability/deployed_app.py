@@ -108,22 +108,9 @@ def replica_processes(deployment: str) -> list[psutil.Process]:
     return [p for p in _node_processes() if pattern.search(_title(p))]
 
 
-def serve_actor_process(actor: str) -> psutil.Process | None:
-    """The process of Serve's ``actor`` on this node (``ServeController``, ``ProxyActor``)."""
-    found = [p for p in _node_processes() if _title(p).startswith(f"ray::{actor}")]
-    return found[0] if found else None
-
-
-def wait_actor_replaced(actor: str, old_pid: int, timeout_s: float = 120.0) -> float:
-    """Wait for Serve's ``actor`` to run again in a process other than ``old_pid``;
-    seconds waited."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        proc = serve_actor_process(actor)
-        if proc is not None and proc.pid != old_pid:
-            return time.monotonic() - t0
-        time.sleep(0.25)
-    raise AssertionError(f"no new {actor} within {timeout_s:.0f}s")
+def serve_actor_processes(actor: str) -> list[psutil.Process]:
+    """The processes of Serve's ``actor`` on this node (``ServeController``, ``ProxyActor``)."""
+    return [p for p in _node_processes() if _title(p).startswith(f"ray::{actor}")]
 
 
 def sigkill(proc: psutil.Process) -> None:
@@ -131,19 +118,29 @@ def sigkill(proc: psutil.Process) -> None:
     proc.wait(10)
 
 
-def wait_replaced(
-    deployment: str, old_pid: int | set[int], timeout_s: float = 120.0
-) -> tuple[float, psutil.Process]:
-    """Wait for a live replica of ``deployment`` other than ``old_pid`` (or than every
-    one of a set: the replicas there were before the kill); seconds waited."""
+def wait_new(
+    processes: Callable[[], list[psutil.Process]],
+    old_pid: int | set[int],
+    what: str,
+    timeout_s: float = 120.0,
+) -> float:
+    """Wait until ``processes()`` holds one other than ``old_pid`` (or than every one of a
+    set: those there were before the kill); seconds waited."""
     old = {old_pid} if isinstance(old_pid, int) else old_pid
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        for p in replica_processes(deployment):
-            if p.pid not in old:
-                return time.monotonic() - t0, p
+        if any(p.pid not in old for p in processes()):
+            return time.monotonic() - t0
         time.sleep(0.25)
-    raise AssertionError(f"no new {deployment} replica within {timeout_s:.0f}s")
+    raise AssertionError(f"no new {what} within {timeout_s:.0f}s")
+
+
+def wait_replaced(deployment: str, old_pid: int | set[int], timeout_s: float = 120.0) -> float:
+    """Wait for a live replica of ``deployment`` other than ``old_pid`` (see
+    :func:`wait_new`); seconds waited."""
+    return wait_new(
+        lambda: replica_processes(deployment), old_pid, f"{deployment} replica", timeout_s
+    )
 
 
 def rss_mb(procs: list[psutil.Process]) -> float:

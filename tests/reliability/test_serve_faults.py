@@ -24,13 +24,14 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
@@ -43,11 +44,11 @@ from tests.reliability.deployed_app import (
     missing_rows,
     probe_config,
     replica_processes,
-    serve_actor_process,
+    serve_actor_processes,
     sigkill,
     uncredited,
-    wait_actor_replaced,
     wait_for,
+    wait_new,
     wait_replaced,
 )
 from tests.reliability.load import Call, Load, longest_gap, tally
@@ -192,23 +193,46 @@ def _outage(
     )
 
 
-def _kill_under_load(app: App, deployment: str, seed: int) -> tuple[list[Call], float, float]:
-    """SIGKILL ``deployment``'s replica mid-load; the calls, the kill time and the seconds
-    until a new replica runs."""
+def _kill_under_load(
+    app: App,
+    seed: int,
+    victim: Callable[[], psutil.Process],
+    back: Callable[[int, float], float],
+    warmup_s: float = 3.0,
+) -> tuple[list[Call], float, float]:
+    """Steady load on ``app``; after ``warmup_s``, SIGKILL ``victim()``, wait with
+    ``back(its pid, the kill time)`` until what it was runs again (the seconds it returns),
+    load 4 s more, then post again every feedback not stored meanwhile. The calls, the
+    kill time and ``back``'s seconds."""
     load = Load(app.base_url, concurrency=CONCURRENCY, seed=seed).start()
-    time.sleep(3)
-    (victim,) = replica_processes(deployment)
+    time.sleep(warmup_s)
+    proc = victim()
     killed = time.monotonic()
-    sigkill(victim)
-    replaced_s, _ = wait_replaced(deployment, victim.pid)
+    sigkill(proc)
+    back_s = back(proc.pid, killed)
     time.sleep(4)
     load.stop()
-    load.retry_feedback()  # those posted while the gateway was away
-    return load.snapshot(), killed, replaced_s
+    load.retry_feedback()  # those posted while it was away
+    return load.snapshot(), killed, back_s
+
+
+def _kill_replica_under_load(
+    app: App, deployment: str, seed: int
+) -> tuple[list[Call], float, float]:
+    """SIGKILL ``deployment``'s one replica mid-load; the calls, the kill time and the
+    seconds until a new replica runs."""
+
+    def only_replica() -> psutil.Process:
+        (proc,) = replica_processes(deployment)
+        return proc
+
+    return _kill_under_load(
+        app, seed, only_replica, lambda pid, _killed: wait_replaced(deployment, pid)
+    )
 
 
 def test_sigkill_of_a_pool_replica_stalls_only_its_own_arm(app: App):
-    calls, killed, replaced_s = _kill_under_load(app, "pool-coder", seed=2)
+    calls, killed, replaced_s = _kill_replica_under_load(app, "pool-coder", seed=2)
     window = [c for c in calls if killed <= c.started < killed + replaced_s]
     served_by_others = [c for c in window if c.answered and c.arm != "coder"]
     gap = longest_gap(calls, killed, killed + replaced_s)
@@ -231,7 +255,7 @@ def test_sigkill_of_a_pool_replica_stalls_only_its_own_arm(app: App):
 
 
 def test_sigkill_of_the_gateway_replica(app: App):
-    calls, killed, replaced_s = _kill_under_load(app, "Gateway", seed=3)
+    calls, killed, replaced_s = _kill_replica_under_load(app, "Gateway", seed=3)
     back = [c.started + c.seconds for c in calls if c.answered and c.started > killed]
     recovery_s = min(back, default=float("nan")) - killed
     # what the killed process had accepted and not yet written is in its spool on this
@@ -274,7 +298,7 @@ def test_sigkill_of_the_gateway_replica(app: App):
 
 
 def test_sigkill_of_the_learner_replica(app: App):
-    calls, killed, replaced_s = _kill_under_load(app, "LearnerService", seed=4)
+    calls, killed, replaced_s = _kill_replica_under_load(app, "LearnerService", seed=4)
     assert all(c.answered for c in calls), tally(calls)  # nothing on the request path waits
     t0 = time.monotonic()
     check = _settle(app, calls)
@@ -288,7 +312,7 @@ def test_sigkill_of_the_learner_replica(app: App):
 
 
 def test_sigkill_of_the_cache_controller(app: App):
-    calls, killed, replaced_s = _kill_under_load(app, "CacheControllerService", seed=6)
+    calls, killed, replaced_s = _kill_replica_under_load(app, "CacheControllerService", seed=6)
     assert all(c.answered for c in calls), tally(calls)  # the request path never asks it
     killed_at = datetime.now(UTC) - timedelta(seconds=time.monotonic() - killed)
     engine = app.engine()
@@ -317,19 +341,18 @@ def _kill_serve_actor_under_load(
 ) -> tuple[list[Call], float, float]:
     """SIGKILL Serve's ``actor`` (its controller or its HTTP proxy) mid-load; the calls,
     the kill time and the seconds until it runs again and the gateway answers through it."""
-    load = Load(app.base_url, concurrency=CONCURRENCY, seed=seed).start()
-    time.sleep(3)
-    victim = serve_actor_process(actor)
-    assert victim is not None, f"no {actor} process on this node"
-    killed = time.monotonic()
-    sigkill(victim)
-    wait_actor_replaced(actor, victim.pid)
-    wait_for(lambda: _healthy(app), 120, "the gateway to answer /healthz")
-    back_s = time.monotonic() - killed
-    time.sleep(4)
-    load.stop()
-    load.retry_feedback()  # those posted while nothing answered
-    return load.snapshot(), killed, back_s
+
+    def the_actor() -> psutil.Process:
+        found = serve_actor_processes(actor)
+        assert found, f"no {actor} process on this node"
+        return found[0]
+
+    def back(pid: int, killed: float) -> float:
+        wait_new(lambda: serve_actor_processes(actor), pid, actor)
+        wait_for(lambda: _healthy(app), 120, "the gateway to answer /healthz")
+        return time.monotonic() - killed
+
+    return _kill_under_load(app, seed, the_actor, back)
 
 
 def _healthy(app: App) -> bool:
@@ -461,7 +484,7 @@ def test_sigkill_of_the_gateway_replica_under_durable_log_loses_nothing(
         ray_session, pool_wait_s=1.0, pool_down_s=5.0, fallbacks=1, durable_log=True, spool=False
     )
     durable = deploy_app(cfg, pg.create_database("probe_durable"))
-    calls, killed, replaced_s = _kill_under_load(durable, "Gateway", seed=5)
+    calls, killed, replaced_s = _kill_replica_under_load(durable, "Gateway", seed=5)
     answered = [c for c in calls if c.answered and c.request_id]
     engine = durable.engine()
     try:
@@ -492,17 +515,20 @@ def _kill_one_of_two_gateways(app: App, seed: int) -> dict[str, Any]:
     """SIGKILL one of two gateway replicas mid-load: what the clients got, how many
     requests were in flight at the kill, and how many the other replica answered until
     the new one ran. Checks every answered request's rows and the learner's credit."""
-    load = Load(app.base_url, concurrency=CONCURRENCY, seed=seed).start()
-    time.sleep(4)
-    replicas = replica_processes("Gateway")
-    assert len(replicas) == 2, replicas
-    killed = time.monotonic()
-    sigkill(replicas[0])
-    replaced_s, _ = wait_replaced("Gateway", {p.pid for p in replicas})
-    time.sleep(4)
-    load.stop()
-    load.retry_feedback()  # a feedback post the killed replica dropped
-    calls = load.snapshot()
+    replicas: list[psutil.Process] = []
+
+    def one_of_two() -> psutil.Process:
+        replicas.extend(replica_processes("Gateway"))
+        assert len(replicas) == 2, replicas
+        return replicas[0]
+
+    calls, killed, replaced_s = _kill_under_load(
+        app,
+        seed,
+        one_of_two,
+        lambda _pid, _killed: wait_replaced("Gateway", {p.pid for p in replicas}),
+        warmup_s=4.0,
+    )
     in_flight = [c for c in calls if c.started <= killed <= c.started + c.seconds]
     window = [c for c in calls if killed <= c.started < killed + replaced_s]
     check = _settle(app, calls, timeout_s=120)  # every answered request has its rows
