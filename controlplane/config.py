@@ -266,6 +266,14 @@ class LearnerServiceConfig(_Strict):
 
     poll_interval_s: float = Field(default=0.25, gt=0)
     batch_size: int = Field(default=5000, ge=1)
+    claim_sweep_every_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="between sweeps, a claim reads only the decisions past their feedback"
+        " deadline and those with feedback or a failure that arrived since its last claims;"
+        " a sweep reads every decision still inside its feedback window (traffic x window"
+        " rows), in case a late commit slipped behind that frontier",
+    )
     snapshot_every_events: int = Field(
         default=50, ge=1, description="fewest new events that count as a change"
     )

@@ -32,7 +32,9 @@ not snapshotted are released and credited again, never twice).
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +53,11 @@ from feedback.repositories import arms, reward_stream, snapshots
 from learners import Learner, RewardEvent, load_learner, make_learner
 
 log = logging.getLogger(__name__)
+
+# a failure is looked for from this long before the frontier's time: its outcome's time
+# is the gateway's clock, and its row lands a flush after it (a row held longer, in a
+# database outage, is claimed at its deadline or by the next sweep)
+FAILED_SLACK_S = 10.0
 
 
 class LearnerBusy(RuntimeError):
@@ -125,6 +132,12 @@ class LearnerLoop:
         self._last_prune: float | None = None  # the first step prunes
         self._resumed_at: float | None = None  # when start() last took the lock and resumed
         self._last_sweep = 0.0
+        # the bounded claim's frontiers, read at the last two claims that were not cut
+        # short (the older one is used, so a feedback row committed just after its id
+        # was counted is still read); empty: the next claim sweeps
+        self._frontiers: deque[reward_stream.ClaimFrontier] = deque(maxlen=2)
+        self._last_full_claim = -math.inf
+        self._cut_short = False  # the last claim filled a batch
         self.stats = {
             "events": 0,
             "snapshots": 0,
@@ -341,24 +354,47 @@ class LearnerLoop:
             )
 
     def _claim(self) -> list[RewardRow]:
+        """Claim a batch. A bounded claim, from the older of the last two frontiers, while
+        the learner keeps up; a sweep of every waiting decision at the start, every
+        ``claim_sweep_every_s`` and after a full batch (behind, the oldest decisions are
+        ready, so the sweep stops after a batch of them)."""
+        svc = self.config.learner_service
+        now, mono = self.clock(), self.monotonic()
+        since = None
+        if (
+            len(self._frontiers) == 2
+            and not self._cut_short
+            and mono - self._last_full_claim < svc.claim_sweep_every_s
+        ):
+            since = self._frontiers[0]
         with self.engine.begin() as conn:
             self._fence(conn)
-            return reward_stream.claim_reward_events(
-                conn, self.objective, self.clock(), self.config.learner_service.batch_size
+            mark = reward_stream.frontier_now(conn, now - timedelta(seconds=FAILED_SLACK_S))
+            rows = reward_stream.claim_reward_events(
+                conn, self.objective, now, svc.batch_size, since=since
             )
+        if since is None:
+            self._last_full_claim = mono
+        self._cut_short = len(rows) >= svc.batch_size
+        if not self._cut_short:
+            self._frontiers.append(mark)
+        return rows
 
     def claimed_ahead(self) -> int:
         """Rows claimed but not applied yet (waits for an in-flight claim)."""
         return 0 if self._ahead is None else len(self._ahead.result())
 
     def _drop_ahead(self) -> None:
-        """Forget rows claimed ahead (they sit above the watermark, so they are released)."""
+        """Forget rows claimed ahead (they sit above the watermark, so they are released)
+        and the claim frontiers: released claims are waiting decisions that no new event
+        marks, so the next claim sweeps."""
         if self._ahead is not None:
             try:
                 self._ahead.result()
             except Exception:  # a failed claim claimed nothing
                 log.warning("a claim made ahead failed", exc_info=True)
             self._ahead = None
+        self._frontiers.clear()  # after the claim ahead, which may add one
 
     def _apply(self, rows: list[RewardRow]) -> None:
         assert self.learner is not None

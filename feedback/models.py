@@ -137,6 +137,7 @@ outcomes = Table(
     Column("energy_j", Float, nullable=False, server_default=text("0")),
     Column("cost_usd", Float, nullable=False, server_default=text("0")),
     CheckConstraint("status IN ('ok', 'error', 'timeout')", name="status_known"),
+    Index("ix_outcomes_failed", "created_at", postgresql_where=text("status <> 'ok'")),
 )
 
 feedback = Table(

@@ -10,6 +10,7 @@ database consumes the stream, under an advisory lock.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -20,9 +21,7 @@ from feedback.records import RewardRow
 
 LEARNER_LOCK_KEY = 0x62616E6469  # "bandi": one learner per database
 
-_READY_SQL = """
-    FROM decisions d
-    JOIN outcomes o ON o.request_id = d.request_id
+_FIRST_FEEDBACK = """
     LEFT JOIN LATERAL (
         -- the first feedback row (by id) that arrived before the deadline; an
         -- aggregate, so the plan is a lookup on (request_id, source), never a
@@ -31,13 +30,50 @@ _READY_SQL = """
         WHERE f.request_id = d.request_id
           AND f.created_at < d.created_at + make_interval(secs => :window)
     ) fb ON true
-    WHERE d.credit_seq IS NULL
+"""
+
+_READY_WHERE = """
+    d.credit_seq IS NULL
       AND (o.status <> 'ok' OR fb.quality IS NOT NULL
            OR d.created_at <= CAST(:now AS timestamptz) - make_interval(secs => :window))
 """
 
+# Every uncredited decision, ready or still waiting for its feedback: a sweep reads
+# each decision inside the feedback window, so its cost grows with traffic x window.
+_READY_SQL = f"""
+    FROM decisions d
+    JOIN outcomes o ON o.request_id = d.request_id
+    {_FIRST_FEEDBACK}
+    WHERE {_READY_WHERE}
+"""
 
-_CLAIM_SQL = f"""
+# The same rule over the decisions that can have become ready since a frontier: those
+# past their deadline (the oldest ``limit``, in the uncredited index's order), those
+# with feedback rows newer than the frontier's id, and those with a failure logged
+# since its time. A decision still waiting is not read.
+_BOUNDED_READY_SQL = f"""
+    FROM (
+        (SELECT d.request_id FROM decisions d
+           JOIN outcomes o ON o.request_id = d.request_id
+          WHERE d.credit_seq IS NULL
+            AND d.created_at <= CAST(:now AS timestamptz) - make_interval(secs => :window)
+          ORDER BY d.created_at, d.request_id
+          LIMIT :limit)
+        UNION
+        SELECT f.request_id FROM feedback f WHERE f.id > :feedback_after
+        UNION
+        SELECT o.request_id FROM outcomes o
+         WHERE o.status <> 'ok' AND o.created_at >= CAST(:failed_since AS timestamptz)
+    ) c
+    JOIN decisions d ON d.request_id = c.request_id
+    JOIN outcomes o ON o.request_id = d.request_id
+    {_FIRST_FEEDBACK}
+    WHERE {_READY_WHERE}
+"""
+
+
+def _claim_sql(ready_from: str) -> str:
+    return f"""
 WITH ready AS (
     SELECT d.request_id, d.created_at,
            CASE WHEN o.status <> 'ok' THEN 'error'
@@ -48,7 +84,7 @@ WITH ready AS (
                 WHEN :missing = 'prior' THEN CAST(:prior_q AS double precision)
                 ELSE NULL END AS quality,
            o.latency_ms, o.energy_j, o.cost_usd
-    {_READY_SQL}
+    {ready_from}
     ORDER BY d.created_at, d.request_id
     LIMIT :limit
 ), numbered AS (
@@ -64,6 +100,27 @@ RETURNING n.seq, d.request_id, d.created_at, d.arm_id, d.context, d.propensity,
 """
 
 
+_CLAIM_SQL = _claim_sql(_READY_SQL)
+_BOUNDED_CLAIM_SQL = _claim_sql(_BOUNDED_READY_SQL)
+
+
+@dataclass(frozen=True)
+class ClaimFrontier:
+    """Where a bounded claim looks for decisions that became ready by an event: feedback
+    rows with an id above ``feedback_after``, failures logged at or after ``failed_since``
+    (:func:`frontier_now` reads one). Decisions ready by their deadline need none."""
+
+    feedback_after: int
+    failed_since: datetime
+
+
+def frontier_now(conn: Connection, now: datetime) -> ClaimFrontier:
+    """The newest feedback id committed and ``now``: a later claim given this frontier
+    reads only the feedback and failures that arrived after it (one index descent)."""
+    newest = conn.execute(text("SELECT coalesce(max(id), 0) FROM feedback")).scalar_one()
+    return ClaimFrontier(int(newest), now)
+
+
 def claim_params(objective: Objective, now: datetime, limit: int) -> dict[str, object]:
     """The claim statement's parameters (``bench/bench_scaling.py`` explains its plan)."""
     return {
@@ -77,15 +134,32 @@ def claim_params(objective: Objective, now: datetime, limit: int) -> dict[str, o
 
 
 def claim_reward_events(
-    conn: Connection, objective: Objective, now: datetime, limit: int = 5000
+    conn: Connection,
+    objective: Objective,
+    now: datetime,
+    limit: int = 5000,
+    *,
+    since: ClaimFrontier | None = None,
 ) -> list[RewardRow]:
     """Claim up to ``limit`` ready reward events, in decision order.
 
     Each claimed decision gets the next ``credit_seq`` (the learner's
     watermark), the credit kind and the quality it was credited with, by the
     rule documented in ``feedback.objective``. Call with the learner lock held.
+
+    Without ``since`` it sweeps every uncredited decision: its cost grows with the
+    decisions still inside their feedback window (traffic x window), ready or not.
+    With ``since`` it reads only the decisions past their deadline and those with
+    feedback or a failure that arrived after the frontier, by the same rule; a
+    decision that became ready before the frontier and was not claimed then is
+    claimed at its deadline, or by the next sweep.
     """
-    rows = conn.execute(text(_CLAIM_SQL), claim_params(objective, now, limit)).all()
+    params = claim_params(objective, now, limit)
+    if since is None:
+        rows = conn.execute(text(_CLAIM_SQL), params).all()
+    else:
+        params |= {"feedback_after": since.feedback_after, "failed_since": since.failed_since}
+        rows = conn.execute(text(_BOUNDED_CLAIM_SQL), params).all()
     out = [
         RewardRow(
             credit_seq=int(r[0]),

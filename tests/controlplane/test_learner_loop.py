@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import text
 
 from controlplane.learner_loop import LearnerBusy, LearnerLoop
 from tests.controlplane.learning import (
@@ -78,3 +79,52 @@ def test_snapshots_publish_on_event_count_and_on_time(engine):
     loop.step()  # due by time
     assert loop.version == 3 and loop.pending == 0
     loop.stop()
+
+
+def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
+    """A keeping-up loop sweeps at its start, then claims from the older of its last two
+    frontiers (feedback and failures that arrived since), sweeping again after a full
+    batch and every ``claim_sweep_every_s``; feedback posted between steps is credited
+    at the next step either way, and every rated decision once."""
+    from feedback.records import FeedbackInput
+    from feedback.repositories import feedback, reward_stream
+
+    cfg = learning_config(batch_size=1000, claim_sweep_every_s=30.0)
+    write_traffic(engine, cfg, 4)
+    with engine.begin() as conn:  # the feedback not posted yet: it arrives between steps
+        late = [r[0] for r in conn.execute(text("SELECT request_id FROM decisions WHERE request_id NOT IN (SELECT request_id FROM feedback) ORDER BY request_id"))]  # fmt: skip
+    t = {"now": 0.0}
+    seen: list[reward_stream.ClaimFrontier | None] = []
+    real = reward_stream.claim_reward_events
+
+    def spy(*args, since=None, **kw):
+        seen.append(since)
+        return real(*args, since=since, **kw)
+
+    monkeypatch.setattr(reward_stream, "claim_reward_events", spy)
+    loop = LearnerLoop(engine, cfg, clock=lambda: datetime.now(UTC), monotonic=lambda: t["now"])
+    loop.start()
+    credited = [loop.step(), loop.step()]  # two sweeps: no frontier yet, then only one
+    for rid in late[:3]:  # feedback between steps: the bounded claims find it
+        with engine.begin() as conn:
+            feedback.record_feedback(conn, FeedbackInput.validated(rid, 0.5))
+        t["now"] += 1.0
+        credited.append(loop.step())
+    t["now"] += 30.0
+    credited.append(loop.step())  # a sweep is due
+    loop.stop()
+    assert [s is None for s in seen] == [True, True, False, False, False, True]
+    assert seen[2] is not None and seen[4] is not None
+    assert seen[4].feedback_after > seen[2].feedback_after  # the frontier moves on
+    rated = N - len(late)
+    assert credited == [rated, 0, 1, 1, 1, 0]
+
+    cut = learning_config(batch_size=25)  # a full batch: the next claim sweeps
+    reset_learning(engine)
+    seen.clear()
+    loop = LearnerLoop(engine, cut, clock=lambda: datetime.now(UTC))
+    loop.start()
+    loop.run_until_idle()
+    loop.stop()
+    assert all(s is None for s in seen[: rated // 25 + 1])
+    assert final_state(loop)[1] == (rated + 3, rated + 3)

@@ -124,6 +124,7 @@ def _credit_only(loop: LearnerLoop, first: list) -> None:
     loop.run_until_idle()
     with loop.engine.begin() as conn:
         conn.execute(text("UPDATE decisions SET credit_seq = NULL WHERE credit_seq < 0"))
+    loop._drop_ahead()  # un-credited behind the loop's back: its next claim sweeps
 
 
 def test_estimates_rank_candidates_like_their_true_values(engine):

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Connection, event, select, text
 
 from feedback import models as m
 from feedback.objective import CreditKind, Objective
-from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord
+from feedback.records import DecisionRecord, FeedbackInput, OutcomeRecord, RewardRow
 from feedback.repositories import feedback, request_log, reward_stream
 from tests.feedback.factories import T0, decision, outcome, write_served
 
@@ -236,13 +238,16 @@ def _cases(
     return found
 
 
+@pytest.mark.parametrize("bounded", [False, True], ids=["sweep", "bounded"])
 @pytest.mark.parametrize("missing_quality", ["prior", "skip"])
 @pytest.mark.parametrize("seed", range(3))
-def test_claim_query_credits_exactly_what_the_python_rule_says(db, seed, missing_quality):
+def test_claim_query_credits_exactly_what_the_python_rule_says(db, seed, missing_quality, bounded):
     """Seeded traffic in two rounds (claims at two points in time, rows arriving in
     between): each round, the SQL claim path credits exactly the decisions
     ``Objective.resolve_quality`` says are ready, with the same kind and quality, and
-    a decision credited once keeps its credit whatever feedback arrives later."""
+    a decision credited once keeps its credit whatever feedback arrives later. The
+    bounded claim, from a frontier read before the round's rows arrived, credits the
+    same as the sweep."""
     rng = np.random.default_rng(seed)
     window_s = float(rng.choice([1.0, 30.0, 300.0]))
     objective = Objective(
@@ -264,6 +269,8 @@ def test_claim_query_credits_exactly_what_the_python_rule_says(db, seed, missing
             if since < t <= now
         ]
         rng.shuffle(new_feedback)  # ids in another order than arrival times
+        with db.connect() as conn:
+            frontier = reward_stream.frontier_now(conn, since) if bounded else None
         with db.begin() as conn:
             request_log.write_decisions(
                 conn, [s.decision for s in served if since < s.decision.created_at <= now]
@@ -294,7 +301,9 @@ def test_claim_query_credits_exactly_what_the_python_rule_says(db, seed, missing
 
         with db.begin() as conn:
             lag = reward_stream.learner_lag(conn, objective, now)
-            events = reward_stream.claim_reward_events(conn, objective, now, limit=10_000)
+            events = reward_stream.claim_reward_events(
+                conn, objective, now, limit=10_000, since=frontier
+            )
         assert lag["events_behind"] == len(expected)
         assert {e.request_id: (e.credit_kind, e.quality) for e in events} == expected
         credited |= expected
@@ -307,3 +316,84 @@ def test_claim_query_credits_exactly_what_the_python_rule_says(db, seed, missing
         ).all()
     assert {r.request_id: (r.credit_kind, r.credit_quality) for r in stored} == credited
     assert covered == CASES, f"seed {seed} leaves {sorted(CASES - covered)} unexercised"
+
+
+def _decision_rows_scanned(db, claim: Callable[[Connection], object]) -> int:
+    """Rows of ``decisions`` that ``claim``'s statement reads, by its plan's actual row
+    counts (EXPLAIN ANALYZE, rolled back), planned as on a large log: by index."""
+    plans: list[Any] = []
+
+    def explain(conn: Connection, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("WITH ready"):
+            with conn.connection.dbapi_connection.cursor() as raw:  # type: ignore[union-attr]
+                raw.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", params)
+                plans.append(raw.fetchone()[0])
+
+    with db.begin() as conn:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        event.listen(conn, "before_cursor_execute", explain)
+        claim(conn)
+        event.remove(conn, "before_cursor_execute", explain)
+        conn.rollback()
+
+    def scanned(node: dict[str, Any]) -> int:
+        own = (
+            node["Actual Rows"] * node["Actual Loops"]
+            if node.get("Relation Name") == "decisions"
+            else 0
+        )
+        return int(own) + sum(scanned(child) for child in node.get("Plans", []))  # fmt: skip
+
+    (plan,) = plans
+    return scanned(plan[0]["Plan"])
+
+
+def test_a_bounded_claim_reads_no_waiting_decision(db):
+    """500 decisions inside their feedback window wait; a bounded claim finds the three
+    that became ready (feedback after the frontier, a failure after it, a deadline
+    passed) reading only those decision rows, where a sweep reads every waiting one.
+    Feedback that arrived before the frontier waits for the deadline or a sweep."""
+    now = datetime.now(UTC)
+    waiting = [decision(at=now - timedelta(seconds=5), seed=i) for i in range(500)]
+    old_feedback, new_feedback, failed = (
+        decision(at=now - timedelta(seconds=4), seed=600 + i) for i in range(3)
+    )
+    past_deadline = decision(at=now - timedelta(seconds=2 * WINDOW))
+    served = [*waiting, old_feedback, new_feedback, past_deadline]
+    with db.begin() as conn:
+        request_log.write_decisions(conn, [*served, failed])
+        request_log.write_outcomes(conn, [outcome(d) for d in served])
+        feedback.record_feedback(
+            conn, FeedbackInput.validated(str(old_feedback.request_id), 0.7, "user")
+        )
+    with db.connect() as conn:
+        frontier = reward_stream.frontier_now(conn, now - timedelta(seconds=3))
+    with db.begin() as conn:
+        request_log.write_outcomes(conn, [outcome(failed, status="error", after_s=2)])
+        feedback.record_feedback(
+            conn, FeedbackInput.validated(str(new_feedback.request_id), 0.9, "user")
+        )
+    with db.connect() as conn:
+        conn.execute(text("ANALYZE decisions, outcomes, feedback"))  # plans as on a live log
+        conn.commit()
+
+    def bounded(conn: Connection) -> list[RewardRow]:
+        return reward_stream.claim_reward_events(conn, OBJ, now, since=frontier)
+
+    def sweep(conn: Connection) -> list[RewardRow]:
+        return reward_stream.claim_reward_events(conn, OBJ, now)
+
+    assert _decision_rows_scanned(db, bounded) <= 10  # its candidates
+    assert _decision_rows_scanned(db, sweep) >= len(waiting)  # every waiting decision
+    with db.begin() as conn:
+        got = {e.request_id: (e.credit_kind, e.quality) for e in bounded(conn)}
+    assert got == {
+        new_feedback.request_id: ("feedback", 0.9),
+        failed.request_id: ("error", 0.0),
+        past_deadline.request_id: ("prior", 0.4),
+    }
+    with db.begin() as conn:
+        (swept,) = sweep(conn)
+    assert (swept.request_id, swept.credit_kind, swept.quality) == (
+        old_feedback.request_id, "feedback", 0.7,
+    )  # fmt: skip
