@@ -101,7 +101,9 @@ class LearnerRunner:
                 else:
                     self._stop.wait(self._backoff)
                     self._backoff = min(self._backoff * 2, self.max_backoff_s)
-            elif n == 0:
+            elif n < self.loop.config.learner_service.batch_size:
+                # drained what was ready: wait for more, rather than claim again at once for
+                # the few decisions that became ready meanwhile (a busy loop under load)
                 self._stop.wait(self.poll_s)
         try:
             if self.loop.holding:

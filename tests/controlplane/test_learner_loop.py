@@ -128,3 +128,42 @@ def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
     loop.stop()
     assert all(s is None for s in seen[: rated // 25 + 1])
     assert final_state(loop)[1] == (rated + 3, rated + 3)
+
+
+def test_the_runner_waits_a_poll_after_any_batch_that_was_not_full():
+    """A step that claimed fewer than a batch drained what was ready: the runner waits
+    ``poll_interval_s`` before the next, instead of claiming again at once for the few
+    decisions that became ready meanwhile; after a full batch it goes on at once."""
+    import threading
+
+    from controlplane.learner_runner import LearnerRunner
+
+    cfg = learning_config(batch_size=100, poll_interval_s=0.25)
+    claimed = iter([100, 100, 3, 0, 1, 100])
+    waits: list[float] = []
+
+    class Loop:
+        config = cfg
+        holding = True
+        version = 1
+
+        def step(self) -> int:
+            n = next(claimed, None)
+            if n is None:
+                runner._stop.set()
+                return 0
+            return n
+
+        def stop(self) -> None:
+            pass
+
+    class Waits(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout or 0.0)
+            return self.is_set()
+
+    runner = LearnerRunner(Loop())  # type: ignore[arg-type]
+    runner._stop = Waits()
+    runner._run()
+    assert waits[:3] == [0.25, 0.25, 0.25]  # after 3, 0 and 1; none after the full batches
+    assert len(waits) == 4  # and the last turn's (0, after the script)
