@@ -70,7 +70,13 @@ from controlplane.policy_listener import PolicyListener
 from controlplane.tokens import FeedbackTokens
 from controlplane.tracing import RequestTracer, set_attributes, span
 from feedback.loop_health import LoopHealth
-from feedback.records import COMPLETION_ID_PREFIX, DecisionRecord, OutcomeRecord, clean_text
+from feedback.records import (
+    COMPLETION_ID_PREFIX,
+    DecisionRecord,
+    OutcomeRecord,
+    clean_text,
+    new_request_id,
+)
 from feedback.repositories import residency as residency_repo
 from feedback.spool import Spool
 from feedback.writer import DecisionLogWriter
@@ -364,7 +370,7 @@ class GatewayCore:
         if fallback_of is not None:
             rid = attempt_id(fallback_of, attempt)
         else:
-            rid = request_id or uuid.uuid4()
+            rid = request_id or new_request_id()
         meta = body.get("metadata") or {}
         self._log_decision(
             tracer,

@@ -17,7 +17,6 @@ for correlation, and returned as ``x-request-id``. Bodies are checked by
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -32,6 +31,7 @@ from controlplane.api.deps import CoreDep, read_json
 from controlplane.api.flood import limit_anonymous
 from controlplane.api.validation import client_request_id, validate_chat
 from controlplane.gateway_core import GatewayCore
+from feedback.records import new_request_id
 
 router = APIRouter()
 # chat completions alone, included first and without the app's per-address dependency:
@@ -69,7 +69,7 @@ async def chat(request: Request) -> Any:
         body = {**body, "metadata": {**(body.get("metadata") or {}), "tenant": key.tenant}}
     admission: Admission = request.app.state.admission
     arms = core.servable_arms(body)
-    ticket = await admission.admit(key, body, arms, core.policy.learner, uuid.uuid4())
+    ticket = await admission.admit(key, body, arms, core.policy.learner, new_request_id())
     key_id = key.name if key is not None else None
     if body.get("stream"):
         # the pool's deltas as they come; settled once the stream ends (or fails)
