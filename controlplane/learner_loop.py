@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 # is the gateway's clock, and its row lands a flush after it (a row held longer, in a
 # database outage, is claimed at its deadline or by the next sweep)
 FAILED_SLACK_S = 10.0
+# a bounded claim reads the feedback that arrived since this many claims back (a poll
+# each, 0.25 s apart by default): time for a decision's outcome to land after its feedback
+FRONTIER_LAG = 4
 
 
 class LearnerBusy(RuntimeError):
@@ -132,10 +135,11 @@ class LearnerLoop:
         self._last_prune: float | None = None  # the first step prunes
         self._resumed_at: float | None = None  # when start() last took the lock and resumed
         self._last_sweep = 0.0
-        # the bounded claim's frontiers, read at the last two claims that were not cut
-        # short (the older one is used, so a feedback row committed just after its id
-        # was counted is still read); empty: the next claim sweeps
-        self._frontiers: deque[reward_stream.ClaimFrontier] = deque(maxlen=2)
+        # the bounded claim's frontiers, read at the last claims that were not cut short;
+        # the oldest is used, so that a feedback row whose decision's outcome lands a
+        # writer flush later (``gateway.log_flush_s``), or that committed just after its
+        # id was counted, is still read; not all there yet: the next claim sweeps
+        self._frontiers: deque[reward_stream.ClaimFrontier] = deque(maxlen=FRONTIER_LAG)
         self._last_full_claim = -math.inf
         self._cut_short = False  # the last claim filled a batch
         self.stats = {
@@ -354,15 +358,15 @@ class LearnerLoop:
             )
 
     def _claim(self) -> list[RewardRow]:
-        """Claim a batch. A bounded claim, from the older of the last two frontiers, while
-        the learner keeps up; a sweep of every waiting decision at the start, every
+        """Claim a batch. A bounded claim, from the frontier ``FRONTIER_LAG`` claims back,
+        while the learner keeps up; a sweep of every waiting decision at the start, every
         ``claim_sweep_every_s`` and after a full batch (behind, the oldest decisions are
         ready, so the sweep stops after a batch of them)."""
         svc = self.config.learner_service
         now, mono = self.clock(), self.monotonic()
         since = None
         if (
-            len(self._frontiers) == 2
+            len(self._frontiers) == FRONTIER_LAG
             and not self._cut_short
             and mono - self._last_full_claim < svc.claim_sweep_every_s
         ):

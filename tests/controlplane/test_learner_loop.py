@@ -82,10 +82,11 @@ def test_snapshots_publish_on_event_count_and_on_time(engine):
 
 
 def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
-    """A keeping-up loop sweeps at its start, then claims from the older of its last two
-    frontiers (feedback and failures that arrived since), sweeping again after a full
-    batch and every ``claim_sweep_every_s``; feedback posted between steps is credited
-    at the next step either way, and every rated decision once."""
+    """A keeping-up loop sweeps at its start, then claims from the frontier
+    ``FRONTIER_LAG`` claims back (feedback and failures that arrived since), sweeping
+    again after a full batch and every ``claim_sweep_every_s``; feedback posted between
+    steps is credited at the next step either way, and every rated decision once."""
+    from controlplane.learner_loop import FRONTIER_LAG
     from feedback.records import FeedbackInput
     from feedback.repositories import feedback, reward_stream
 
@@ -104,8 +105,8 @@ def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
     monkeypatch.setattr(reward_stream, "claim_reward_events", spy)
     loop = LearnerLoop(engine, cfg, clock=lambda: datetime.now(UTC), monotonic=lambda: t["now"])
     loop.start()
-    credited = [loop.step(), loop.step()]  # two sweeps: no frontier yet, then only one
-    for rid in late[:3]:  # feedback between steps: the bounded claims find it
+    credited = [loop.step() for _ in range(FRONTIER_LAG)]  # sweeps: too few frontiers yet
+    for rid in late[:6]:  # feedback between steps: the bounded claims find it
         with engine.begin() as conn:
             feedback.record_feedback(conn, FeedbackInput.validated(rid, 0.5))
         t["now"] += 1.0
@@ -113,11 +114,12 @@ def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
     t["now"] += 30.0
     credited.append(loop.step())  # a sweep is due
     loop.stop()
-    assert [s is None for s in seen] == [True, True, False, False, False, True]
-    assert seen[2] is not None and seen[4] is not None
-    assert seen[4].feedback_after > seen[2].feedback_after  # the frontier moves on
+    assert [s is None for s in seen] == [True] * FRONTIER_LAG + [False] * 6 + [True]
+    first, last = seen[FRONTIER_LAG], seen[-2]
+    assert first is not None and last is not None
+    assert last.feedback_after > first.feedback_after  # the frontier moves on
     rated = N - len(late)
-    assert credited == [rated, 0, 1, 1, 1, 0]
+    assert credited == [rated] + [0] * (FRONTIER_LAG - 1) + [1] * 6 + [0]
 
     cut = learning_config(batch_size=25)  # a full batch: the next claim sweeps
     reset_learning(engine)
@@ -126,8 +128,8 @@ def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
     loop.start()
     loop.run_until_idle()
     loop.stop()
-    assert all(s is None for s in seen[: rated // 25 + 1])
-    assert final_state(loop)[1] == (rated + 3, rated + 3)
+    assert all(s is None for s in seen[: (rated + 6) // 25 + 1])
+    assert final_state(loop)[1] == (rated + 6, rated + 6)
 
 
 def test_the_runner_waits_a_poll_after_any_batch_that_was_not_full():
