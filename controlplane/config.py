@@ -121,6 +121,13 @@ class GatewayConfig(_Strict):
     replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=64, ge=1)
     policy_refresh_s: float = Field(default=1.0, gt=0, description="bound on policy pickup delay")
+    policy_poll_listening_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="while the replica's policy listener is connected (a NOTIFY brings each"
+        " new version at once, and a reconnect catches up), the version is polled only this"
+        " often, as a safety net; residency prices still refresh every policy_refresh_s",
+    )
     feedback_token_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
     log_buffer: int = Field(default=50_000, ge=100)
     log_flush_s: float = Field(default=0.2, gt=0)

@@ -187,6 +187,7 @@ class GatewayCore:
         self.listen = listen
         self.listen_url: str | URL = engine.url if listen_url is None else listen_url
         self.listener: PolicyListener | None = None
+        self._next_policy_poll = 0.0  # time.monotonic() of the next poll that reads the version
         self.refresher_health = LoopHealth(
             "policy_refresher", stale_after_s=config.gateway.loop_stale_s
         )
@@ -226,14 +227,34 @@ class GatewayCore:
             self.prices.reprice(self.config.cache.paging_model(set(adapters.values()), measured))
         self.paging = self.prices.terms(held)
 
+    def listening(self) -> bool:
+        """Whether a connected listener brings new policy versions (NOTIFY)."""
+        return self.listener is not None and self.listener.connected
+
     def _refresh(self, trigger: str) -> None:
-        """One refresh (in a worker thread): the policy, then the residency prices."""
-        self.refresh_policy(trigger)
+        """One refresh (in a worker thread): the policy, then the residency prices. A
+        poll reads the version only every ``gateway.policy_poll_listening_s`` while the
+        listener is connected."""
+        now = time.monotonic()
+        if trigger != "poll" or not self.listening() or now >= self._next_policy_poll:
+            self._next_policy_poll = now + self.config.gateway.policy_poll_listening_s
+            self.refresh_policy(trigger)
         self.refresh_residency()
+
+    def _poll_every(self) -> float:
+        """The refresher's timer: ``gateway.policy_refresh_s``, or the listening poll's
+        period when a connected listener brings versions and no residency prices need it."""
+        gw = self.config.gateway
+        if self.listening() and not self.prices.active:
+            return max(gw.policy_refresh_s, gw.policy_poll_listening_s)
+        return gw.policy_refresh_s
 
     async def policy_refresher(self) -> None:
         """Refresh when a NOTIFY arrives (a listener thread wakes this task), else every
-        ``gateway.policy_refresh_s``. Runs until cancelled; the listener stops with it."""
+        ``gateway.policy_refresh_s`` (``policy_poll_listening_s`` while the listener is
+        connected and no residency prices need refreshing; a listener that loses its
+        connection wakes this task, so it polls fast again at once). Runs until
+        cancelled; the listener stops with it."""
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         told = False  # whether a NOTIFY (rather than the poll's timer) set ``wake``
@@ -266,7 +287,7 @@ class GatewayCore:
                     log.exception("policy refresh failed")
                 # a NOTIFY or, at the latest, the poll's timer (a timer handle rather than
                 # ``wait_for``, which makes a task each time)
-                timer = loop.call_later(self.config.gateway.policy_refresh_s, wake.set)
+                timer = loop.call_later(self._poll_every(), wake.set)
                 try:
                     await wake.wait()
                 finally:

@@ -91,16 +91,20 @@ class PolicyListener:
     def _run(self) -> None:
         backoff = 0.1
         while not self._stop.is_set():
+            lost = False
             try:
                 self._listen()
             except Exception as exc:  # down: poll on, and try again
-                if self.connected:  # a working connection was lost: retry soon
+                lost = self.connected
+                if lost:  # a working connection was lost: retry soon
                     backoff = 0.1
                 self.last_error = repr(exc)[:500]
                 self.health.failed(exc)
                 log.warning("policy listener: %s; retrying in %.1fs", self.last_error, backoff)
             self.connected = False
             self.backend_pid = None
+            if lost:  # the refresher polls slowly only while this listens: wake it
+                self.on_notify(None)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.max_backoff_s)
 

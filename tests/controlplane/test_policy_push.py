@@ -10,7 +10,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from controlplane.gateway_core import GatewayCore
 from controlplane.learner_loop import LearnerLoop
@@ -161,3 +161,36 @@ def test_without_a_listener_the_gateway_still_polls(engine):
     updates = core.instruments.policy_updates
     assert updates.labels("poll")._value.get() >= 2
     assert updates.labels("notify")._value.get() == 0
+
+
+def test_while_listening_the_version_is_polled_seldom_and_fast_again_once_not(engine, monkeypatch):
+    """A connected listener brings every version, so a poll reads the version only every
+    ``policy_poll_listening_s``; once the listening session dies the refresher is woken
+    and polls every ``policy_refresh_s`` until the listener is back."""
+    core = gateway(engine, refresh_s=0.05)
+    assert core.config.gateway.policy_poll_listening_s == 30.0
+    reads: list[str] = []
+    real = core.refresh_policy
+
+    def counted(trigger: str = "poll") -> bool:
+        reads.append(trigger)
+        return real(trigger)
+
+    monkeypatch.setattr(core, "refresh_policy", counted)
+
+    async def body() -> None:
+        await until(lambda: core.listener is not None and core.listener.connected, 10)
+        listener = core.listener
+        assert listener is not None
+        listener.max_backoff_s = 1.0
+        await asyncio.sleep(1.0)  # 20 polls at 0.05 s
+        listening = list(reads)
+        assert listening.count("poll") <= 1, listening  # the first one only
+        with monkeypatch.context() as m:  # the server goes away for the listener only
+            m.setattr(listener, "engine", create_engine(UNREACHABLE))
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": listener.backend_pid})
+            await until(lambda: reads.count("poll") >= listening.count("poll") + 5, 10)
+        assert not listener.connected
+
+    asyncio.run(with_refresher(core, body))
