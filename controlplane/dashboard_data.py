@@ -200,7 +200,8 @@ def overview(
             "energy_saved_j": energy["saved"],
             "energy_saved_pct": energy["saved_pct"],
             "exploration": exploration_rate(conn, config, cache, window),
-            "learner_lag": reward_stream.learner_lag(conn, config.objective, window.until),
+            # past their deadline, uncredited: bounded by the lag, not by the traffic waiting
+            "learner_lag": reward_stream.overdue(conn, config.objective, window.until),
             "learner": {
                 "kind": config.learner.kind,
                 "version": int(progress["version"]),

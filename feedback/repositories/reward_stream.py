@@ -231,6 +231,31 @@ def learner_lag(conn: Connection, objective: Objective, now: datetime) -> dict[s
     }
 
 
+def overdue(conn: Connection, objective: Objective, now: datetime) -> dict[str, float]:
+    """Decisions past their feedback deadline and not credited yet, and how long past it
+    the oldest is: the part of :func:`learner_lag` that a stalled learner piles up, read
+    from the uncredited index's ready end only (its cost grows with the lag, not with the
+    decisions still waiting). A learner that keeps up leaves none; feedback-ready ones
+    it claims within a poll."""
+    row = conn.execute(
+        text(
+            "SELECT count(*), min(d.created_at) FROM decisions d "
+            "JOIN outcomes o ON o.request_id = d.request_id "
+            "WHERE d.credit_seq IS NULL "
+            "AND d.created_at <= CAST(:now AS timestamptz) - make_interval(secs => :window)"
+        ),
+        {"window": objective.feedback_window_s, "now": now},
+    ).one()
+    oldest = row[1]
+    deadline_s = objective.feedback_window_s
+    return {
+        "events_behind": float(row[0]),
+        "seconds_behind": 0.0
+        if oldest is None
+        else max(0.0, (now - oldest).total_seconds() - deadline_s),
+    }
+
+
 def try_learner_lock(conn: Connection) -> bool:
     """Session-level advisory lock: at most one learner consumes the stream."""
     return bool(

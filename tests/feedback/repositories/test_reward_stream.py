@@ -318,13 +318,16 @@ def test_claim_query_credits_exactly_what_the_python_rule_says(db, seed, missing
     assert covered == CASES, f"seed {seed} leaves {sorted(CASES - covered)} unexercised"
 
 
-def _decision_rows_scanned(db, claim: Callable[[Connection], object]) -> int:
-    """Rows of ``decisions`` that ``claim``'s statement reads, by its plan's actual row
-    counts (EXPLAIN ANALYZE, rolled back), planned as on a large log: by index."""
+def _decision_rows_scanned(
+    db, claim: Callable[[Connection], object], statement_start: str = "WITH ready"
+) -> int:
+    """Rows of ``decisions`` that ``claim``'s statement (the one that starts with
+    ``statement_start``) reads, by its plan's actual row counts (EXPLAIN ANALYZE, rolled
+    back), planned as on a large log: by index."""
     plans: list[Any] = []
 
     def explain(conn: Connection, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if statement.lstrip().startswith("WITH ready"):
+        if statement.lstrip().startswith(statement_start):
             with conn.connection.dbapi_connection.cursor() as raw:  # type: ignore[union-attr]
                 raw.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", params)
                 plans.append(raw.fetchone()[0])
@@ -351,7 +354,8 @@ def _decision_rows_scanned(db, claim: Callable[[Connection], object]) -> int:
 def test_a_bounded_claim_reads_no_waiting_decision(db):
     """500 decisions inside their feedback window wait; a bounded claim finds the three
     that became ready (feedback after the frontier, a failure after it, a deadline
-    passed) reading only those decision rows, where a sweep reads every waiting one.
+    passed) reading only those decision rows, where a sweep reads every waiting one; the
+    dashboard's lag (``overdue``) reads only the one past its deadline.
     Feedback that arrived before the frontier waits for the deadline or a sweep."""
     now = datetime.now(UTC)
     waiting = [decision(at=now - timedelta(seconds=5), seed=i) for i in range(500)]
@@ -385,6 +389,14 @@ def test_a_bounded_claim_reads_no_waiting_decision(db):
 
     assert _decision_rows_scanned(db, bounded) <= 10  # its candidates
     assert _decision_rows_scanned(db, sweep) >= len(waiting)  # every waiting decision
+    with db.connect() as conn:  # the dashboard's lag: only the overdue one, read alone
+        late = reward_stream.overdue(conn, OBJ, now)
+    assert late["events_behind"] == 1 and late["seconds_behind"] == pytest.approx(WINDOW, abs=1)
+
+    def overdue(conn: Connection) -> dict[str, float]:
+        return reward_stream.overdue(conn, OBJ, now)
+
+    assert _decision_rows_scanned(db, overdue, "SELECT count(*)") <= 2
     with db.begin() as conn:
         got = {e.request_id: (e.credit_kind, e.quality) for e in bounded(conn)}
     assert got == {
