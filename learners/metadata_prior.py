@@ -96,6 +96,9 @@ class MetadataPriorConfig(BaseModel):
                     raise ValueError(f"{where}: quality must lie in [0, 1], got {value}")
         return self
 
+    def __hash__(self) -> int:  # frozen like every learner config, though ``arms`` is a dict
+        return hash(self.model_dump_json())
+
     def quality(self, arm: str) -> float | None:
         """The arm's prior quality: given, or from the model; None without the fields."""
         meta = self.arms.get(arm, {})

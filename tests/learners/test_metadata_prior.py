@@ -221,6 +221,17 @@ def test_bad_metadata_is_refused_with_a_message_naming_it(change, message):
         make_learner(lin(metadata_prior={**prior_config(), **change}), DIM, WEIGHTS)
 
 
+def test_a_config_with_a_metadata_prior_is_frozen_and_hashable_like_the_others():
+    from learners.config import parse_config
+
+    one = parse_config(lin(metadata_prior=prior_config()))
+    same = parse_config(lin(metadata_prior=prior_config()))
+    assert hash(one) == hash(same) and one == same
+    assert one != parse_config(lin(metadata_prior=prior_config(strength=2.0)))
+    with pytest.raises(ValidationError, match="frozen"):
+        one.metadata_prior.strength = 2.0
+
+
 def test_a_fit_with_too_few_or_collinear_arms_is_refused():
     with pytest.raises(ValueError, match="1 arms have every feature"):
         fit_quality_model({"a": {"cost_usd": 1.0}, "b": {}}, {"a": 0.5, "b": 0.6}, ["cost_usd"])
