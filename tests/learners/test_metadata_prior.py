@@ -297,3 +297,39 @@ def test_simulate_refuses_bad_metadata_prior_options_in_one_line(tmp_path, capsy
     assert rc == 2
     assert message in err and "Traceback" not in err
     assert err.startswith("simulate: ")
+
+
+def test_a_model_the_earlier_version_never_saw_starts_at_its_price_not_the_optimistic_prior(
+    tmp_path, capsys
+):
+    """--new-arms: the warm start leaves 'large' out; under the lints preset's optimistic
+    flat prior (quality 1, cost 0) the new arm is tried often, under its metadata prior
+    (its price known) rarely."""
+    data = write_jsonl(tmp_path / "stream.jsonl", priced_rows(200))
+    warm = write_jsonl(tmp_path / "earlier.jsonl", priced_rows(300, seed=1))
+    shares = []
+    for extra in ([], ["--metadata-prior", f"fit:{warm}"]):
+        out_json = tmp_path / "out.json"
+        rc, out, err = simulate(
+            capsys, "--dataset", str(data), "--seeds", "3", "--learners", "lints",
+            "--warm-start", str(warm), "--new-arms", "large", "--json", str(out_json), *extra,
+        )  # fmt: skip
+        assert rc == 0, err
+        assert "never saw large (new arms)" in out
+        shares.append(json.loads(out_json.read_text())["learners"]["lints"]["arm_share"]["large"])
+    assert shares[0] > 0.03 and shares[1] < shares[0] / 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--new-arms", "large"], "--new-arms needs --warm-start"),
+        (["--new-arms", "huge", "--warm-start", "{data}"], "--new-arms: huge not among"),
+    ],
+)
+def test_new_arms_are_refused_without_a_warm_start_or_when_unknown(tmp_path, capsys, argv, message):
+    data = write_jsonl(tmp_path / "bench.jsonl", priced_rows(30))
+    rc, out, err = simulate(
+        capsys, "--dataset", str(data), "--seeds", "1", *[a.format(data=data) for a in argv]
+    )
+    assert rc == 2 and message in err and err.startswith("simulate: ")

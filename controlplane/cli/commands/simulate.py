@@ -163,6 +163,14 @@ def register(subparsers: Any) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--new-arms",
+        default="",
+        metavar="MODELS",
+        help="with --warm-start, models the earlier policy version never saw: left out of "
+        "its data, they join when the run starts, under the flat or --metadata-prior prior "
+        "(default: none)",
+    )
+    p.add_argument(
         "--metadata-prior",
         default=None,
         metavar="fit:DATA|FILE",
@@ -262,6 +270,14 @@ def run(args: argparse.Namespace) -> int:
         specs = _specs(args, feat)  # the presets that read task slots read feat's
         if args.metadata_prior:
             notes.extend(_apply_metadata_prior(dataset, ds.models, args, specs))
+        new_arms = tuple(m.strip() for m in args.new_arms.split(",") if m.strip())
+        unknown = [m for m in new_arms if m not in ds.models]
+        if unknown:
+            raise ValueError(f"--new-arms: {', '.join(unknown)} not among the data set's models")
+        if new_arms and not args.warm_start:
+            raise ValueError(
+                "--new-arms needs --warm-start (arms that an earlier version never saw)"
+            )
         Rw = None
         if warm is not None:
             Rw = _align(warm, ds.models)
@@ -270,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{'' if Path(args.warm_start).exists() else ' ' + args.warm_start} "
                 f"({len(warm)} rows, bandit feedback, its own order per seed), then runs "
                 f"from that state with prior weight {args.prior_weight:g}"
+                + (f"; never saw {', '.join(new_arms)} (new arms)" if new_arms else "")
             )
     except (ValueError, FileNotFoundError, json.JSONDecodeError, ModuleNotFoundError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
@@ -285,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
             warm_contexts=Xw,
             warm_rewards=Rw,
             prior_weight=args.prior_weight,
+            new_arms=new_arms,
         )
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
