@@ -167,7 +167,8 @@ def register(subparsers: Any) -> None:
         default="",
         metavar="MODELS",
         help="with --warm-start, models the earlier policy version never saw: left out of "
-        "its data, they join when the run starts, under the flat or --metadata-prior prior "
+        "its data, they join when the run starts, under the flat prior or, with "
+        "--metadata-prior fit:DATA, one fitted on the other models that only they take "
         "(default: none)",
     )
     p.add_argument(
@@ -407,14 +408,24 @@ def _apply_metadata_prior(
         missing = [m for m in models if m not in data.models]
         if missing:
             raise ValueError(f"the --metadata-prior fit data lacks models {', '.join(missing)}")
-        cols = [data.models.index(m) for m in models]
+        # with --new-arms, the fit leaves out the new models' qualities (what it is to
+        # guess) and only they take the prior: the others keep what the earlier version
+        # learned under its own
+        new = [m.strip() for m in args.new_arms.split(",") if m.strip()]
+        fitted = tuple(m for m in models if m not in new)
+        cols = [data.models.index(m) for m in fitted]
         prior = fit_metadata_prior(
-            models,
+            fitted,
             data.quality[:, cols],
             data.cost_usd[:, cols],
             DEFAULT_STRENGTH if strength is None else strength,
         )
         origin = f"fitted on {data.source} {spec[4:]} ({len(data)} rows)"
+        if new:
+            price = {m: float(data.cost_usd[:, data.models.index(m)].mean()) for m in new}
+            arms = {m: {"cost_usd": v} for m, v in price.items()}
+            prior = MetadataPriorConfig.model_validate({**prior.model_dump(), "arms": arms})
+            origin += f" without the new arms' qualities, for the new arms only ({', '.join(new)})"
     else:
         path = Path(spec)
         if not path.is_file():
