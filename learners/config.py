@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from learners.featurize import N_TASK_SLOTS, Featurizer
+from learners.metadata_prior import MetadataPriorConfig
 
 
 class _Config(BaseModel):
@@ -45,6 +46,13 @@ class _LinearConfig(_Config):
         default=None,
         min_length=1,
         description="use only these positions of the context vector (default: all)",
+    )
+    metadata_prior: MetadataPriorConfig | None = Field(
+        default=None,
+        description=(
+            "a new arm's prior mean from its metadata (price, size), held with `strength` "
+            "pseudo-observations (learners.metadata_prior); arms not listed keep the flat prior"
+        ),
     )
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ import numpy as np
 
 from learners._kernels import rank_one, score_arms
 from learners.base import N_COMPONENTS, REWARD_COMPONENTS, Decision, RewardEvent
+from learners.metadata_prior import ArmPrior, arm_prior
 from learners.state import pack, unpack
 
 
@@ -70,6 +71,11 @@ class RidgeArms:
     changes both. ``A`` and ``b`` are not needed to decide; their rank-one
     updates are queued and applied in bulk when they are read (or every
     ``_FLUSH`` events), which gives the same values up to rounding.
+
+    Each arm's prior (``arm_prior_diag[k]``, ``arm_b0[k]``) is the flat one
+    (``prior_diag``, ``b0``) unless ``arm_prior(arm)`` gives its own mean reward
+    vector and strength (:mod:`learners.metadata_prior`): then the intercept's
+    prior mean is that vector and its precision is raised by the strength.
     """
 
     _FLUSH = 512
@@ -82,6 +88,7 @@ class RidgeArms:
         window: int | None = None,
         prior_mean: Sequence[float] | None = None,
         ridge_scale: Sequence[float] | None = None,
+        arm_prior: ArmPrior | None = None,
     ):
         self.dim, self.ridge, self.discount, self.window = dim, ridge, discount, window
         # prior precision per coefficient: ridge, times ridge_scale[j] where given
@@ -94,6 +101,9 @@ class RidgeArms:
         self.b0 = np.zeros((N_COMPONENTS, dim))
         if prior_mean is not None:
             self.b0[:, 0] = self.prior_diag[0] * np.asarray(prior_mean, dtype=np.float64)
+        self.arm_prior = arm_prior
+        self.arm_prior_diag = np.zeros((0, dim))  # (K, d): each arm's prior precision
+        self.arm_b0 = np.zeros((0, N_COMPONENTS, dim))  # (K, C, d): each arm's prior b
         self.arms: list[str] = []
         self.index: dict[str, int] = {}
         self.w = default_weights()  # objective weights of the combined theta row
@@ -165,19 +175,34 @@ class RidgeArms:
             self._A[k] += Xs[rows].T @ X[rows]
             self._b[k] += Rs[rows].T @ X[rows]
 
+    def prior_of(self, arm: str) -> tuple[np.ndarray, np.ndarray]:
+        """``arm``'s prior precision (d,) and prior ``b`` (C, d): the flat ones, or its
+        own mean vector on the intercept with the precision raised by its strength."""
+        own = None if self.arm_prior is None else self.arm_prior(arm)
+        if own is None:
+            return self.prior_diag, self.b0
+        means, strength = own
+        diag = self.prior_diag.copy()
+        diag[0] += strength
+        b0 = self.b0.copy()
+        b0[:, 0] = diag[0] * np.asarray(means, dtype=np.float64)
+        return diag, b0
+
     def add(self, arm: str) -> int:
         self._flush()
         d = self.dim
         self.index[arm] = len(self.arms)
         self.arms.append(arm)
-        prior = np.diag(self.prior_diag)[None]
+        diag, b0 = self.prior_of(arm)
         block = np.zeros((1, d + N_COMPONENTS + 1, d))
-        block[0, :d] = np.diag(1.0 / self.prior_diag)
-        block[0, d : d + N_COMPONENTS] = self.b0 / self.prior_diag
+        block[0, :d] = np.diag(1.0 / diag)
+        block[0, d : d + N_COMPONENTS] = b0 / diag
         block[0, d + N_COMPONENTS] = self.w @ block[0, d : d + N_COMPONENTS]
         self.M = np.concatenate([self.M, block])
-        self._A = np.concatenate([self._A, prior])
-        self._b = np.concatenate([self._b, self.b0[None]])
+        self._A = np.concatenate([self._A, np.diag(diag)[None]])
+        self._b = np.concatenate([self._b, b0[None]])
+        self.arm_prior_diag = np.concatenate([self.arm_prior_diag, diag[None]])
+        self.arm_b0 = np.concatenate([self.arm_b0, b0[None]])
         self.pulls = np.append(self.pulls, 0)
         self._reward_sum = np.concatenate([self._reward_sum, np.zeros((1, N_COMPONENTS))])
         self.buffers.append(deque())
@@ -189,6 +214,7 @@ class RidgeArms:
         self.arms.pop(k)
         keep = np.arange(len(self.pulls)) != k
         self.M, self._A, self._b = self.M[keep], self._A[keep], self._b[keep]
+        self.arm_prior_diag, self.arm_b0 = self.arm_prior_diag[keep], self.arm_b0[keep]
         self.pulls, self._reward_sum = self.pulls[keep], self._reward_sum[keep]
         self.buffers.pop(k)
         self.index = {a: i for i, a in enumerate(self.arms)}
@@ -198,11 +224,11 @@ class RidgeArms:
         if self.discount < 1.0:
             self._flush()
             self._reward_sum[k] += r
-            g, d, eye = self.discount, self.dim, np.diag(self.prior_diag)
+            g, d, eye, b0 = self.discount, self.dim, np.diag(self.arm_prior_diag[k]), self.arm_b0[k]
             A = eye + g * (self._A[k] - eye) + np.outer(x, x)
             self._A[k] = A
             A_inv = np.linalg.inv(A)
-            self._b[k] = self.b0 + g * (self._b[k] - self.b0) + r[:, None] * x[None, :]
+            self._b[k] = b0 + g * (self._b[k] - b0) + r[:, None] * x[None, :]
             self.M[k, :d] = A_inv
             self.M[k, d : d + N_COMPONENTS] = self._b[k] @ A_inv  # A_inv symmetric
             self.M[k, d + N_COMPONENTS] = self.w @ self.M[k, d : d + N_COMPONENTS]
@@ -271,6 +297,9 @@ class RidgeArms:
         self.arms = list(arms)
         self.index = {a: i for i, a in enumerate(arms)}
         self._A, self._b, self._n_pending = arrays["A"], arrays["b"], 0
+        priors = [self.prior_of(a) for a in arms]
+        self.arm_prior_diag = np.array([p for p, _ in priors]).reshape(len(arms), self.dim)
+        self.arm_b0 = np.array([b for _, b in priors]).reshape(len(arms), N_COMPONENTS, self.dim)
         A_inv = arrays["A_inv"]
         if "theta_c" in arrays:
             theta_c = arrays["theta_c"]
@@ -320,6 +349,7 @@ class LinearLearner:
             config.window,
             config.prior_mean,
             config.ridge_scale,
+            arm_prior(config.metadata_prior, config.prior_mean or np.zeros(N_COMPONENTS)),
         )
         self._idx_cache: dict[tuple[str, ...], tuple[np.ndarray, bool]] = {}
         # plain copies of config values read on every decision (no pydantic access there)

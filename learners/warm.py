@@ -5,8 +5,8 @@
 with the same context view (new hyperparameters keep the data). ``prior_weight``
 scales the earlier version's data: each arm's ``A = P + w (A_old - P_old)`` and
 ``b = b0 + w (b_old - b0_old)``, where ``P``, ``b0`` are the new config's prior
-(``ridge``, ``ridge_scale``, ``prior_mean``) and ``P_old``, ``b0_old`` the earlier
-one's. ``w = 1`` carries the data as it is; ``w < 1`` counts every earlier
+(``ridge``, ``ridge_scale``, ``prior_mean``, ``metadata_prior``: per arm) and
+``P_old``, ``b0_old`` the earlier one's. ``w = 1`` carries the data as it is; ``w < 1`` counts every earlier
 observation as ``w`` of one, so the posterior stays wider and the new policy can still
 move away from it (``w = 0``: a fresh learner that knows the arms).
 
@@ -62,12 +62,12 @@ def warm_start(
         raise ValueError("the new config's context_indices differ from the earlier learner's")
     old, store = earlier.store, new.store
     A_old, b_old = old.A, old.b  # flushed
-    P_old, P = np.diag(old.prior_diag), np.diag(store.prior_diag)
     d, C = store.dim, store.b0.shape[0]
     for k, arm in enumerate(old.arms):
-        j = store.add(arm)
-        A = P + w * (A_old[k] - P_old)
-        b = store.b0 + w * (b_old[k] - old.b0)
+        j = store.add(arm)  # under the new config's prior for this arm (flat or metadata)
+        P, b0 = np.diag(store.arm_prior_diag[j]), store.arm_b0[j]
+        A = P + w * (A_old[k] - np.diag(old.arm_prior_diag[k]))
+        b = b0 + w * (b_old[k] - old.arm_b0[k])
         A_inv = np.linalg.inv(A)
         store._A[j] = A
         store._b[j] = b

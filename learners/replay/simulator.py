@@ -45,6 +45,10 @@ class ReplayOptions:
       :class:`OnlineTaskClusters` assigns each prompt (in stream order) to a
       cluster of its embedding, whose one-hot replaces the task one-hot (at most
       the featurizer's ``task_slots`` clusters).
+    - ``warm_contexts``, ``warm_rewards``: an earlier policy version's data (the
+      warm start), learned online before the run and carried at ``prior_weight``;
+      ``new_arms``: models that earlier version never saw (left out of its data),
+      which join when the run starts, under their own prior.
     """
 
     known: tuple[str, ...] = ()
@@ -55,6 +59,7 @@ class ReplayOptions:
     warm_contexts: np.ndarray | None = None
     warm_rewards: np.ndarray | None = None
     prior_weight: float = 1.0
+    new_arms: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         component_indices(self.known)  # raises on an unknown name
@@ -62,6 +67,8 @@ class ReplayOptions:
             raise ValueError("a warm start needs both its contexts and its rewards")
         if self.warm_contexts is not None and self.clusters > 0:
             raise ValueError("a warm start does not combine with online task clusters")
+        if self.new_arms and self.warm_contexts is None:
+            raise ValueError("new arms are arms a warm start never saw: they need a warm start")
         if not 0.0 <= self.prior_weight <= 1.0:
             raise ValueError(f"the prior weight must lie in [0, 1], got {self.prior_weight}")
 
@@ -140,10 +147,13 @@ def _run_one(
     meta: dict[str, object] = {"arms": live}
     if opts.warm_contexts is not None and opts.warm_rewards is not None:
         Xw, Rw = opts.warm_contexts, opts.warm_rewards
+        seen = [m for m in live if m not in opts.new_arms]
+        at = {m: i for i, m in enumerate(seen)}
+        Rw = Rw[:, [index[m] for m in seen]] if opts.new_arms else Rw
         for t in np.random.default_rng([seed, 1]).permutation(len(Xw)):
-            pen = known_penalties(live, Rw[t], w, opts.known) if opts.known else None
-            d = learner.select(Xw[t], live, rng, penalties=pen)
-            k = index[d.arm]
+            pen = known_penalties(seen, Rw[t], w, opts.known) if opts.known else None
+            d = learner.select(Xw[t], seen, rng, penalties=pen)
+            k = at[d.arm]
             learner.update([RewardEvent(Xw[t], d.arm, Rw[t, k], d.propensity, meta)])
         learner = warm_start(learner, prior_weight=opts.prior_weight)
     chosen = np.empty(n, dtype=np.intp)

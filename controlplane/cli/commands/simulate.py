@@ -17,6 +17,7 @@ DEFAULT_NAME = "routerbench_zs"
 _BESIDE = Path("..") / "shared" / "data" / DEFAULT_NAME
 SEMANTIC = ("minilm", "minilm-static")
 LINEAR_KINDS = ("linucb", "lints", "greenserv")
+DEFAULT_STRENGTH = 1.0
 
 DESCRIPTION = (
     "Stream a full-information routing data set in a seeded random order; each learner sees "
@@ -44,7 +45,8 @@ examples:
   banditctl simulate --dataset bench.jsonl --objective quality=1 --json out.json
   banditctl simulate --hide-tasks --featurizer minilm --task-clusters 8 --learners lints
   banditctl simulate --known cost_usd --learners lints,linucb --seeds 3
-  banditctl simulate --pattern '*_test.csv' --warm-start '*_train.csv' --learners lints"""
+  banditctl simulate --pattern '*_test.csv' --warm-start '*_train.csv' --learners lints
+  banditctl simulate --pattern '*_test.csv' --metadata-prior 'fit:*_train.csv' --learners lints"""
 
 
 def register(subparsers: Any) -> None:
@@ -161,6 +163,41 @@ def register(subparsers: Any) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--new-arms",
+        default="",
+        metavar="MODELS",
+        help="with --warm-start, models the earlier policy version never saw: left out of "
+        "its data, they join when the run starts, under the flat prior or, with "
+        "--metadata-prior fit:DATA, one fitted on the other models that only they take "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--metadata-prior",
+        default=None,
+        metavar="fit:DATA|FILE",
+        help="start each arm of the linear learners at a prior from its metadata "
+        "(learners/metadata_prior.py): 'fit:DATA' takes each model's price (mean cost per "
+        "request) from DATA (a file glob in the --dataset folder, e.g. 'fit:*_train.csv', or a "
+        "path) and fits its prior quality as logistic in the log price across models; FILE is "
+        "a JSON metadata_prior object (features, intercept, coef, strength, arms) "
+        "(default: none, the flat prior)",
+    )
+    p.add_argument(
+        "--metadata-strength",
+        type=float,
+        default=None,
+        metavar="W",
+        help="with --metadata-prior, the pseudo-observations each arm's metadata prior is "
+        f"worth (default: FILE's strength, or {DEFAULT_STRENGTH:g} with fit:)",
+    )
+    p.add_argument(
+        "--save-metadata-prior",
+        default=None,
+        metavar="FILE",
+        help="write the metadata prior used (fitted or read) as JSON, the object a linear "
+        "learner's config takes under metadata_prior (default: none)",
+    )
+    p.add_argument(
         "--plot",
         help="write a PNG: regret curves and the quality/cost frontier (default: none)",
     )
@@ -223,11 +260,25 @@ def run(args: argparse.Namespace) -> int:
         specs = _specs(args)  # names checked before the data set loads
         known = tuple(c.strip() for c in args.known.split(",") if c.strip())
         _check_warm(args, specs)
+        if not args.metadata_prior and (
+            args.metadata_strength is not None or args.save_metadata_prior
+        ):
+            raise ValueError("--metadata-strength and --save-metadata-prior need --metadata-prior")
         dataset = _resolve_dataset(args.dataset)
         ds = synthetic_dataset() if dataset == "synthetic" else load_dataset(dataset, args.pattern)
         warm = _warm_dataset(dataset, args) if args.warm_start else None
         feat, X, E, notes, Xw = _contexts(ds, args, warm)
         specs = _specs(args, feat)  # the presets that read task slots read feat's
+        if args.metadata_prior:
+            notes.extend(_apply_metadata_prior(dataset, ds.models, args, specs))
+        new_arms = tuple(m.strip() for m in args.new_arms.split(",") if m.strip())
+        unknown = [m for m in new_arms if m not in ds.models]
+        if unknown:
+            raise ValueError(f"--new-arms: {', '.join(unknown)} not among the data set's models")
+        if new_arms and not args.warm_start:
+            raise ValueError(
+                "--new-arms needs --warm-start (arms that an earlier version never saw)"
+            )
         Rw = None
         if warm is not None:
             Rw = _align(warm, ds.models)
@@ -236,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{'' if Path(args.warm_start).exists() else ' ' + args.warm_start} "
                 f"({len(warm)} rows, bandit feedback, its own order per seed), then runs "
                 f"from that state with prior weight {args.prior_weight:g}"
+                + (f"; never saw {', '.join(new_arms)} (new arms)" if new_arms else "")
             )
     except (ValueError, FileNotFoundError, json.JSONDecodeError, ModuleNotFoundError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
@@ -251,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
             warm_contexts=Xw,
             warm_rewards=Rw,
             prior_weight=args.prior_weight,
+            new_arms=new_arms,
         )
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
@@ -317,15 +370,98 @@ def _check_warm(args: argparse.Namespace, specs: dict[str, Any]) -> None:
 
 def _warm_dataset(dataset: str, args: argparse.Namespace) -> Any:
     """The --warm-start data: a path, else a file glob in the --dataset folder."""
+    return _side_dataset(dataset, args.warm_start, "--warm-start")
+
+
+def _side_dataset(dataset: str, spec: str, flag: str) -> Any:
+    """Data besides the stream: a path, else a file glob in the --dataset folder."""
     from learners.datasets import load_dataset
 
-    if Path(args.warm_start).exists():
-        return load_dataset(args.warm_start, "*.csv")
+    if Path(spec).exists():
+        return load_dataset(spec, "*.csv")
     if Path(dataset).is_dir():
-        return load_dataset(dataset, args.warm_start)
+        return load_dataset(dataset, spec)
     raise FileNotFoundError(
-        f"--warm-start {args.warm_start!r} is neither a path nor a file glob in a --dataset folder"
+        f"{flag} {spec!r} is neither a path nor a file glob in a --dataset folder"
     )
+
+
+def _apply_metadata_prior(
+    dataset: str, models: tuple[str, ...], args: argparse.Namespace, specs: dict[str, Any]
+) -> list[str]:
+    """Give every linear learner in ``specs`` the --metadata-prior (fitted or read);
+    the notes say what it holds."""
+    from learners.metadata_prior import MetadataPriorConfig, fit_metadata_prior
+
+    spec: str = args.metadata_prior
+    strength = args.metadata_strength
+    if strength is not None and not strength >= 0:
+        raise ValueError(f"--metadata-strength must be >= 0, got {strength:g}")
+    linear = [n for n, c in specs.items() if c.get("kind") in LINEAR_KINDS]
+    if not linear:
+        raise ValueError(
+            f"--metadata-prior applies to linear learners ({', '.join(LINEAR_KINDS)}); "
+            "none was chosen"
+        )
+    if spec.startswith("fit:"):
+        data = _side_dataset(dataset, spec[4:], "--metadata-prior fit:")
+        missing = [m for m in models if m not in data.models]
+        if missing:
+            raise ValueError(f"the --metadata-prior fit data lacks models {', '.join(missing)}")
+        # with --new-arms, the fit leaves out the new models' qualities (what it is to
+        # guess) and only they take the prior: the others keep what the earlier version
+        # learned under its own
+        new = [m.strip() for m in args.new_arms.split(",") if m.strip()]
+        fitted = tuple(m for m in models if m not in new)
+        cols = [data.models.index(m) for m in fitted]
+        prior = fit_metadata_prior(
+            fitted,
+            data.quality[:, cols],
+            data.cost_usd[:, cols],
+            DEFAULT_STRENGTH if strength is None else strength,
+        )
+        origin = f"fitted on {data.source} {spec[4:]} ({len(data)} rows)"
+        if new:
+            price = {m: float(data.cost_usd[:, data.models.index(m)].mean()) for m in new}
+            arms = {m: {"cost_usd": v} for m, v in price.items()}
+            prior = MetadataPriorConfig.model_validate({**prior.model_dump(), "arms": arms})
+            origin += f" without the new arms' qualities, for the new arms only ({', '.join(new)})"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"--metadata-prior {spec!r}: neither fit:DATA nor a JSON file")
+        prior = MetadataPriorConfig.model_validate_json(path.read_text(encoding="utf-8"))
+        if strength is not None:
+            prior = MetadataPriorConfig.model_validate({**prior.model_dump(), "strength": strength})
+        origin = f"read from {spec}"
+    body = prior.model_dump(mode="json")
+    for name in linear:
+        specs[name] = {**specs[name], "metadata_prior": body}
+    if args.save_metadata_prior:
+        with open(args.save_metadata_prior, "w", encoding="utf-8") as fh:
+            json.dump(body, fh, indent=2)
+    model = " + ".join(
+        [f"{prior.intercept:.3f}"]
+        + [f"{c:.3f} ln {f}" for f, c in zip(prior.features, prior.coef, strict=True)]
+    )
+    per_arm = []
+    for m in models:
+        q = prior.quality(m)
+        cost = prior.arms.get(m, {}).get("cost_usd")
+        if q is None and cost is None:
+            per_arm.append(f"{m} flat")
+        else:
+            parts = ([] if q is None else [f"q {q:.3f}"]) + (
+                [] if cost is None else [f"cost {cost:.2e}"]
+            )
+            per_arm.append(f"{m} {' '.join(parts)}")
+    others = [n for n in specs if n not in linear]
+    return [
+        f"metadata prior {origin}: quality = sigmoid({model}), strength {prior.strength:g} "
+        f"pseudo-observations, for {', '.join(linear)}"
+        + (f" (not {', '.join(others)})" if others else ""),
+        "metadata prior per arm: " + "; ".join(per_arm),
+    ]
 
 
 def _align(warm: Any, models: tuple[str, ...]) -> Any:
