@@ -85,11 +85,15 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         env.update({k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_HAPROXY_")})
         if args.log_dir:
             env.setdefault("RAY_SERVE_HAPROXY_LOG_TARGET", "stderr format raw")
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": args.port},
-        controller_options={"runtime_env": {"env_vars": env}} if env else None,
-    )
-    serve.run(Echo.bind(), name="replay", route_prefix="/")  # type: ignore[attr-defined]
+    try:
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": args.port},
+            controller_options={"runtime_env": {"env_vars": env}} if env else None,
+        )
+        serve.run(Echo.bind(), name="replay", route_prefix="/")  # type: ignore[attr-defined]
+    except Exception as exc:  # on a loaded machine: its HAProxy manager failed its checks
+        serve.shutdown()
+        return {"serve_did_not_start": f"{type(exc).__name__}: {str(exc)[:160]}"}
     base = f"http://127.0.0.1:{args.port}/"
     pids = {httpx.get(base, timeout=10).json()["pid"] for _ in range(10)}
     results: list[tuple[float, str]] = []
