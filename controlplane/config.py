@@ -351,6 +351,19 @@ RETRY_ON = frozenset(
 )
 
 
+# The Serve controller's environment that ``kind``, ``retry_on`` and ``retries`` set
+# (``ingress.env`` may not)
+_ENABLE_HAPROXY = "RAY_SERVE_ENABLE_HA_PROXY"
+_RETRY_ON = "RAY_SERVE_HAPROXY_RETRY_ON"
+_RETRIES = "RAY_SERVE_HAPROXY_RETRIES"
+_INGRESS_OWNED = (_ENABLE_HAPROXY, _RETRY_ON, _RETRIES)
+# Serve 2.60 has no setting for HAProxy's `option http-buffer-request`, and writes
+# RAY_SERVE_HAPROXY_RETRY_ON as it is at the end of the `retry-on` line of its config's
+# `defaults` section: a second line in that value puts the option there
+# (tests/controlplane/test_serve_config.py renders Serve's own template to check)
+BUFFER_REQUESTS_LINE = "\n    option http-buffer-request"
+
+
 class IngressConfig(_Strict):
     """What takes HTTP traffic in front of the gateway replicas.
 
@@ -362,13 +375,17 @@ class IngressConfig(_Strict):
     it again to another replica, ``retries`` times at most, on the ``retry_on``
     conditions: by default a refused connection and a connection closed before any byte
     of an answer, which is what a killed replica leaves (the README says why replaying
-    those is safe here, and that in its probe most such requests, not all, came back
-    answered). It takes effect when Serve starts: :meth:`controller_env` is
-    the Serve controller's environment, which its proxies and replicas inherit."""
+    those is safe here). HAProxy sends a request again only if it held all of it when it
+    first sent it: ``buffer_requests`` (HAProxy's ``option http-buffer-request``) makes it
+    wait for a request's whole body before sending it to a replica; without it, a body
+    that arrived after the headers made that request one HAProxy could not send again
+    (closed without an answer). It takes effect when Serve starts: :meth:`controller_env`
+    is the Serve controller's environment, which its proxies and replicas inherit."""
 
     kind: Literal["proxy", "haproxy"] = "proxy"
     retry_on: tuple[str, ...] = ("conn-failure", "empty-response")
     retries: int = Field(default=3, ge=0, le=100)
+    buffer_requests: bool = True
     env: dict[str, str] = Field(
         default_factory=dict,
         description="further RAY_SERVE_* settings of the HAProxy ingress (ports, timeouts,"
@@ -396,22 +413,29 @@ class IngressConfig(_Strict):
                 )
         return env
 
+    @model_validator(mode="after")
+    def _env_needs_haproxy(self) -> IngressConfig:
+        if self.env and self.kind == "proxy":
+            raise ValueError(
+                f"env ({', '.join(sorted(self.env))}) sets the HAProxy ingress, and kind is"
+                " proxy, which would ignore it: set kind: haproxy, or remove env"
+            )
+        return self
+
     def controller_env(self) -> dict[str, str]:
         """The environment variables the Serve controller starts with (empty for
         ``proxy``)."""
         if self.kind == "proxy":
             return {}
+        retry_on = " ".join(self.retry_on)
+        if self.buffer_requests:
+            retry_on += BUFFER_REQUESTS_LINE
         return {
-            "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_HAPROXY_RETRY_ON": " ".join(self.retry_on),
-            "RAY_SERVE_HAPROXY_RETRIES": str(self.retries),
+            _ENABLE_HAPROXY: "1",
+            _RETRY_ON: retry_on,
+            _RETRIES: str(self.retries),
             **self.env,
         }
-
-
-_INGRESS_OWNED = frozenset(
-    {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_RETRY_ON", "RAY_SERVE_HAPROXY_RETRIES"}
-)
 
 
 class PoolConfig(_Strict):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.config import ConfigError, load_config
+from controlplane.config import BUFFER_REQUESTS_LINE, ConfigError, load_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -240,10 +240,19 @@ def test_the_haproxy_ingress_is_the_serve_controllers_environment(tmp_path):
     )
     assert cfg.ingress.controller_env() == {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+        # the second line: HAProxy holds a request's whole body, so that it can resend it
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response" + BUFFER_REQUESTS_LINE,
         "RAY_SERVE_HAPROXY_RETRIES": "3",
         "RAY_SERVE_HAPROXY_STATS_PORT": "8404",
     }
+    cfg = load_config(
+        _write(
+            tmp_path,
+            "arms: [{name: a, model: a}]\n"
+            "ingress: {kind: haproxy, retry_on: [conn-failure], buffer_requests: false}\n",
+        )
+    )
+    assert cfg.ingress.controller_env()["RAY_SERVE_HAPROXY_RETRY_ON"] == "conn-failure"
 
 
 @pytest.mark.parametrize(
@@ -255,6 +264,8 @@ def test_the_haproxy_ingress_is_the_serve_controllers_environment(tmp_path):
         ("{kind: haproxy, retries: -1}", "ingress.retries"),
         ("{kind: haproxy, env: {PATH: /tmp}}", "PATH: only RAY_SERVE_* settings"),
         ("{kind: haproxy, env: {RAY_SERVE_HAPROXY_RETRY_ON: 503}}", "RAY_SERVE_HAPROXY_RETRY_ON"),
+        # the default kind would start Serve without these: refused, not dropped
+        ("{env: {RAY_SERVE_HAPROXY_STATS_PORT: '8404'}}", "kind is proxy, which would ignore"),
     ],
 )
 def test_ingress_errors_name_the_key(tmp_path, ingress, needle):

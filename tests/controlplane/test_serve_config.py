@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+
+import pytest
 import yaml
 
 from controlplane.cli import main
 from controlplane.cli.demo import demo_config
+from controlplane.config import BUFFER_REQUESTS_LINE, IngressConfig
 
 
 def test_serve_config_is_a_valid_serve_deploy_schema_and_builds(tmp_path, monkeypatch):
@@ -81,7 +86,7 @@ def test_a_haproxy_ingress_starts_serves_controller_with_its_environment(tmp_pat
     assert schema.controller_options.runtime_env == {
         "env_vars": {
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response" + BUFFER_REQUESTS_LINE,
             "RAY_SERVE_HAPROXY_RETRIES": "3",
         }
     }
@@ -90,3 +95,54 @@ def test_a_haproxy_ingress_starts_serves_controller_with_its_environment(tmp_pat
     # the default ingress leaves Serve's controller as it is
     assert main(["serve-config", "-o", str(out)]) == 0
     assert "controller_options" not in yaml.safe_load(out.read_text())
+
+
+def _serves_haproxy_config(env: dict[str, str], tmp_path) -> str:
+    """The HAProxy config that Serve's HAProxy ingress writes with the controller
+    environment ``env`` (its own template and code; no backend yet)."""
+    from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
+
+    cfg = HAProxyConfig(
+        retry_on=env["RAY_SERVE_HAPROXY_RETRY_ON"],
+        retries=int(env["RAY_SERVE_HAPROXY_RETRIES"]),
+        socket_path=str(tmp_path / "admin.sock"),
+        server_state_base=str(tmp_path),
+        server_state_file=str(tmp_path / "server-state"),
+        metrics_socket_path=str(tmp_path / "metrics.sock"),
+    )
+    path = tmp_path / "haproxy.cfg"
+    HAProxyApi(cfg=cfg, config_file_path=str(path))._generate_config_file_internal()
+    return path.read_text()
+
+
+def _section(config: str, name: str) -> list[str]:
+    """The stripped lines of the HAProxy config section that starts with ``name``."""
+    (section,) = [s for s in re.split(r"^(?=\S)", config, flags=re.M) if s.startswith(name)]
+    return [line.strip() for line in section.splitlines()]
+
+
+@pytest.mark.parametrize("buffer_requests", [True, False])
+def test_the_haproxy_ingress_holds_a_request_whole_before_sending_it(tmp_path, buffer_requests):
+    """HAProxy sends a request again only if it held all of it when it first sent it: the
+    ingress's environment, through Serve's own template, puts `option http-buffer-request`
+    in the `defaults` section that every backend inherits, next to the `retry-on`
+    conditions, and HAProxy accepts the file (``haproxy -c``, where Serve finds one)."""
+    from ray.serve._private.haproxy import get_haproxy_binary
+
+    ingress = IngressConfig(kind="haproxy", buffer_requests=buffer_requests)
+    config = _serves_haproxy_config(ingress.controller_env(), tmp_path)
+    defaults = _section(config, "defaults")
+    assert "retry-on conn-failure empty-response" in defaults
+    assert ("option http-buffer-request" in defaults) is buffer_requests
+    assert config.count("http-buffer-request") == int(buffer_requests)  # nowhere else
+    try:
+        binary = get_haproxy_binary()
+    except FileNotFoundError:
+        return
+    check = subprocess.run(
+        [binary, "-c", "-f", str(tmp_path / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

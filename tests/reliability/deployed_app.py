@@ -5,6 +5,7 @@ database checks every probe ends with."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -111,6 +112,17 @@ def replica_processes(deployment: str) -> list[psutil.Process]:
 def serve_actor_processes(actor: str) -> list[psutil.Process]:
     """The processes of Serve's ``actor`` on this node (``ServeController``, ``ProxyActor``)."""
     return [p for p in _node_processes() if _title(p).startswith(f"ray::{actor}")]
+
+
+def haproxy_processes() -> list[psutil.Process]:
+    """The HAProxy processes of this node's Serve (``ingress.kind: haproxy``): the one
+    serving the port, and any that a reload left finishing its open connections."""
+    found = []
+    for p in _node_processes():
+        with contextlib.suppress(psutil.Error):
+            if p.name() == "haproxy":
+                found.append(p)
+    return found
 
 
 def sigkill(proc: psutil.Process) -> None:
