@@ -10,7 +10,8 @@ Three Serve apps run in one local Ray over the same replay backend (no sleep): t
 gateway, a pass-through to one pool, and a pass-through to the pool each request
 names, sent in the arm mix the gateway chose (the same pools and spread of load,
 without a decision). One load generator (httpx, async) in this process drives them
-in turn, in ``--rounds`` interleaved rounds; ratios are the rounds' medians.
+in turn, in ``--rounds`` interleaved rounds, each round starting with the next app;
+ratios are the rounds' medians.
 ``--cpu-by-process`` also prints the CPU each process spent per request during each
 app's runs (psutil: this process, the Ray processes it started, and the PostgreSQL
 backends of the bench's database), grouped by role: where the gateway's extra CPU goes
@@ -413,7 +414,9 @@ def main() -> int:
         cpu: dict[str, Counter] = {label: Counter() for label, _, _, _ in runs}
         for rnd in range(args.rounds):  # interleaved: a load that drifts hits all three alike
             row = {}
-            for label, path, payload, hdrs in runs:
+            # each round starts with the next app: what a run leaves behind (the learner
+            # crediting the gateway's decisions at their deadline) falls on each in turn
+            for label, path, payload, hdrs in runs[rnd % len(runs) :] + runs[: rnd % len(runs)]:
                 before = cpu_by_process(database) if args.cpu_by_process else {}
                 secs, lat, res = asyncio.run(load(base + path, payload, args.concurrency, hdrs))
                 if args.cpu_by_process:
@@ -425,7 +428,7 @@ def main() -> int:
             per_round.append(row)
             print(
                 f"round {rnd + 1}: "
-                + "; ".join(f"{k} {v[0]:.1f} req/s (p50 {v[1]:.1f} ms, p99 {v[2]:.1f} ms)" for k, v in row.items())
+                + "; ".join(f"{k} {row[k][0]:.1f} req/s (p50 {row[k][1]:.1f} ms, p99 {row[k][2]:.1f} ms)" for k, _, _, _ in runs)
             )  # fmt: skip
         gw_label = "banditctl gateway"
         ratios_bare = [r[gw_label][0] / r["bare pass-through"][0] for r in per_round]
