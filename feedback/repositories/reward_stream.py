@@ -32,10 +32,19 @@ _FIRST_FEEDBACK = """
     ) fb ON true
 """
 
-_READY_WHERE = """
+_PAST_DEADLINE = "d.created_at <= CAST(:now AS timestamptz) - make_interval(secs => :window)"
+
+_READY_WHERE = f"""
     d.credit_seq IS NULL
-      AND (o.status <> 'ok' OR fb.quality IS NOT NULL
-           OR d.created_at <= CAST(:now AS timestamptz) - make_interval(secs => :window))
+      AND (o.status <> 'ok' OR fb.quality IS NOT NULL OR {_PAST_DEADLINE})
+"""
+
+# Uncredited decisions with their outcome, past their deadline: ready whatever their
+# feedback, read from the uncredited index's ready end (a cost that grows with them only)
+_OVERDUE_SQL = f"""
+    FROM decisions d
+    JOIN outcomes o ON o.request_id = d.request_id
+    WHERE d.credit_seq IS NULL AND {_PAST_DEADLINE}
 """
 
 # Every uncredited decision, ready or still waiting for its feedback: a sweep reads
@@ -53,12 +62,7 @@ _READY_SQL = f"""
 # since its time. A decision still waiting is not read.
 _BOUNDED_READY_SQL = f"""
     FROM (
-        (SELECT d.request_id FROM decisions d
-           JOIN outcomes o ON o.request_id = d.request_id
-          WHERE d.credit_seq IS NULL
-            AND d.created_at <= CAST(:now AS timestamptz) - make_interval(secs => :window)
-          ORDER BY d.created_at, d.request_id
-          LIMIT :limit)
+        (SELECT d.request_id {_OVERDUE_SQL} ORDER BY d.created_at, d.request_id LIMIT :limit)
         UNION
         SELECT f.request_id FROM feedback f WHERE f.id > :feedback_after
         UNION
@@ -238,12 +242,7 @@ def overdue(conn: Connection, objective: Objective, now: datetime) -> dict[str, 
     decisions still waiting). A learner that keeps up leaves none; feedback-ready ones
     it claims within a poll."""
     row = conn.execute(
-        text(
-            "SELECT count(*), min(d.created_at) FROM decisions d "
-            "JOIN outcomes o ON o.request_id = d.request_id "
-            "WHERE d.credit_seq IS NULL "
-            "AND d.created_at <= CAST(:now AS timestamptz) - make_interval(secs => :window)"
-        ),
+        text(f"SELECT count(*), min(d.created_at) {_OVERDUE_SQL}"),
         {"window": objective.feedback_window_s, "now": now},
     ).one()
     oldest = row[1]
