@@ -6,9 +6,9 @@ with the same context view (new hyperparameters keep the data). ``prior_weight``
 scales the earlier version's data: each arm's ``A = P + w (A_old - P_old)`` and
 ``b = b0 + w (b_old - b0_old)``, where ``P``, ``b0`` are the new config's prior
 (``ridge``, ``ridge_scale``, ``prior_mean``, ``metadata_prior``: per arm) and
-``P_old``, ``b0_old`` the earlier one's. ``w = 1`` carries the data as it is; ``w < 1`` counts every earlier
-observation as ``w`` of one, so the posterior stays wider and the new policy can still
-move away from it (``w = 0``: a fresh learner that knows the arms).
+``P_old``, ``b0_old`` the earlier one's. ``w = 1`` carries the data as it is; ``w < 1``
+counts every earlier observation as ``w`` of one, so the posterior stays wider and the
+new policy can still move away from it (``w = 0``: a fresh learner that knows the arms).
 
 Pull counts and reward sums (read by ``min_pulls`` and summaries) are kept as they
 were. Other learner kinds are copied as they are, and only with ``w = 1``.
