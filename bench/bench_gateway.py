@@ -107,6 +107,18 @@ async def load(
         return time.perf_counter() - t0, lat, results
 
 
+def wait_routed(url: str, body: dict, timeout_s: float = 60.0) -> None:
+    """Wait until Serve's proxy routes ``url``: ``serve.run`` returns once the app's
+    replicas run, and the proxy learns the app's route a moment later (until then a
+    request answers 404)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = httpx.post(url, json=body, timeout=30).status_code
+        if status != 404 or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
 def process_role(proc: psutil.Process, database: str) -> str | None:
     """What a process is to the bench: a Serve replica (app:deployment, pools together),
     the proxy, Serve's controller, Ray's own, a PostgreSQL backend of ``database``, or
@@ -391,6 +403,8 @@ def main() -> int:
             for i in range(args.requests)
         ]
         gw = base + "/v1/chat/completions"
+        wait_routed(base + "/bare/v1/chat/completions", bodies[0])
+        wait_routed(base + "/named/v1/chat/completions", {**bodies[0], "model": cfg.arms[0].name})
         asyncio.run(load(base + "/bare/v1/chat/completions", bodies[:100], 8))
         # a first pass through the gateway warms it and gives the arm of each request:
         # the named pass-through then sends each body to the pool the gateway chose
