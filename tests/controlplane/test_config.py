@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.config import BUFFER_REQUESTS_LINE, ConfigError, load_config
+from controlplane.config import BUFFER_REQUESTS_LINE, FORWARD_FOR_LINE, ConfigError, load_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -227,7 +227,16 @@ def test_gpu_errors_name_the_arm(tmp_path, arm, needle):
 
 def test_the_haproxy_ingress_is_the_serve_controllers_environment(tmp_path):
     cfg = load_config(_write(tmp_path, "arms: [{name: a, model: a}]\n"))
-    assert cfg.ingress.kind == "proxy" and cfg.ingress.controller_env() == {}
+    # auto: Serve's Python proxy for one gateway replica; HAProxy for two where found
+    assert cfg.ingress.kind == "auto" and cfg.ingress.controller_env() == {}
+    assert cfg.ingress.resolved(1, haproxy_found=True) == "proxy"
+    assert cfg.ingress.resolved(2, haproxy_found=False) == "proxy"
+    assert cfg.ingress.resolved(2, haproxy_found=True) == "haproxy"
+    assert cfg.ingress.controller_env(2, haproxy_found=True)["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    explicit = load_config(
+        _write(tmp_path, "arms: [{name: a, model: a}]\ningress: {kind: proxy}\n")
+    )
+    assert explicit.ingress.controller_env(3, haproxy_found=True) == {}
     cfg = load_config(
         _write(
             tmp_path,
@@ -241,7 +250,10 @@ def test_the_haproxy_ingress_is_the_serve_controllers_environment(tmp_path):
     assert cfg.ingress.controller_env() == {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         # the second line: HAProxy holds a request's whole body, so that it can resend it
-        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response" + BUFFER_REQUESTS_LINE,
+        # and the next: each request carries its client's address to the replica
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"
+        + BUFFER_REQUESTS_LINE
+        + FORWARD_FOR_LINE,
         "RAY_SERVE_HAPROXY_RETRIES": "3",
         "RAY_SERVE_HAPROXY_STATS_PORT": "8404",
     }
@@ -252,7 +264,9 @@ def test_the_haproxy_ingress_is_the_serve_controllers_environment(tmp_path):
             "ingress: {kind: haproxy, retry_on: [conn-failure], buffer_requests: false}\n",
         )
     )
-    assert cfg.ingress.controller_env()["RAY_SERVE_HAPROXY_RETRY_ON"] == "conn-failure"
+    assert cfg.ingress.controller_env()["RAY_SERVE_HAPROXY_RETRY_ON"] == (
+        "conn-failure" + FORWARD_FOR_LINE
+    )
 
 
 @pytest.mark.parametrize(
@@ -264,8 +278,11 @@ def test_the_haproxy_ingress_is_the_serve_controllers_environment(tmp_path):
         ("{kind: haproxy, retries: -1}", "ingress.retries"),
         ("{kind: haproxy, env: {PATH: /tmp}}", "PATH: only RAY_SERVE_* settings"),
         ("{kind: haproxy, env: {RAY_SERVE_HAPROXY_RETRY_ON: 503}}", "RAY_SERVE_HAPROXY_RETRY_ON"),
-        # the default kind would start Serve without these: refused, not dropped
-        ("{env: {RAY_SERVE_HAPROXY_STATS_PORT: '8404'}}", "kind is proxy, which would ignore"),
+        # the Python proxy would start Serve without these: refused, not dropped
+        (
+            "{kind: proxy, env: {RAY_SERVE_HAPROXY_STATS_PORT: '8404'}}",
+            "kind is proxy, which would ignore",
+        ),
     ],
 )
 def test_ingress_errors_name_the_key(tmp_path, ingress, needle):

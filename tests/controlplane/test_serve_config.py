@@ -10,7 +10,7 @@ import yaml
 
 from controlplane.cli import main
 from controlplane.cli.demo import demo_config
-from controlplane.config import BUFFER_REQUESTS_LINE, IngressConfig
+from controlplane.config import BUFFER_REQUESTS_LINE, FORWARD_FOR_LINE, IngressConfig
 
 
 def test_serve_config_is_a_valid_serve_deploy_schema_and_builds(tmp_path, monkeypatch):
@@ -86,14 +86,32 @@ def test_a_haproxy_ingress_starts_serves_controller_with_its_environment(tmp_pat
     assert schema.controller_options.runtime_env == {
         "env_vars": {
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response" + BUFFER_REQUESTS_LINE,
+            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"
+            + BUFFER_REQUESTS_LINE
+            + FORWARD_FOR_LINE,
             "RAY_SERVE_HAPROXY_RETRIES": "3",
         }
     }
     (app,) = schema.applications
     assert app.args["config"]["gateway"]["replicas"] == 2
-    # the default ingress leaves Serve's controller as it is
+    # the default ingress (auto) leaves Serve's controller as it is for one gateway replica
     assert main(["serve-config", "-o", str(out)]) == 0
+    assert "controller_options" not in yaml.safe_load(out.read_text())
+    # and takes HAProxy for two, from the config or from --replicas
+    config.write_text("arms: [{name: a, model: a}]\ngateway: {replicas: 2}\n")
+    assert main(["serve-config", "--config", str(config), "-o", str(out)]) == 0
+    env = yaml.safe_load(out.read_text())["controller_options"]["runtime_env"]["env_vars"]
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    config.write_text("arms: [{name: a, model: a}]\n")
+    assert (
+        main(["serve-config", "--config", str(config), "--replicas", "Gateway=3", "-o", str(out)])
+        == 0
+    )
+    assert "controller_options" in yaml.safe_load(out.read_text())
+    assert (
+        main(["serve-config", "--config", str(config), "--replicas", "Gateway=1", "-o", str(out)])
+        == 0
+    )
     assert "controller_options" not in yaml.safe_load(out.read_text())
 
 
@@ -135,6 +153,8 @@ def test_the_haproxy_ingress_holds_a_request_whole_before_sending_it(tmp_path, b
     assert "retry-on conn-failure empty-response" in defaults
     assert ("option http-buffer-request" in defaults) is buffer_requests
     assert config.count("http-buffer-request") == int(buffer_requests)  # nowhere else
+    # each request reaches a replica with its client's address in X-Forwarded-For
+    assert "option forwardfor" in defaults
     try:
         binary = get_haproxy_binary()
     except FileNotFoundError:

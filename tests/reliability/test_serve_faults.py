@@ -589,7 +589,7 @@ def test_sigkill_of_one_of_two_gateway_replicas_behind_the_python_proxy(
     from controlplane.cli.launch import APP_NAME
 
     serve.delete(APP_NAME)
-    cfg = probe_config(ray_session, adapters=False, **TWO_GATEWAYS)
+    cfg = probe_config(ray_session, adapters=False, ingress={"kind": "proxy"}, **TWO_GATEWAYS)
     two = deploy_app(cfg, pg.create_database("probe_two_gateways"))
     row = _kill_one_of_two_gateways(two, seed=7)
     serve.delete(APP_NAME)
@@ -631,7 +631,10 @@ def _haproxy_missing() -> str | None:
 
 @contextlib.contextmanager
 def _behind_haproxy(
-    ray_session: int, pg: private_pg.PrivatePostgres, database: str
+    ray_session: int,
+    pg: private_pg.PrivatePostgres,
+    database: str,
+    limits: dict[str, Any] | None = None,
 ) -> Iterator[App]:
     """The two gateways' app behind Serve's HAProxy ingress, on a database of its own:
     Serve stopped (the module's, with the Python proxy) and started again with the
@@ -666,6 +669,8 @@ def _behind_haproxy(
             ingress={"kind": "haproxy", "env": env},
             **TWO_GATEWAYS,
         )
+        if limits:
+            cfg = cfg.model_copy(update={"limits": cfg.limits.model_copy(update=limits)})
         yield deploy_app(cfg, pg.create_database(database))
     finally:
         serve.shutdown()  # the next module's deploy starts Serve with the Python proxy
@@ -687,6 +692,34 @@ def test_sigkill_of_one_of_two_gateway_replicas_behind_haproxy(
     assert row["answered_by_the_other_replica"] >= 10, row
     assert row["5xx"] == row["no_answer"] == 0, row
     assert row["other"] == row["refused"] == 0, row
+
+
+@pytest.mark.usefixtures("app")
+def test_behind_haproxy_each_client_address_has_its_own_limit(
+    ray_session: int, pg: private_pg.PrivatePostgres
+):
+    """HAProxy appends each client's address to ``X-Forwarded-For`` (``option
+    forwardfor``, which the ingress adds): the gateway replicas limit each address, not
+    HAProxy's. Without it every client was HAProxy's address, and one flooding address
+    used up every anonymous caller's requests."""
+    per_replica = 5
+    with _behind_haproxy(
+        ray_session, pg, "probe_haproxy_addresses", {"anonymous_requests_per_minute": per_replica}
+    ) as behind:
+        url = behind.base_url + "/v1/chat/completions"
+        body = {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+
+        def send(source: str, n: int) -> list[int]:
+            transport = httpx.HTTPTransport(local_address=source)
+            with httpx.Client(transport=transport, timeout=30) as client:
+                return [client.post(url, json=body).status_code for _ in range(n)]
+
+        flood = send("127.0.0.2", 6 * per_replica)
+        other = send("127.0.0.3", 3)
+    # two replicas, each with a bucket of 5 per address (refilled at 5 a minute)
+    assert set(flood) == {200, 429}, flood
+    assert flood.count(200) <= 2 * per_replica + 2, flood
+    assert other == [200, 200, 200], (flood, other)
 
 
 @pytest.mark.usefixtures("app")

