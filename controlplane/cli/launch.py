@@ -278,7 +278,7 @@ def deploy(
     from deployments.app import build_app
 
     replicas = config.gateway.replicas
-    found = haproxy_found()
+    found = config.ingress.kind == "auto" and replicas >= 2 and haproxy_found()
     ingress = config.ingress.resolved(replicas, found)
     if config.ingress.kind == "auto" and replicas >= 2 and not found:
         log.warning(
