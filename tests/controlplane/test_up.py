@@ -170,3 +170,39 @@ def test_sigterm_stops_the_app_ray_and_the_embedded_database(tmp_path: Path) -> 
     assert "SIGTERM: stopping" in output
     for noise in ("will not be applied", "SIGTERM received at", "Traceback", "shutdown failed"):
         assert noise not in output, output
+
+
+@pytest.mark.parametrize(
+    ("replicas", "kind", "found", "haproxy"),
+    [
+        (1, "auto", True, False),  # one replica: nothing to resend a request to
+        (2, "auto", True, True),
+        (2, "auto", False, False),  # no binary here: Serve's Python proxy, with a warning
+        (3, "proxy", True, False),
+        (1, "haproxy", False, True),  # asked for: Serve says what it could not find
+    ],
+)
+def test_deploy_starts_serve_with_the_ingress_the_config_resolves_to(
+    monkeypatch, caplog, replicas, kind, found, haproxy
+):
+    """``deploy`` starts Serve's controller with the HAProxy ingress's environment
+    exactly when ``ingress.kind`` resolves to it for the gateway's replicas."""
+    from ray import serve
+
+    import deployments.app
+    from controlplane.cli import launch
+    from controlplane.cli.demo import demo_config
+
+    started: list[dict | None] = []
+    monkeypatch.setattr(serve, "start", lambda **kw: started.append(kw.get("controller_options")))
+    monkeypatch.setattr(serve, "run", lambda *_a, **_kw: None)
+    monkeypatch.setattr(deployments.app, "build_app", lambda *_a, **_kw: object())
+    monkeypatch.setattr(launch, "haproxy_found", lambda: found)
+    cfg = demo_config(gateway={"replicas": replicas}, ingress={"kind": kind})
+    with caplog.at_level("WARNING", logger=launch.__name__):
+        launch.deploy(cfg, "postgresql+psycopg://db/x", "secret")
+    (options,) = started
+    env = (options or {}).get("runtime_env", {}).get("env_vars", {})
+    assert (env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1") is haproxy
+    warned = "no HAProxy binary" in caplog.text
+    assert warned is (kind == "auto" and replicas >= 2 and not found)
