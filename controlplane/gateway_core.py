@@ -129,6 +129,16 @@ class StreamedCompletion:
     events: AsyncGenerator[dict[str, Any], None]
 
 
+def _executor_shut_down(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is the event loop's thread pool refusing work because it was shut
+    down (``asyncio.to_thread`` while a replica or an app stops): the pool's own refusal,
+    or the loop's once ``shutdown_default_executor`` was called."""
+    text = str(exc)
+    return (
+        "cannot schedule new futures after" in text or "Executor shutdown has been called" in text
+    )
+
+
 class GatewayCore:
     def __init__(
         self,
@@ -282,6 +292,11 @@ class GatewayCore:
                 try:
                     await asyncio.to_thread(self._refresh, trigger)
                     self.refresher_health.beat("polling")
+                except RuntimeError as exc:
+                    if _executor_shut_down(exc):  # the replica is stopping: nothing to refresh
+                        return
+                    self.refresher_health.failed(exc)
+                    log.exception("policy refresh failed")
                 except Exception as exc:  # keep serving on the current policy
                     self.refresher_health.failed(exc)
                     log.exception("policy refresh failed")

@@ -9,7 +9,9 @@ import contextlib
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from controlplane.gateway_core import GatewayCore
@@ -194,3 +196,26 @@ def test_while_listening_the_version_is_polled_seldom_and_fast_again_once_not(en
         assert not listener.connected
 
     asyncio.run(with_refresher(core, body))
+
+
+@pytest.mark.parametrize("how", ["loop", "pool"])
+def test_the_refresher_stops_quietly_once_the_loops_thread_pool_is_shut_down(engine, caplog, how):
+    """While a replica or an app stops, the event loop's thread pool refuses new work;
+    the refresher then ends without logging a failure (it logged "policy refresh failed:
+    cannot schedule new futures after shutdown" with a traceback at every app deletion)."""
+    core = gateway(engine, refresh_s=0.01, listen=False)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if how == "loop":  # the loop's own refusal
+            await loop.shutdown_default_executor()
+        else:  # the pool's ("cannot schedule new futures after shutdown")
+            pool = ThreadPoolExecutor(1)
+            loop.set_default_executor(pool)
+            pool.shutdown()
+        await asyncio.wait_for(core.policy_refresher(), timeout=5)
+
+    with caplog.at_level("ERROR", logger="controlplane.gateway_core"):
+        asyncio.run(main())
+    assert "policy refresh failed" not in caplog.text
+    assert core.refresher_health.errors == 0
