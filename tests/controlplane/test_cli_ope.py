@@ -166,3 +166,28 @@ def test_ope_on_the_request_log_refuses_what_it_cannot_estimate(
     assert "no credited decisions in the window (0 decisions" in capsys.readouterr().err
     assert main(["ope", "--since", "yesterday", "--candidates", "lints"]) == 2
     assert "bad time 'yesterday'" in capsys.readouterr().err
+
+
+def test_presets_on_the_request_log_read_the_task_slots_the_deployment_used():
+    """``ope --from-db`` fits presets to the featurizer the latest policy records: a
+    deployment with 12 task slots gets a ``greenserv`` candidate reading all 12 (it read
+    the default 8, and nothing said so). A record of another size, or none, leaves the
+    default layout."""
+    import argparse
+
+    from controlplane.cli.commands.ope import _candidates, snapshot_featurizer
+    from learners.featurize import Featurizer
+
+    feat = Featurizer.for_tasks([f"t{i:02d}" for i in range(12)], dim=68)
+    latest = {"config": {"featurizer": feat.model_dump(mode="json")}}
+    recorded = snapshot_featurizer(latest, 68)
+    assert recorded == feat
+    assert snapshot_featurizer(latest, 64) is None  # the contexts are of another size
+    assert snapshot_featurizer({"config": {"objective": {}}}, 68) is None
+    assert snapshot_featurizer(None, 68) is None
+    args = argparse.Namespace(candidates="greenserv", candidate=[], weights=[])
+    weights = np.array([1.0, 0.0, 0.0, -30.0])
+    (fitted,) = _candidates(args, 68, weights, ("a", "b"), featurizer=recorded)
+    (default,) = _candidates(args, 68, weights, ("a", "b"))
+    assert fitted.make().config.context_indices == feat.task_view == tuple(range(13))
+    assert default.make().config.context_indices == tuple(range(9))

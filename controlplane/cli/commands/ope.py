@@ -306,6 +306,25 @@ def parse_time(text: str | None, now: datetime) -> datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+def snapshot_featurizer(latest: dict[str, Any] | None, dim: int) -> Any:
+    """The featurizer that the snapshot ``latest`` (``snapshots.latest_snapshot``) records
+    in its config, when its contexts are of size ``dim``: the task slots the deployment
+    featurized with, so that presets (``greenserv``'s task view) read those, not the default
+    layout's. None when it records none, or one of another size."""
+    from pydantic import ValidationError
+
+    from learners.featurize import Featurizer
+
+    recorded = None if latest is None else (latest.get("config") or {}).get("featurizer")
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        featurizer = Featurizer.model_validate(recorded)
+    except ValidationError:
+        return None
+    return featurizer if featurizer.dim == dim else None
+
+
 def _from_database(
     args: argparse.Namespace,
 ) -> tuple[list[tuple[int, Log]], list[Candidate], dict[str, Any]]:
@@ -394,7 +413,13 @@ def _from_database(
         name = spec if spec != "current" else f"current (version {snap['version']})"
         return Candidate(name, lambda: load_learner(state), learns=False)
 
-    candidates = _candidates(args, dim, weights, arms, stored)
+    featurizer = snapshot_featurizer(latest, dim)
+    if latest is not None and featurizer is None:
+        lines.append(
+            f"note: the latest policy records no featurizer of size {dim}; presets read the"
+            " default task slots"
+        )
+    candidates = _candidates(args, dim, weights, arms, stored, featurizer=featurizer)
     versions = Counter(r.policy_version for r in rows)
     lines[:0] = [
         f"database: {len(rows)} credited decisions from {rows[0].created_at:%Y-%m-%d %H:%M:%S} "
