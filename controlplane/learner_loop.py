@@ -89,6 +89,26 @@ def snapshot_learner(config: BanditConfig, state: bytes | None) -> Learner:
     return learner
 
 
+def layout_mismatch(learner: Learner, config: BanditConfig) -> str | None:
+    """Why a restored learner reads another task layout than the config's featurizer
+    writes (None: it does not): a learner restricted to a task view (``greenserv``'s
+    ``context_indices``: the intercept and the task slots) saved before ``task_slots``
+    changed goes on reading the old slots, blind to the tasks in the others."""
+    cols = getattr(getattr(learner, "config", None), "context_indices", None)
+    if cols is None:
+        return None
+    cols = tuple(cols)
+    view = config.featurizer.task_view
+    if cols == view or cols != tuple(range(len(cols))):  # the config's, or not a task view
+        return None
+    return (
+        f"the policy reads {len(cols) - 1} task slots (positions 0-{len(cols) - 1}), the"
+        f" featurizer now writes {len(view) - 1}: it cannot tell the tasks in the other slots"
+        " apart; promote a new policy for this layout (a candidate) or set"
+        f" featurizer.task_slots back to {len(cols) - 1}"
+    )
+
+
 @dataclass(frozen=True)
 class Policy:
     """A learner ready to decide, and the snapshot version it came from (0: none)."""
@@ -198,6 +218,9 @@ class LearnerLoop:
                 self.snapshot(reason="initial")
             else:
                 self.learner = snapshot_learner(self.config, snap["state"])
+                mismatch = layout_mismatch(self.learner, self.config)
+                if mismatch:
+                    log.warning("learner resumed at version %s: %s", snap["version"], mismatch)
                 self.version = int(snap["version"])
                 self.watermark = wm
                 self.events_applied = int(snap["events_applied"])

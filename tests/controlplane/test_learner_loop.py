@@ -169,3 +169,31 @@ def test_the_runner_waits_a_poll_after_any_batch_that_was_not_full():
     runner._run()
     assert waits[:3] == [0.25, 0.25, 0.25]  # after 3, 0 and 1; none after the full batches
     assert len(waits) == 4  # and the last turn's (0, after the script)
+
+
+def test_a_policy_that_reads_another_task_layout_is_named_at_resume(engine, caplog):
+    """A ``greenserv`` policy saved with 8 task slots, resumed under a featurizer of 12 (the
+    same dimension), still reads the 8: the learner says so when it resumes, and not
+    when the layout is the one the policy reads."""
+    from controlplane.config import BanditConfig
+
+    data = learning_config().model_dump(mode="json")
+    data["learner"] = {"kind": "greenserv"}
+    eight = BanditConfig.model_validate(data)
+    data["featurizer"]["task_slots"] = 12
+    twelve = BanditConfig.model_validate(data)
+    assert eight.featurizer.dim == twelve.featurizer.dim
+    with caplog.at_level("WARNING", logger="controlplane.learner_loop"):
+        first = LearnerLoop(engine, eight)
+        first.start()  # publishes version 1: greenserv over 8 slots
+        first.stop()
+        again = LearnerLoop(engine, eight)
+        again.start()
+        again.stop()
+        assert "task slots" not in caplog.text
+        later = LearnerLoop(engine, twelve)
+        later.start()
+        later.stop()
+    assert (
+        "the policy reads 8 task slots (positions 0-8), the featurizer now writes 12" in caplog.text
+    )
