@@ -292,12 +292,9 @@ class GatewayCore:
                 try:
                     await asyncio.to_thread(self._refresh, trigger)
                     self.refresher_health.beat("polling")
-                except RuntimeError as exc:
-                    if _executor_shut_down(exc):  # the replica is stopping: nothing to refresh
-                        return
-                    self.refresher_health.failed(exc)
-                    log.exception("policy refresh failed")
                 except Exception as exc:  # keep serving on the current policy
+                    if isinstance(exc, RuntimeError) and _executor_shut_down(exc):
+                        return  # the replica is stopping: nothing left to refresh
                     self.refresher_health.failed(exc)
                     log.exception("policy refresh failed")
                 # a NOTIFY or, at the latest, the poll's timer (a timer handle rather than
