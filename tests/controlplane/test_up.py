@@ -197,7 +197,7 @@ def test_deploy_starts_serve_with_the_ingress_the_config_resolves_to(
     monkeypatch.setattr(serve, "start", lambda **kw: started.append(kw.get("controller_options")))
     monkeypatch.setattr(serve, "run", lambda *_a, **_kw: None)
     monkeypatch.setattr(deployments.app, "build_app", lambda *_a, **_kw: object())
-    monkeypatch.setattr(launch, "haproxy_found", lambda: found)
+    monkeypatch.setattr(launch, "haproxy_missing", lambda: None if found else "no HAProxy binary")
     cfg = demo_config(gateway={"replicas": replicas}, ingress={"kind": kind})
     with caplog.at_level("WARNING", logger=launch.__name__):
         launch.deploy(cfg, "postgresql+psycopg://db/x", "secret")

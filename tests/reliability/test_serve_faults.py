@@ -618,17 +618,6 @@ def _free_block(n: int) -> int:
     raise AssertionError(f"no {n} consecutive free ports from {start}")
 
 
-def _haproxy_missing() -> str | None:
-    """Why Serve's HAProxy ingress cannot start here (None: it can)."""
-    from ray.serve._private.haproxy import get_haproxy_binary
-
-    try:
-        get_haproxy_binary()
-    except FileNotFoundError as exc:
-        return f"no HAProxy binary for Serve's HAProxy ingress: {exc}"
-    return None
-
-
 @contextlib.contextmanager
 def _behind_haproxy(
     ray_session: int,
@@ -640,7 +629,9 @@ def _behind_haproxy(
     Serve stopped (the module's, with the Python proxy) and started again with the
     HAProxy ingress on free ports, and stopped at the end. Skips where Serve finds no
     HAProxy binary."""
-    reason = _haproxy_missing()
+    from controlplane.cli.launch import haproxy_missing
+
+    reason = haproxy_missing()
     if reason:
         pytest.skip(reason)
     from ray import serve

