@@ -13,6 +13,12 @@ learner can do): Beta-Bernoulli Thompson sampling with its posterior sharpened b
 factor, UCB with a scaled bonus, and explore-then-commit with m pulls of every model per
 task. Their best figures bound from above what exploring per task costs here; the same
 seeds shuffle the stream as ``banditctl simulate`` does (``default_rng(seed).permutation``).
+
+Two more families calibrate the target by what a learner would have to be told to reach
+it: Thompson sampling told each task's k best models in hindsight (it explores among those
+k only), and Thompson sampling whose prior is each model's quality over the whole stream
+(every task together: the most any prior from a model's metadata, price or public scores,
+which know no task of this stream, could give), held at m pseudo-observations.
 """
 
 from __future__ import annotations
@@ -66,20 +72,44 @@ def explore_then_commit(m: int) -> Rule:
     return pick
 
 
-def run(rule: Rule, quality: np.ndarray, known: np.ndarray, tasks: np.ndarray, seed: int) -> float:
-    """Mean reward of ``rule`` run per task over the stream in seed ``seed``'s order."""
+def thompson_with_prior(mean_quality: np.ndarray, strength: float, sharpness: float) -> Rule:
+    """Thompson sampling whose Beta prior holds ``mean_quality`` at ``strength`` pseudo-observations per model."""
+    a0 = strength * mean_quality + 1.0
+    b0 = strength * (1.0 - mean_quality) + 1.0
+
+    def pick(n: np.ndarray, s: np.ndarray, known: np.ndarray, rng: np.random.Generator) -> int:
+        draw = rng.beta((a0 + s) * sharpness, (b0 + n - s) * sharpness)
+        return int(np.argmax(draw + known))
+
+    return pick
+
+
+def run(
+    rule: Rule,
+    quality: np.ndarray,
+    known: np.ndarray,
+    tasks: np.ndarray,
+    seed: int,
+    allowed: dict[str, np.ndarray] | None = None,
+) -> float:
+    """Mean reward of ``rule`` run per task over the stream in seed ``seed``'s order.
+
+    ``allowed`` (task -> model indices) restricts each task's choice to those models.
+    """
     rng = np.random.default_rng(seed)
     order = np.random.default_rng(seed).permutation(len(tasks))
     k = quality.shape[1]
-    pulls = {t: np.zeros(k) for t in np.unique(tasks)}
-    sums = {t: np.zeros(k) for t in np.unique(tasks)}
+    arms = {t: np.arange(k) if allowed is None else allowed[t] for t in np.unique(tasks)}
+    pulls = {t: np.zeros(len(a)) for t, a in arms.items()}
+    sums = {t: np.zeros(len(a)) for t, a in arms.items()}
     total = 0.0
     for i in order:
         t = tasks[i]
-        arm = rule(pulls[t], sums[t], known[i], rng)
+        j = rule(pulls[t], sums[t], known[i, arms[t]], rng)
+        arm = arms[t][j]
         total += quality[i, arm] + known[i, arm]
-        pulls[t][arm] += 1
-        sums[t][arm] += quality[i, arm]
+        pulls[t][j] += 1
+        sums[t][j] += quality[i, arm]
     return total / len(tasks)
 
 
@@ -112,13 +142,28 @@ def main() -> None:
         "ucb": [(f"bonus={x}", ucb(x)) for x in (1.0, 0.5, 0.2, 0.1, 0.05)],
         "explore-then-commit": [(f"m={x}", explore_then_commit(x)) for x in (1, 2, 3, 5, 10, 20)],
     }
+    mean_quality = data.quality.mean(axis=0)  # each model over every task: no task's answer in it
+    families["thompson, prior: each model's quality over the stream"] = [
+        (f"m={m},sharpness={x}", thompson_with_prior(mean_quality, m, x))
+        for m in (10, 30, 100, 300)
+        for x in (1, 2)
+    ]
+    ranked = {t: np.argsort(-rewards[tasks == t].mean(axis=0)) for t in np.unique(tasks)}
+    told: dict[str, dict[str, np.ndarray] | None] = {}
+    for k in (2, 3):
+        families[f"thompson, told each task's {k} best"] = [
+            (f"sharpness={x}", thompson(x)) for x in (1, 2, 5)
+        ]
+        told[f"thompson, told each task's {k} best"] = {t: r[:k] for t, r in ranked.items()}
     seeds = range(args.seeds)
     for family, rules in families.items():
         best: tuple[float, str] = (-np.inf, "")
+        allowed = told.get(family)
+        print(family)
         for name, rule in rules:
-            vals = np.array([run(rule, quality, known, tasks, s) for s in seeds])
+            vals = np.array([run(rule, quality, known, tasks, s, allowed) for s in seeds])
             closed = (vals.mean() - random_) / (per_task - random_)
-            print(f"  {family:<20} {name:<14} mean {vals.mean():.4f} "
+            print(f"  {name:<22} mean {vals.mean():.4f} "
                   f"[{vals.min():.4f}, {vals.max():.4f}]  headroom closed {closed:.0%}")  # fmt: skip
             best = max(best, (float(vals.mean()), name))
         print(f"{family}: best in hindsight {best[1]}: {best[0]:.4f} "
