@@ -91,6 +91,31 @@ class RoutingDataset:
         """(n, K, 4) reward vectors ordered as ``REWARD_COMPONENTS``."""
         return np.stack([self.quality, self.energy_j, self.latency_ms, self.cost_usd], axis=-1)
 
+    def only_models(self, models: Sequence[str]) -> RoutingDataset:
+        """The same rows with only ``models`` (kept in the data set's order); names outside
+        it raise ``ValueError``."""
+        wanted = list(dict.fromkeys(models))
+        unknown = [m for m in wanted if m not in self.models]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} not among the data set's models ({', '.join(self.models)})"
+            )
+        if len(wanted) < 2:
+            raise ValueError("at least two models are needed to route between")
+        keep = [k for k, m in enumerate(self.models) if m in wanted]
+        return RoutingDataset(
+            self.requests,
+            self.tasks,
+            tuple(self.models[k] for k in keep),
+            self.quality[:, keep],
+            self.cost_usd[:, keep],
+            self.latency_ms[:, keep],
+            self.energy_j[:, keep],
+            self.profiled,
+            self.source,
+            [*self.notes, f"only {len(keep)} of its {len(self.models)} models replayed (--models)"],
+        )
+
     def subset(self, idx: np.ndarray) -> RoutingDataset:
         return RoutingDataset(
             [self.requests[i] for i in idx],

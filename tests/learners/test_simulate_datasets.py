@@ -271,3 +271,31 @@ def test_progress_names_learner_and_seed_and_moves_within_a_run():
         ("random", 0),
         ("random", 1),
     }
+
+
+def test_models_replays_only_the_models_named(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "bench.jsonl", quality_only_rows(120))
+    out_json = tmp_path / "out.json"
+    rc, out, err = simulate(
+        capsys, "--dataset", str(data), "--learners", "lints,random", "--seeds", "2",
+        "--models", "m2,m0", "--json", str(out_json),
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "2 models" in out and "only 2 of its 3 models replayed (--models)" in out
+    summary = json.loads(out_json.read_text())
+    assert "m1" not in json.dumps(summary["references"])
+    ds = load_dataset(data).only_models(["m2", "m0"])
+    assert ds.models == ("m0", "m2") and ds.quality.shape == (120, 2)
+    full = load_dataset(data)
+    assert np.array_equal(ds.quality, full.quality[:, [0, 2]])
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [("m0,m9", "--models: m9 not among the data set's models (m0, m1, m2)"),
+     ("m1", "--models: at least two models are needed")],
+)  # fmt: skip
+def test_models_outside_the_data_set_are_refused_in_one_line(tmp_path, capsys, models, message):
+    data = write_jsonl(tmp_path / "bench.jsonl", quality_only_rows(24))
+    rc, out, err = simulate(capsys, "--dataset", str(data), "--models", models)
+    assert rc == 2 and message in err and "Traceback" not in err

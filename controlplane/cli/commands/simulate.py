@@ -163,6 +163,14 @@ def register(subparsers: Any) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--models",
+        default="",
+        metavar="MODELS",
+        help="comma-separated: replay only these models of the data set (learners, "
+        "references and --warm-start data alike); rows are kept or dropped as read with "
+        "every model (default: all)",
+    )
+    p.add_argument(
         "--new-arms",
         default="",
         metavar="MODELS",
@@ -266,6 +274,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--metadata-strength and --save-metadata-prior need --metadata-prior")
         dataset = _resolve_dataset(args.dataset)
         ds = synthetic_dataset() if dataset == "synthetic" else load_dataset(dataset, args.pattern)
+        only = [m.strip() for m in args.models.split(",") if m.strip()]
+        if only:
+            try:
+                ds = ds.only_models(only)
+            except ValueError as exc:
+                raise ValueError(f"--models: {exc}") from None
         warm = _warm_dataset(dataset, args) if args.warm_start else None
         feat, X, E, notes, Xw = _contexts(ds, args, warm)
         specs = _specs(args, feat)  # the presets that read task slots read feat's
