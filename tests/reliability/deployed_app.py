@@ -194,15 +194,13 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def uncredited(engine: Engine) -> int:
-    return count(engine, "SELECT count(*) FROM decisions WHERE credit_seq IS NULL")
-
-
 def credit_check(engine: Engine) -> dict[str, int]:
     """Exactly-once, against the database: every decision credited, each with its own
     credit number, and the latest snapshot's watermark and events applied covering
-    exactly the credited decisions (an event applied twice would count twice)."""
-    with engine.connect() as conn:
+    exactly the credited decisions (an event applied twice would count twice). Both
+    reads see one snapshot of the database (REPEATABLE READ): read apart, the learner
+    could credit decisions between them."""
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         row = conn.execute(
             text(
                 "SELECT count(*), count(credit_seq), count(DISTINCT credit_seq), "

@@ -47,7 +47,6 @@ from tests.reliability.deployed_app import (
     replica_processes,
     serve_actor_processes,
     sigkill,
-    uncredited,
     wait_for,
     wait_new,
     wait_replaced,
@@ -120,8 +119,13 @@ def _settle(app: App, calls: list[Call], timeout_s: float = 90.0) -> dict[str, i
         assert missing_rows(engine, stored, "feedback") == []
 
         def caught_up() -> dict[str, int] | None:
+            # one reading: every decision credited and the latest snapshot holding them all
+            # (counted apart, the learner could credit decisions between the two counts)
             check = credit_check(engine)
-            done = uncredited(engine) == 0 and check["watermark"] == check["max_credit"]
+            done = (
+                check["credited"] == check["decisions"]
+                and check["watermark"] == check["max_credit"]
+            )
             return check if done else None
 
         check = wait_for(caught_up, timeout_s, "the learner to credit every decision")
