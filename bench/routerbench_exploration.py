@@ -149,7 +149,7 @@ def main() -> None:
         for x in (1, 2)
     ]
     ranked = {t: np.argsort(-rewards[tasks == t].mean(axis=0)) for t in np.unique(tasks)}
-    told: dict[str, dict[str, np.ndarray] | None] = {}
+    told: dict[str, dict[str, np.ndarray]] = {}
     for k in (2, 3):
         families[f"thompson, told each task's {k} best"] = [
             (f"sharpness={x}", thompson(x)) for x in (1, 2, 5)

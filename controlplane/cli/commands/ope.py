@@ -29,6 +29,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from controlplane.cli.commands import split_names
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -171,10 +173,6 @@ def run(args: argparse.Namespace) -> int:
 # -- candidates -------------------------------------------------------------------
 
 
-def _split(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
-
-
 def _candidates(
     args: argparse.Namespace,
     dim: int,
@@ -192,7 +190,7 @@ def _candidates(
 
     out: list[Candidate] = []
     variable: list[Candidate] = []  # those whose picks depend on weights
-    specs = [(s, s) for s in _split(args.candidates)]
+    specs = [(s, s) for s in split_names(args.candidates)]
     for item in args.candidate:
         name, sep, raw = item.partition("=")
         if not sep or not name.strip():
@@ -349,7 +347,7 @@ def _from_database(
                 counts = logged_decisions.window_counts(conn, **window)
                 latest = snapshots.latest_snapshot(conn)
                 stored_rows: dict[str, dict[str, Any]] = {}
-                for spec in _split(args.candidates):
+                for spec in split_names(args.candidates):
                     if spec == "current":
                         if latest is None:
                             raise UsageError("candidate 'current': no policy published yet")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from controlplane.cli.commands import split_names
 from controlplane.cli.progress import progress_bar
 
 # routerbench_zs beside the checkout (../shared/data), looked for from the working
@@ -266,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         weights = parse_objective(args.objective)
         specs = _specs(args)  # names checked before the data set loads
-        known = tuple(c.strip() for c in args.known.split(",") if c.strip())
+        known = tuple(split_names(args.known))
         _check_warm(args, specs)
         if not args.metadata_prior and (
             args.metadata_strength is not None or args.save_metadata_prior
@@ -274,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--metadata-strength and --save-metadata-prior need --metadata-prior")
         dataset = _resolve_dataset(args.dataset)
         ds = synthetic_dataset() if dataset == "synthetic" else load_dataset(dataset, args.pattern)
-        only = [m.strip() for m in args.models.split(",") if m.strip()]
+        only = split_names(args.models)
         if only:
             try:
                 ds = ds.only_models(only)
@@ -283,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         warm = _warm_dataset(dataset, args) if args.warm_start else None
         feat, X, E, notes, Xw = _contexts(ds, args, warm)
         specs = _specs(args, feat)  # the presets that read task slots read feat's
-        new_arms = tuple(m.strip() for m in args.new_arms.split(",") if m.strip())
+        new_arms = tuple(split_names(args.new_arms))
         unknown = [m for m in new_arms if m not in ds.models]
         if unknown:
             raise ValueError(f"--new-arms: {', '.join(unknown)} not among the data set's models")
@@ -359,7 +360,7 @@ def _specs(args: argparse.Namespace, featurizer: Any = None) -> dict[str, Any]:
     --learner-config."""
     from learners.replay.presets import resolve
 
-    specs = resolve([n.strip() for n in args.learners.split(",") if n.strip()], featurizer)
+    specs = resolve(split_names(args.learners), featurizer)
     for item in args.learner_config:
         name, _, raw = item.partition("=")
         specs[name.strip()] = json.loads(raw)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from controlplane.cli.commands import split_names
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("simulate-cache", help="simulate adapter residency policies")
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
             require_pyplot()  # fail before the runs, not after them
         except ModuleNotFoundError as exc:
             raise SystemExit(f"simulate-cache: {exc}") from exc
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    policies = split_names(args.policies)
     unknown = [p for p in policies if p not in POLICY_REGISTRY]
     if unknown:
         raise SystemExit(
