@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,14 +18,45 @@ from feedback.errors import InvalidInput
 MAX_SOURCE_LEN = 64
 
 
+class _RandomBlocks:
+    """Bytes from ``os.urandom``, read in blocks of 4 KiB: each ``os.urandom`` call lets
+    the GIL go, and on a gateway replica another thread then holds it for up to the
+    interpreter's switch interval (5 ms) before the request goes on. A forked child
+    starts with an empty block of its own."""
+
+    BLOCK = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._block = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._block, self._at = b"", 0
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if self._at + n > len(self._block):
+                self._block, self._at = os.urandom(max(self.BLOCK, n)), 0
+            at = self._at
+            self._at = at + n
+            return self._block[at : at + n]
+
+
+_random = _RandomBlocks()
+
+
 def new_request_id() -> uuid.UUID:
     """A new decision's id: a UUIDv7 (RFC 9562), 48 bits of Unix time in milliseconds
     and then 74 random bits (``os.urandom``). Ids made later sort later, so the log's
     primary key takes each new id at its right edge, as the time indexes do, instead of
     on a random page of an index larger than memory (each such page read, dirtied and,
     the first time after a checkpoint, written whole to the WAL). Unguessable still;
-    a client proves a decision is its own with the signed feedback token, not the id."""
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b
+    a client proves a decision is its own with the signed feedback token, not the id.
+    The random bits come from the OS in blocks (:class:`_RandomBlocks`)."""
+    rand = int.from_bytes(_random.take(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b
     ms = time.time_ns() // 1_000_000 & (1 << 48) - 1
     value = ms << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64 | 0b10 << 62 | rand & (1 << 62) - 1
     return uuid.UUID(int=value)

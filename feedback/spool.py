@@ -3,12 +3,12 @@
 The writer (:mod:`feedback.writer`) keeps accepted records in memory until a batch lands in
 Postgres; a process that dies first (SIGKILL, out of memory) would lose them. With a spool,
 each record is also appended to a segment file on the node's disk as it is accepted (one
-``write`` to the page cache, no ``fsync``: it survives the process, not the machine; where a
-machine's crash matters, ``gateway.durable_log`` answers only after the write). A segment is
-deleted once every record in it is written. A successor on the same node (a restarted
-replica, or any writer of the same database that scans the folder) finds the segments of
-writers that died, writes their records (idempotently: rows already there are skipped) and
-deletes them.
+``write`` to the page cache, holding the GIL, no ``fsync``: it survives the process, not the
+machine; where a machine's crash matters, ``gateway.durable_log`` answers only after the
+write). A segment is deleted once every record in it is written. A successor on the same
+node (a restarted replica, or any writer of the same database that scans the folder) finds
+the segments of writers that died, writes their records (idempotently: rows already there
+are skipped) and deletes them.
 
 Who holds a segment: its writer keeps it open under an exclusive ``flock`` until it deletes
 it; the kernel drops the lock when the process dies, so a segment whose lock can be taken is
@@ -26,6 +26,7 @@ the files 0600: they hold what the decision log holds (contexts, tenants, task l
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import logging
@@ -35,7 +36,7 @@ import struct
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -54,6 +55,34 @@ SUFFIX = ".spool"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+
+
+def _held_write() -> Callable[[int, bytes], int]:
+    """``os.write`` without letting the GIL go: libc's ``write`` called through
+    ``ctypes.PyDLL``, which keeps it. ``os.write`` lets it go around the call, and on a
+    gateway replica another thread (Serve's router loop, Ray's) then holds it for up to
+    the interpreter's switch interval (5 ms) before the request goes on, twice a request;
+    a write to the page cache takes a microsecond or two. Plain ``os.write`` where libc's
+    ``write`` cannot be found."""
+    try:
+        libc = ctypes.PyDLL(None, use_errno=True)
+        write = libc.write
+    except (OSError, AttributeError):
+        return os.write
+    write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+    write.restype = ctypes.c_ssize_t
+
+    def held(fd: int, data: bytes) -> int:
+        n = int(write(fd, data, len(data)))
+        if n < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return n
+
+    return held
+
+
+_write = _held_write()
 
 
 def encode(record: Record) -> bytes:
@@ -213,7 +242,7 @@ class Spool:
         seg = self._current(seq)
         data = encode(record)
         frame = _LEN.pack(len(data)) + data
-        written = os.write(seg.fd, frame)
+        written = _write(seg.fd, frame)
         if written != len(frame):  # a full disk: the segment is cut short here
             raise OSError(f"spool: short write ({written} of {len(frame)} bytes)")
         seg.last = seq

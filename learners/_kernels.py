@@ -10,7 +10,10 @@ what these loops avoid. :func:`gaussian_argmax` is LinTS's propensity
 quadrature. The signatures are explicit, so every kernel compiles (or loads
 from numba's cache) when this module is imported, never on a request, and
 takes C-contiguous float64 arrays only. ``tests/learners/test_kernels.py``
-checks them against the plain NumPy algebra.
+checks them against the plain NumPy algebra. They keep the GIL (no ``nogil``): a
+call of a few microseconds on a gateway's request path that let it go would hand
+it to one of the replica's other threads (Serve's router loop, Ray's) and wait up
+to the interpreter's switch interval (5 ms) to take it back.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from numba import njit
 @njit(
     "void(float64[:, :, ::1], float64[::1], float64, float64[:, ::1])",
     cache=True,
-    nogil=True,
 )
 def score_arms(M: np.ndarray, z: np.ndarray, alpha: float, out: np.ndarray) -> None:
     """Per arm ``k``: ``out[0, k] = theta_w[k] . z`` (the mean), ``out[1, k] =
@@ -55,7 +57,6 @@ def score_arms(M: np.ndarray, z: np.ndarray, alpha: float, out: np.ndarray) -> N
 @njit(
     "void(float64[:, ::1], float64[::1], float64[::1], float64[::1], float64)",
     cache=True,
-    nogil=True,
 )
 def rank_one(Mk: np.ndarray, x: np.ndarray, r: np.ndarray, w: np.ndarray, sign: float) -> None:
     """Sherman-Morrison on one arm's block, in place (see ``RidgeArms._rank_one``).
@@ -94,7 +95,6 @@ def rank_one(Mk: np.ndarray, x: np.ndarray, r: np.ndarray, w: np.ndarray, sign: 
 @njit(
     "void(float64[::1], float64[::1], float64[::1], float64[::1], float64[::1])",
     cache=True,
-    nogil=True,
 )
 def gaussian_argmax(
     mean: np.ndarray, sd: np.ndarray, nodes: np.ndarray, weights: np.ndarray, out: np.ndarray

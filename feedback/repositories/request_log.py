@@ -1,8 +1,8 @@
 """The request log: one decision and one outcome per attempt of a served request (a
 request that fell back to other arms has one per arm it tried, linked by ``fallback_of``).
 
-Written in batches by the gateway's writer (COPY, idempotent on retry); the
-cache manager reads recent decisions' contexts back.
+Written in batches by the gateway's writer (COPY in its binary format, idempotent on
+retry); the cache manager reads recent decisions' contexts back.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ _DECISION_COLS = (
     "fallback_of",
     "client_request_id",
 )
+# the columns' types, for COPY's binary format (tests check them against the tables)
+_DECISION_TYPES = (
+    "uuid", "timestamptz", "text", "text", "bytea", "int2", "float8", "int4", "text", "text",
+    "text", "text", "int2", "uuid", "text",
+)  # fmt: skip
 _OUTCOME_COLS = (
     "request_id",
     "created_at",
@@ -48,6 +53,9 @@ _OUTCOME_COLS = (
     "energy_j",
     "cost_usd",
 )
+_OUTCOME_TYPES = (
+    "uuid", "timestamptz", "text", "text", "float8", "float8", "int4", "int4", "float8", "float8",
+)  # fmt: skip
 
 
 def _decision_row(d: DecisionRecord) -> tuple[Any, ...]:
@@ -93,7 +101,9 @@ def write_decisions(
     a retried batch fails the transaction instead (:func:`already_written`; see
     :func:`feedback.repositories._sql.bulk_insert`)."""
     rows = [_decision_row(d) for d in records]
-    return bulk_insert(conn, "decisions", _DECISION_COLS, rows, guarded=guarded)
+    return bulk_insert(
+        conn, "decisions", _DECISION_COLS, rows, guarded=guarded, types=_DECISION_TYPES
+    )
 
 
 def write_outcomes(
@@ -101,7 +111,7 @@ def write_outcomes(
 ) -> int:
     """As :func:`write_decisions`, for outcomes."""
     rows = [_outcome_row(o) for o in records]
-    return bulk_insert(conn, "outcomes", _OUTCOME_COLS, rows, guarded=guarded)
+    return bulk_insert(conn, "outcomes", _OUTCOME_COLS, rows, guarded=guarded, types=_OUTCOME_TYPES)
 
 
 def already_written(exc: BaseException) -> bool:
