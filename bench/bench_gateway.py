@@ -16,7 +16,8 @@ the throughput target counts as met only when that interval lies above it.
 ``--cpu-by-process`` also prints the CPU each process spent per request during each
 app's runs (psutil: this process, the Ray processes it started, and the PostgreSQL
 backends of the bench's database), grouped by role: where the gateway's extra CPU goes
-in the whole system, not only in its own replica. The
+in the whole system, not only in its own replica; and their voluntary context switches
+per request (a thread waiting on I/O, a lock or the GIL). The
 scrapes go to a gateway app in process (FastAPI's TestClient) that asks an
 in-process learner for its figures, as a deployed gateway asks the learner's handle.
 """
@@ -157,13 +158,15 @@ def process_role(proc: psutil.Process, database: str) -> str | None:
     return "Ray (raylet, GCS, other workers)"
 
 
-def cpu_by_process(database: str) -> dict[int, tuple[str, float]]:
-    """CPU seconds so far of this process, its descendants (the local Ray it started)
-    and ``database``'s PostgreSQL backends, by pid: (role, seconds)."""
+def cpu_by_process(database: str) -> dict[int, tuple[str, float, int]]:
+    """CPU seconds and voluntary context switches so far of this process, its descendants
+    (the local Ray it started) and ``database``'s PostgreSQL backends, by pid: (role,
+    seconds, switches). A voluntary switch is a thread going to sleep: waiting on I/O, a
+    lock, or the GIL another thread holds."""
     me = psutil.Process()
     procs = [me, *me.children(recursive=True)]
     procs += [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
-    out: dict[int, tuple[str, float]] = {}
+    out: dict[int, tuple[str, float, int]] = {}
     for proc in procs:
         role = process_role(proc, database)
         if role is None:
@@ -172,26 +175,52 @@ def cpu_by_process(database: str) -> dict[int, tuple[str, float]]:
             t = proc.cpu_times()
         except psutil.Error:
             continue
-        out[proc.pid] = (role, t.user + t.system)
+        out[proc.pid] = (role, t.user + t.system, voluntary_switches(proc.pid))
     return out
 
 
-def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> Counter:
+def voluntary_switches(pid: int) -> int:
+    """Voluntary context switches so far of every thread of ``pid`` (psutil's count is
+    the main thread's alone); a thread that ended is no longer counted."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def cpu_spent(
+    before: dict[int, tuple[str, float, int]], after: dict[int, tuple[str, float, int]]
+) -> tuple[Counter, Counter]:
+    """CPU seconds and voluntary switches by role between two readings."""
     spent: Counter = Counter()
-    for pid, (role, seconds) in after.items():
-        spent[role] += seconds - before.get(pid, (role, 0.0))[1]
-    return spent
+    switches: Counter = Counter()
+    for pid, (role, seconds, n) in after.items():
+        _, seconds0, n0 = before.get(pid, (role, 0.0, 0))
+        spent[role] += seconds - seconds0
+        switches[role] += n - n0
+    return spent, switches
 
 
-def print_cpu_by_process(per_app: dict[str, Counter], rounds: int) -> None:
+def print_by_process(title: str, per_app: dict[str, Counter], rounds: int, scale: float) -> None:
     labels = list(per_app)
     roles = sorted(set().union(*per_app.values()))
-    print(f"CPU per request by process during each app's runs (ms, mean of {rounds} rounds):")
+    print(f"{title} (mean of {rounds} rounds):")
     print("  " + f"{'':<34}" + "".join(f"{label:>20}" for label in labels))
     for role in roles:
-        row = "".join(f"{per_app[label][role] / rounds * 1e3:20.3f}" for label in labels)
+        row = "".join(f"{per_app[label][role] / rounds * scale:20.3f}" for label in labels)
         print(f"  {role:<34}{row}")
-    totals = "".join(f"{sum(per_app[label].values()) / rounds * 1e3:20.3f}" for label in labels)
+    totals = "".join(f"{sum(per_app[label].values()) / rounds * scale:20.3f}" for label in labels)
     print(f"  {'all of them':<34}{totals}")
 
 
@@ -440,6 +469,7 @@ def main() -> int:
         results: list[dict] = []
         database = url.rsplit("/", 1)[-1].split("?")[0]
         cpu: dict[str, Counter] = {label: Counter() for label, _, _, _ in runs}
+        switches: dict[str, Counter] = {label: Counter() for label, _, _, _ in runs}
         for rnd in range(args.rounds):  # interleaved: a load that drifts hits all three alike
             row = {}
             # each round starts with the next app: what a run leaves behind (the learner
@@ -448,8 +478,9 @@ def main() -> int:
                 before = cpu_by_process(database) if args.cpu_by_process else {}
                 secs, lat, res = asyncio.run(load(base + path, payload, args.concurrency, hdrs))
                 if args.cpu_by_process:
-                    spent = cpu_spent(before, cpu_by_process(database))
+                    spent, waits = cpu_spent(before, cpu_by_process(database))
                     cpu[label].update({role: s / len(payload) for role, s in spent.items()})
+                    switches[label].update({role: n / len(payload) for role, n in waits.items()})
                 row[label] = (len(payload) / secs, pct(lat, 50), pct(lat, 99))
                 if "gateway" in label:
                     results = res
@@ -468,7 +499,10 @@ def main() -> int:
             )
         ratio = float(np.median(ratios_named))
         if args.cpu_by_process:
-            print_cpu_by_process(cpu, args.rounds)
+            print_by_process("CPU per request by process during each app's runs (ms)", cpu,
+                             args.rounds, 1e3)  # fmt: skip
+            print_by_process("voluntary context switches per request by process", switches,
+                             args.rounds, 1.0)  # fmt: skip
         print(
             "gateway / pass-through throughput ratio, median of rounds: "
             f"{float(np.median(ratios_bare)):.2f} against one pool "
