@@ -62,8 +62,10 @@ def _held_write() -> Callable[[int, bytes], int]:
     ``ctypes.PyDLL``, which keeps it. ``os.write`` lets it go around the call, and on a
     gateway replica another thread (Serve's router loop, Ray's) then holds it for up to
     the interpreter's switch interval (5 ms) before the request goes on, twice a request;
-    a write to the page cache takes a microsecond or two. Plain ``os.write`` where libc's
-    ``write`` cannot be found."""
+    a write to the page cache takes a microsecond or two. A write the kernel holds back
+    (the disk far behind on dirty pages) holds the replica's other threads with it, as it
+    holds the request's event loop either way. Plain ``os.write`` where libc's ``write``
+    cannot be found."""
     try:
         libc = ctypes.PyDLL(None, use_errno=True)
         write = libc.write
