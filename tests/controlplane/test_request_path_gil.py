@@ -75,7 +75,8 @@ def fd(tmp_path: Path) -> Iterator[int]:
     os.close(fd)
 
 
-def test_the_request_path_keeps_the_gil(spinning, fd):
+@pytest.mark.usefixtures("spinning")
+def test_the_request_path_keeps_the_gil(fd):
     control = switches_per_call(lambda: time.sleep(0.0001), calls=100)
     assert control >= 0.5, f"time.sleep: {control:.2f} switches a call (the count cannot tell)"
     frame = b"x" * 300
