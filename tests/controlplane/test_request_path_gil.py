@@ -15,6 +15,7 @@ call that lets it go (``time.sleep``).
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -112,6 +113,6 @@ def test_the_spools_write_lands_its_bytes_and_raises_the_kernels_error(tmp_path)
     try:
         with pytest.raises(OSError) as refused:
             _write(ro, b"x")
-        assert refused.value.errno == 9  # EBADF: not open for writing
+        assert refused.value.errno == errno.EBADF  # not open for writing
     finally:
         os.close(ro)
