@@ -12,7 +12,10 @@ names, sent in the arm mix the gateway chose (the same pools and spread of load,
 without a decision). One load generator (httpx, async) in this process drives them
 in turn, in ``--rounds`` interleaved rounds, each round starting with the next app;
 ratios are the rounds' medians, with the rounds' geometric mean and its 95% t-interval:
-the throughput target counts as met only when that interval lies above it.
+the throughput target counts as met only when that interval lies above it. The
+pass-throughs call their pools over the transport the gateway uses
+(``gateway.pool_transport``, gRPC by default): like for like;
+``--passthrough-transport ray`` measures against pass-throughs on Serve's defaults.
 ``--cpu-by-process`` also prints the CPU each process spent per request during each
 app's runs (psutil: this process, the Ray processes it started, and the PostgreSQL
 backends of the bench's database), grouped by role: where the gateway's extra CPU goes
@@ -383,6 +386,12 @@ def main() -> int:
     ap.add_argument("--one-pool", action="store_true",
                     help="every arm on one model's pool: each app runs one pool replica, so the "
                          "ratio against the one-pool pass-through is the gateway's own cost")  # fmt: skip
+    ap.add_argument("--pool-transport", choices=("grpc", "ray"), default=None,
+                    help="how the gateway calls its pools (gateway.pool_transport; default: the "
+                         "config's, grpc)")  # fmt: skip
+    ap.add_argument("--passthrough-transport", choices=("grpc", "ray"), default=None,
+                    help="how the pass-throughs call theirs (default: as the gateway does; 'ray' "
+                         "is a pass-through on Serve's defaults)")  # fmt: skip
     ap.add_argument("--scrape-only", action="store_true",
                     help="decision overhead and scrapes only (no Ray)")  # fmt: skip
     args = ap.parse_args()
@@ -413,6 +422,14 @@ def main() -> int:
                 "gateway": {**cfg.gateway.model_dump(mode="json"), "fallbacks": 1},
             })  # fmt: skip
             print("gateway: API key, rate limits, budget and 1 fallback on")
+        if args.pool_transport is not None:
+            cfg = cfg.model_copy(update={
+                "gateway": cfg.gateway.model_copy(update={"pool_transport": args.pool_transport})
+            })  # fmt: skip
+        transport = args.passthrough_transport or cfg.gateway.pool_transport
+        print(
+            f"pool calls: gateway over {cfg.gateway.pool_transport}, pass-throughs over {transport}"
+        )
         if args.one_pool:  # each arm still replays its own answers (backends are per arm)
             data = cfg.model_dump(mode="json")
             data["arms"] = [{**a, "model": "shared"} for a in data["arms"]]
@@ -438,8 +455,9 @@ def main() -> int:
         base = deploy(cfg, url, SECRET)
         wait_ready(base, 300)
         moc = args.concurrency * 2
-        serve.run(build_passthrough(cfg, "large", moc), name="bare", route_prefix="/bare")
-        serve.run(build_named_passthrough(cfg, moc), name="named", route_prefix="/named")
+        bare = build_passthrough(cfg, "large", moc, transport)
+        serve.run(bare, name="bare", route_prefix="/bare")
+        serve.run(build_named_passthrough(cfg, moc, transport), name="named", route_prefix="/named")
         ds = dataset_for("synthetic", cfg.replay.synthetic_rows, 0)
         bodies = [
             {"model": "auto", "messages": ds.requests[i % len(ds)]["messages"]}

@@ -4,7 +4,10 @@
 :func:`build_named_passthrough` to the pool of the arm the body names (the
 client chose: a router without a policy, spreading load over the same pools the
 gateway does). Each returns the generation, with no featurizing, no decision, no
-logging and no feedback token: what the gateway costs is the difference.
+logging and no feedback token: what the gateway costs is the difference. Both call
+their pools over ``transport``, as ``gateway.pool_transport`` names it ("grpc": Serve's
+replica-to-replica gRPC channel; "ray": Serve's default actor calls), through one
+handle made at the first call and kept, as the gateway keeps its own.
 """
 
 from typing import Any
@@ -23,42 +26,62 @@ app_named = FastAPI()
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class PassThrough:
-    def __init__(self, pool: DeploymentHandle, arm: str) -> None:
+    def __init__(self, pool: DeploymentHandle, arm: str, transport: str) -> None:
         self.pool = pool
         self.arm = arm
+        self.by_reference = transport == "ray"
+        self.call: DeploymentHandle | None = None
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> dict[str, Any]:
         body = await request.json()
-        gen: dict[str, Any] = await self.pool.generate.remote(self.arm, body)
+        if self.call is None:
+            self.call = self.pool.options(method_name="generate", _by_reference=self.by_reference)
+        gen: dict[str, Any] = await self.call.remote(self.arm, body)
         return {"object": "chat.completion", "model": self.arm,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": gen["text"]}}]}  # fmt: skip
 
 
-def build_passthrough(config: BanditConfig, arm: str, max_ongoing_requests: int) -> Any:
+def build_passthrough(
+    config: BanditConfig, arm: str, max_ongoing_requests: int, transport: str = "grpc"
+) -> Any:
     model = next(a.model for a in config.arms if a.name == arm)
     options = ModelPool.options  # type: ignore[attr-defined]
     pool = options(name="bare-pool", max_ongoing_requests=max_ongoing_requests).bind(config, model)
-    return PassThrough.options(max_ongoing_requests=max_ongoing_requests).bind(pool, arm)  # type: ignore[attr-defined]
+    return PassThrough.options(max_ongoing_requests=max_ongoing_requests).bind(  # type: ignore[attr-defined]
+        pool, arm, transport
+    )
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(app_named)
 class NamedPassThrough:
-    def __init__(self, pools: dict[str, DeploymentHandle], arm_models: dict[str, str]) -> None:
+    def __init__(
+        self, pools: dict[str, DeploymentHandle], arm_models: dict[str, str], transport: str
+    ) -> None:
         self.pools = pools
         self.arm_models = arm_models
+        self.by_reference = transport == "ray"
+        self.calls: dict[str, DeploymentHandle] = {}
 
     @app_named.post("/v1/chat/completions")
     async def chat(self, request: Request) -> dict[str, Any]:
         body = await request.json()
         arm = body["model"]
-        gen: dict[str, Any] = await self.pools[self.arm_models[arm]].generate.remote(arm, body)
+        model = self.arm_models[arm]
+        call = self.calls.get(model)
+        if call is None:
+            pool = self.pools[model]
+            call = pool.options(method_name="generate", _by_reference=self.by_reference)
+            self.calls[model] = call
+        gen: dict[str, Any] = await call.remote(arm, body)
         return {"object": "chat.completion", "model": arm,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": gen["text"]}}]}  # fmt: skip
 
 
-def build_named_passthrough(config: BanditConfig, max_ongoing_requests: int) -> Any:
+def build_named_passthrough(
+    config: BanditConfig, max_ongoing_requests: int, transport: str = "grpc"
+) -> Any:
     """One pool per model, as the gateway's app has, behind a pass-through by name."""
     options = ModelPool.options  # type: ignore[attr-defined]
     pools = {
@@ -69,5 +92,5 @@ def build_named_passthrough(config: BanditConfig, max_ongoing_requests: int) -> 
     }
     arm_models = {a.name: a.model for a in config.arms}
     return NamedPassThrough.options(max_ongoing_requests=max_ongoing_requests).bind(  # type: ignore[attr-defined]
-        pools, arm_models
+        pools, arm_models, transport
     )

@@ -44,6 +44,7 @@ class Gateway:
         configure_tracing("banditctl-gateway")  # only where OTEL_* variables ask for it
         self.model_of = {a.name: a.model for a in config.arms}
         self.adapter_of = {a.name: a.adapter for a in config.arms}
+        self._handles: dict[tuple[str, bool], DeploymentHandle[Any]] = {}
         self.instance_id = instance_id
         engine = make_engine(database_url, pool_size=4)
         tokens = FeedbackTokens.from_config(secret, config)  # with the rotated ones
@@ -58,13 +59,28 @@ class Gateway:
         self.core.writer.start()
         self._refresher = asyncio.get_running_loop().create_task(self.core.policy_refresher())
 
-    def _handle(self, arm: str) -> DeploymentHandle[Any]:
-        handle = self.pools[self.model_of[arm]]
-        adapter = self.adapter_of[arm]
-        return handle.options(multiplexed_model_id=adapter) if adapter else handle
+    def _handle(self, arm: str, stream: bool) -> DeploymentHandle[Any]:
+        """The handle that calls ``arm``'s pool method (``generate`` or, ``stream``,
+        ``generate_stream``): its adapter as the multiplexed model id, over the
+        configured transport (``gateway.pool_transport``). Made once per arm and kept:
+        each ``options()`` builds a new handle, which costs more than the call's routing."""
+        key = (arm, stream)
+        handle = self._handles.get(key)
+        if handle is None:
+            options: dict[str, Any] = {
+                "method_name": "generate_stream" if stream else "generate",
+                "stream": stream,
+                "_by_reference": self.config.gateway.pool_transport == "ray",
+            }
+            adapter = self.adapter_of[arm]
+            if adapter:
+                options["multiplexed_model_id"] = adapter
+            handle = self.pools[self.model_of[arm]].options(**options)
+            self._handles[key] = handle
+        return handle
 
     async def _call_pool(self, arm: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = self._handle(arm).generate.remote(arm, body)
+        response = self._handle(arm, False).remote(arm, body)
         await assigned(arm, response, self.config.gateway.pool_wait_s)
         try:
             result: dict[str, Any] = await response
@@ -75,8 +91,7 @@ class Gateway:
     async def _stream_pool(self, arm: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The pool's ``generate_stream`` through a streaming handle, delta by delta;
         leaving early (the client went away) cancels it, which stops the generation."""
-        stream = self._handle(arm).options(stream=True)
-        chunks = cast(DeploymentResponseGenerator[Any], stream.generate_stream.remote(arm, body))
+        chunks = cast(DeploymentResponseGenerator[Any], self._handle(arm, True).remote(arm, body))
         await assigned(arm, chunks, self.config.gateway.pool_wait_s)
         try:
             async for chunk in chunks:

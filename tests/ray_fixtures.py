@@ -65,7 +65,11 @@ def e2e_config(port: int) -> BanditConfig:
         update={
             "http_port": port,
             "objective": cfg.objective.model_copy(update={"feedback_window_s": 600.0}),
-            "gateway": cfg.gateway.model_copy(update={"policy_refresh_s": 0.2}),
+            # the pools over Serve's actor calls here; the compatibility, fault and residency
+            # suites run the default gRPC channel, so that both transports are served in CI
+            "gateway": cfg.gateway.model_copy(
+                update={"policy_refresh_s": 0.2, "pool_transport": "ray"}
+            ),
             "learner_service": cfg.learner_service.model_copy(
                 update={
                     "poll_interval_s": 0.05,
