@@ -8,8 +8,9 @@ and 1e6 decisions logged, side by side in one run.
 Without a URL (and no DATABASE_URL) an embedded PostgreSQL starts in a temp dir.
 Three Serve apps run in one local Ray over the same replay backend (no sleep): the
 gateway, a pass-through to one pool, and a pass-through to the pool each request
-names, sent in the arm mix the gateway chose (the same pools and spread of load,
-without a decision). One load generator (httpx, async) in this process drives them
+names, sent in the arm mix the gateway chose in its latest run (the same pools and
+spread of load, without a decision: the policy learns from outcomes as rounds go, and
+each round prints the gateway's mix). One load generator (httpx, async) in this process drives them
 in turn, in ``--rounds`` interleaved rounds, each round starting with the next app;
 ratios are the rounds' medians, with the rounds' geometric mean and its 95% t-interval:
 the throughput target counts as met only when that interval lies above it. The
@@ -478,11 +479,11 @@ def main() -> int:
         print("gateway's arm mix (the named pass-through replays it): "
               + ", ".join(f"{a} {v:.0%}" for a, v in share.items()))  # fmt: skip
         asyncio.run(load(base + "/named/v1/chat/completions", named[:100], 8))
-        runs = (
+        runs = [
             ("bare pass-through", "/bare/v1/chat/completions", bodies, None),
             ("named pass-through", "/named/v1/chat/completions", named, None),
             ("banditctl gateway", "/v1/chat/completions", bodies, headers),
-        )
+        ]
         per_round: list[dict[str, tuple[float, float, float]]] = []
         results: list[dict] = []
         database = url.rsplit("/", 1)[-1].split("?")[0]
@@ -492,7 +493,8 @@ def main() -> int:
             row = {}
             # each round starts with the next app: what a run leaves behind (the learner
             # crediting the gateway's decisions at their deadline) falls on each in turn
-            for label, path, payload, hdrs in runs[rnd % len(runs) :] + runs[: rnd % len(runs)]:
+            for label, path, _, hdrs in runs[rnd % len(runs) :] + runs[: rnd % len(runs)]:
+                payload = next(p for lbl, _, p, _ in runs if lbl == label)
                 before = cpu_by_process(database) if args.cpu_by_process else {}
                 secs, lat, res = asyncio.run(load(base + path, payload, args.concurrency, hdrs))
                 if args.cpu_by_process:
@@ -502,10 +504,17 @@ def main() -> int:
                 row[label] = (len(payload) / secs, pct(lat, 50), pct(lat, 99))
                 if "gateway" in label:
                     results = res
+                    # the policy learns as the rounds go (outcomes, no feedback here), so its
+                    # arm mix drifts: the named pass-through replays this run's, in order,
+                    # next, so that both keep spreading the same load over the same pools
+                    named = [{**b, "model": r["model"]} for b, r in zip(bodies, res, strict=True)]
+                    runs[1] = (*runs[1][:2], named, None)
             per_round.append(row)
+            mix = Counter(r["model"] for r in results)
             print(
                 f"round {rnd + 1}: "
                 + "; ".join(f"{k} {row[k][0]:.1f} req/s (p50 {row[k][1]:.1f} ms, p99 {row[k][2]:.1f} ms)" for k, _, _, _ in runs)
+                + "; gateway's arm mix " + ", ".join(f"{a} {n / len(results):.0%}" for a, n in sorted(mix.items()))
             )  # fmt: skip
         gw_label = "banditctl gateway"
         ratios_bare = [r[gw_label][0] / r["bare pass-through"][0] for r in per_round]
