@@ -62,8 +62,8 @@ class Gateway:
     def _handle(self, arm: str, stream: bool) -> DeploymentHandle[Any]:
         """The handle that calls ``arm``'s pool method (``generate`` or, ``stream``,
         ``generate_stream``): its adapter as the multiplexed model id, over the
-        configured transport (``gateway.pool_transport``). Made once per arm and kept:
-        each ``options()`` builds a new handle, which costs more than the call's routing."""
+        configured transport (``gateway.pool_transport``). Made once per arm and kept
+        (each ``options()`` builds a new handle object; they share the pool's router)."""
         key = (arm, stream)
         handle = self._handles.get(key)
         if handle is None:
