@@ -113,6 +113,18 @@ async def load(
         return time.perf_counter() - t0, lat, results
 
 
+def arms_of(bodies: list[dict], answers: list[dict]) -> list[dict]:
+    """The bodies, each naming the arm of one of the gateway's answers (answers come in
+    the order they finished: the same mix, not the same body to arm)."""
+    return [{**b, "model": a["model"]} for b, a in zip(bodies, answers, strict=True)]
+
+
+def arm_mix(answers: list[dict]) -> str:
+    """Each arm's share of the gateway's answers: 'coder 25%, small 75%'."""
+    counts = Counter(a["model"] for a in answers)
+    return ", ".join(f"{arm} {n / len(answers):.0%}" for arm, n in sorted(counts.items()))
+
+
 def ratio_interval(ratios: list[float]) -> tuple[float, float, float]:
     """Geometric mean of per-round throughput ratios and its 95% t-interval (on log
     ratios: a ratio is a factor); one round gives no interval (nan, nan)."""
@@ -469,32 +481,34 @@ def main() -> int:
         wait_routed(base + "/named/v1/chat/completions", {**bodies[0], "model": cfg.arms[0].name})
         asyncio.run(load(base + "/bare/v1/chat/completions", bodies[:100], 8))
         # a first pass through the gateway warms it and gives the arm of each request:
-        # the named pass-through then sends each body to the pool the gateway chose
+        # the named pass-through then sends each body to the pool the gateway chose, until
+        # the gateway's first timed run gives a newer mix
         _, _, first = asyncio.run(load(gw, bodies, args.concurrency, headers))
-        arms_in_order = [r["model"] for r in first]
-        named = [
-            {**b, "model": arms_in_order[i % len(arms_in_order)]} for i, b in enumerate(bodies)
-        ]
-        share = {a: arms_in_order.count(a) / len(arms_in_order) for a in sorted(set(arms_in_order))}
-        print("gateway's arm mix (the named pass-through replays it): "
-              + ", ".join(f"{a} {v:.0%}" for a, v in share.items()))  # fmt: skip
-        asyncio.run(load(base + "/named/v1/chat/completions", named[:100], 8))
+        payloads = {
+            "bare pass-through": bodies,
+            "named pass-through": arms_of(bodies, first),
+            "banditctl gateway": bodies,
+        }
+        print(f"gateway's arm mix in its first pass: {arm_mix(first)}")
+        asyncio.run(
+            load(base + "/named/v1/chat/completions", payloads["named pass-through"][:100], 8)
+        )
         runs = [
-            ("bare pass-through", "/bare/v1/chat/completions", bodies, None),
-            ("named pass-through", "/named/v1/chat/completions", named, None),
-            ("banditctl gateway", "/v1/chat/completions", bodies, headers),
+            ("bare pass-through", "/bare/v1/chat/completions", None),
+            ("named pass-through", "/named/v1/chat/completions", None),
+            ("banditctl gateway", "/v1/chat/completions", headers),
         ]
         per_round: list[dict[str, tuple[float, float, float]]] = []
         results: list[dict] = []
         database = url.rsplit("/", 1)[-1].split("?")[0]
-        cpu: dict[str, Counter] = {label: Counter() for label, _, _, _ in runs}
-        switches: dict[str, Counter] = {label: Counter() for label, _, _, _ in runs}
+        cpu: dict[str, Counter] = {label: Counter() for label, _, _ in runs}
+        switches: dict[str, Counter] = {label: Counter() for label, _, _ in runs}
         for rnd in range(args.rounds):  # interleaved: a load that drifts hits all three alike
             row = {}
             # each round starts with the next app: what a run leaves behind (the learner
             # crediting the gateway's decisions at their deadline) falls on each in turn
-            for label, path, _, hdrs in runs[rnd % len(runs) :] + runs[: rnd % len(runs)]:
-                payload = next(p for lbl, _, p, _ in runs if lbl == label)
+            for label, path, hdrs in runs[rnd % len(runs) :] + runs[: rnd % len(runs)]:
+                payload = payloads[label]
                 before = cpu_by_process(database) if args.cpu_by_process else {}
                 secs, lat, res = asyncio.run(load(base + path, payload, args.concurrency, hdrs))
                 if args.cpu_by_process:
@@ -507,19 +521,17 @@ def main() -> int:
                     # the policy learns as the rounds go (outcomes, no feedback here), so its
                     # arm mix drifts: the named pass-through replays this run's, in order,
                     # next, so that both keep spreading the same load over the same pools
-                    named = [{**b, "model": r["model"]} for b, r in zip(bodies, res, strict=True)]
-                    runs[1] = (*runs[1][:2], named, None)
+                    payloads["named pass-through"] = arms_of(bodies, res)
             per_round.append(row)
-            mix = Counter(r["model"] for r in results)
             print(
                 f"round {rnd + 1}: "
-                + "; ".join(f"{k} {row[k][0]:.1f} req/s (p50 {row[k][1]:.1f} ms, p99 {row[k][2]:.1f} ms)" for k, _, _, _ in runs)
-                + "; gateway's arm mix " + ", ".join(f"{a} {n / len(results):.0%}" for a, n in sorted(mix.items()))
+                + "; ".join(f"{k} {row[k][0]:.1f} req/s (p50 {row[k][1]:.1f} ms, p99 {row[k][2]:.1f} ms)" for k, _, _ in runs)
+                + f"; gateway's arm mix {arm_mix(results)}"
             )  # fmt: skip
         gw_label = "banditctl gateway"
         ratios_bare = [r[gw_label][0] / r["bare pass-through"][0] for r in per_round]
         ratios_named = [r[gw_label][0] / r["named pass-through"][0] for r in per_round]
-        for label, _, _, _ in runs:
+        for label, _, _ in runs:
             med = float(np.median([r[label][0] for r in per_round]))
             print(
                 f"HTTP via Serve proxy, {args.concurrency} concurrent, {label:<19}: median {med:8.1f} req/s over {args.rounds} rounds"
