@@ -127,6 +127,20 @@ PIECES = [*"abcdefs ;`\n\t?=+*-/^0123456789ABC).:\u00b2\u0663", "def ", "class "
           "code", "function", "solve", "equation", "calculate", "```"]  # fmt: skip
 
 
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from([*PIECES, "\u00e9", "_", "x;", " \n", "pythons", "classic"]),
+                max_size=40).map("".join))  # fmt: skip
+def test_the_code_signal_matches_its_plain_pattern(text: str) -> None:
+    """The code pattern, rewritten so that the regex engine skips ahead, finds what the
+    plain one finds."""
+    import re
+
+    from learners import featurize as fz
+
+    plain = re.compile(r"```|\bdef |\bfunction\b|\bpython\b|\bcode\b|\bclass |;\s*$", re.M)
+    assert [m.span() for m in fz._CODE.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=40).map("".join))
 def test_fast_paths_compute_the_documented_vector(text: str) -> None:
@@ -302,3 +316,53 @@ def test_pickles_made_before_task_slots_load_with_the_default():
     assert list(g.model_dump()) == list(f.model_dump())
     assert np.array_equal(g.featurize({**REQ, "task": "zz"}), f.featurize({**REQ, "task": "zz"}))
     assert pickle.loads(pickle.dumps(f)) == f
+
+
+def test_pickles_made_before_the_text_cap_load_with_the_default():
+    f = Featurizer(dim=48)
+    state = f.__getstate__()
+    fields = {k: v for k, v in state["__dict__"].items() if k != "max_text_words"}
+    g = Featurizer.__new__(Featurizer)
+    g.__setstate__(dict(state, __dict__=fields))
+    assert g == f and g.max_text_words == 2048
+    assert list(g.model_dump()) == list(f.model_dump())
+
+
+def _text_block(f: Featurizer, text: str) -> np.ndarray:
+    return f.featurize({"messages": [{"role": "user", "content": text}]})[f.text_start :]
+
+
+def test_the_text_block_hashes_the_last_words_of_a_long_prompt_only():
+    from learners import featurize as fz
+
+    words = [f"w{i % 997}x{i % 13}" for i in range(5000)]
+    long_text = " ".join(words)
+    capped = Featurizer(max_text_words=300)
+    # the last 300 words (and their 299 bigrams), whatever came before them
+    assert np.array_equal(
+        _text_block(capped, long_text), _text_block(capped, " ".join(words[-300:]))
+    )
+    uncapped = Featurizer(max_text_words=None)
+    assert not np.array_equal(_text_block(capped, long_text), _text_block(uncapped, long_text))
+    # under the cap, and uncapped, every word counts: the documented block, to the bit
+    for f, text in ((capped, " ".join(words[:300])), (uncapped, long_text)):
+        block = np.zeros(f.n_text)
+        ws = fz._WORD.findall(text.lower())
+        for tok in ws + [f"{a} {b}" for a, b in zip(ws, ws[1:], strict=False)]:
+            h = fz.zlib.crc32(tok.encode(), f.seed)
+            block[(h >> 1) % f.n_text] += 1.0 if h & 1 else -1.0
+        assert np.array_equal(_text_block(f, text), block * (f.text_scale / np.sqrt(block @ block)))
+    # words too long for the tail the featurizer reads first: the same block
+    longer = [w * 9 for w in words]
+    text = " ".join(longer)
+    assert np.array_equal(_text_block(capped, text), _text_block(uncapped, " ".join(longer[-300:])))
+    # the tail cut inside a word: that word is not one of the last 300
+    assert np.array_equal(_text_block(capped, "x" * 6000 + long_text[-4900:]),
+                          _text_block(uncapped, " ".join(long_text[-4900:].split()[-300:])))  # fmt: skip
+    # the default caps at 2048 words
+    default = Featurizer()
+    assert np.array_equal(
+        _text_block(default, long_text), _text_block(default, " ".join(words[-2048:]))
+    )
+    with pytest.raises(ValueError, match="max_text_words"):
+        Featurizer(max_text_words=0)
