@@ -183,9 +183,10 @@ class Featurizer(BaseModel):
         text = last_user_text(messages)
         meta = request.get("metadata") or {}
         code = _has_code(text)
-        task = request.get("task") or meta.get("task") or _guess_task(text, code)
+        choices = len(_CHOICE.findall(text))  # one scan, for the guess and the statistics
+        task = request.get("task") or meta.get("task") or _guess_task(text, code, choices)
         x[1 + self._task_slot(str(task))] = 1.0
-        self._stats(x, text, messages, code)
+        self._stats(x, text, messages, code, choices)
         for key in ("route", "tenant"):
             value = request.get(key) or meta.get(key)
             if value:
@@ -294,14 +295,16 @@ class Featurizer(BaseModel):
         text: str,
         messages: Sequence[Mapping[str, Any]],
         code: bool | None = None,
+        choices: int | None = None,
     ) -> None:
-        """``code``: whether ``text`` has a code signal, when the caller knows already."""
+        """``code``: whether ``text`` has a code signal, and ``choices``, how many
+        multiple-choice options it has, when the caller knows already."""
         n_words = text.count(" ") + 1 if text else 0
         x[self.stats_slice] = (
             math.log1p(len(text)) / 10.0,
             math.log1p(n_words) / 8.0,
             math.log1p(len(messages)) / 3.0,
-            min(len(_CHOICE.findall(text)), 10) / 10.0,
+            min(len(_CHOICE.findall(text)) if choices is None else choices, 10) / 10.0,
             1.0 if (_has_code(text) if code is None else code) else 0.0,
             min(sum(map(str.isdigit, text[-2000:])) / 50.0, 1.0),
             1.0 if text.rstrip().endswith("?") else 0.0,
@@ -379,16 +382,25 @@ def _has_math(text: str) -> bool:
     # a digit of _MATH's ``\d`` (a Unicode decimal digit), found by the regex engine: a
     # character that str.isdigit takes and ``\d`` does not (a superscript) cannot start a
     # match either, and a scan of str.isdigit in Python cost milliseconds on a long prompt
-    maybe = any(s in text for s in _MATH_WORDS) or _DIGIT.search(text) is not None
+    maybe = any(s in text for s in _MATH_WORDS) or _has_digit(text)
     return maybe and _MATH.search(text) is not None
 
 
-def _guess_task(text: str, code: bool | None = None) -> str:
-    """``code``: :func:`_has_code` of ``text``, when the caller knows it already."""
+def _has_digit(text: str) -> bool:
+    """Whether ``text`` holds a digit of ``\\d`` (a Unicode decimal digit): in ASCII text
+    those are 0-9, each found by a substring search, faster than the regex engine's scan."""
+    if text.isascii():
+        return any(d in text for d in "0123456789")
+    return _DIGIT.search(text) is not None
+
+
+def _guess_task(text: str, code: bool | None = None, choices: int | None = None) -> str:
+    """``code``: :func:`_has_code` of ``text``, and ``choices``, the number of ``_CHOICE``
+    matches in it, when the caller knows them already."""
     if _has_code(text) if code is None else code:
         return "code"
     if _has_math(text):
         return "math"
-    if _CHOICE.search(text):
+    if _CHOICE.search(text) if choices is None else choices > 0:
         return "multiple_choice"
     return "chat"

@@ -366,3 +366,15 @@ def test_the_text_block_hashes_the_last_words_of_a_long_prompt_only():
     )
     with pytest.raises(ValueError, match="max_text_words"):
         Featurizer(max_text_words=0)
+
+
+def test_a_digit_is_found_in_ascii_text_and_in_any_other():
+    import re
+
+    from learners import featurize as fz
+
+    chars = [chr(c) for c in range(128)] + ["\u00b2", "\u0663", "\u09e6", "\uff11", "\u2460", "é"]
+    for c in chars:
+        for text in (f"ab{c}cd", c, f"{c}é"):
+            assert fz._has_digit(text) == (re.search(r"\d", text) is not None), repr(text)
+    assert not fz._has_digit("") and not fz._has_digit("no digits here")
