@@ -294,18 +294,18 @@ class Featurizer(BaseModel):
         x: np.ndarray,
         text: str,
         messages: Sequence[Mapping[str, Any]],
-        code: bool | None = None,
-        choices: int | None = None,
+        code: bool,
+        choices: int,
     ) -> None:
-        """``code``: whether ``text`` has a code signal, and ``choices``, how many
-        multiple-choice options it has, when the caller knows already."""
+        """``code``: whether ``text`` has a code signal; ``choices``: how many
+        multiple-choice options it has (``_CHOICE`` matches)."""
         n_words = text.count(" ") + 1 if text else 0
         x[self.stats_slice] = (
             math.log1p(len(text)) / 10.0,
             math.log1p(n_words) / 8.0,
             math.log1p(len(messages)) / 3.0,
-            min(len(_CHOICE.findall(text)) if choices is None else choices, 10) / 10.0,
-            1.0 if (_has_code(text) if code is None else code) else 0.0,
+            min(choices, 10) / 10.0,
+            1.0 if code else 0.0,
             min(sum(map(str.isdigit, text[-2000:])) / 50.0, 1.0),
             1.0 if text.rstrip().endswith("?") else 0.0,
         )
@@ -379,9 +379,8 @@ def _has_code(text: str) -> bool:
 
 
 def _has_math(text: str) -> bool:
-    # a digit of _MATH's ``\d`` (a Unicode decimal digit), found by the regex engine: a
-    # character that str.isdigit takes and ``\d`` does not (a superscript) cannot start a
-    # match either, and a scan of str.isdigit in Python cost milliseconds on a long prompt
+    # a digit of _MATH's ``\d`` (a Unicode decimal digit): a character that str.isdigit
+    # takes and ``\d`` does not (a superscript) cannot start a match either
     maybe = any(s in text for s in _MATH_WORDS) or _has_digit(text)
     return maybe and _MATH.search(text) is not None
 
