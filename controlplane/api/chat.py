@@ -16,18 +16,18 @@ for correlation, and returned as ``x-request-id``. Bodies are checked by
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from controlplane.admission import Admission
 from controlplane.api import schemas
 from controlplane.api.auth import ChatKeyDep, chat_key
 from controlplane.api.deps import CoreDep, read_json
+from controlplane.api.encode import JSONResponse, dumps
 from controlplane.api.flood import limit_anonymous
 from controlplane.api.validation import client_request_id, validate_chat
 from controlplane.gateway_core import GatewayCore
@@ -116,7 +116,7 @@ async def _sse(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[by
     """Server-sent events: each chunk as it comes, then ``[DONE]`` (not after an error)."""
     async with aclosing(events):  # a client that left closes it: the generation stops
         async for event in events:
-            yield f"data: {json.dumps(event)}\n\n".encode()
+            yield b"data: " + dumps(event) + b"\n\n"
             if "error" in event:
                 return
     yield b"data: [DONE]\n\n"

@@ -6,7 +6,11 @@ a content type that is not JSON; 400 for bytes that are not UTF-8 or JSON). Numb
 cannot hold (``NaN``, ``Infinity``, ``1e400``, integers of more than 30 digits) and every
 string (keys too) are checked where they stand, so the error names their place
 (``messages[2].content``): no NUL, no unpaired surrogate (neither can be stored or even
-encoded for PostgreSQL), nesting at most ``limits.max_json_depth``.
+encoded for PostgreSQL), nesting at most ``limits.max_json_depth``. A body is parsed by
+orjson first (a third of the standard library's time with the hooks that catch those
+numbers); any body it refuses or might read otherwise (a run of 19 or more digits: orjson
+reads an integer past 64 bits as a float) and any body the checks fault goes the standard
+library's way, so the value and every error are the same as that way's alone.
 
 :func:`validate_chat` checks a chat (or route explain) body's fields and
 :func:`check_label` the short identifying strings (``metadata.tenant``, ``task``, a
@@ -18,14 +22,19 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
+import orjson
 from fastapi import Request
 
 from controlplane.config import RequestLimits
 from controlplane.gateway_core import BadRequest
 
 MAX_INT_DIGITS = 30
+# a body with such a run of digits is parsed by the standard library: orjson reads an
+# integer outside 64 bits (-9223372036854775809, 18446744073709551616) as a float
+_LONG_DIGITS = re.compile(rb"\d{19}")
 ROLES_MAX_CHARS = 32
 
 
@@ -75,6 +84,9 @@ async def read_body(request: Request, limits: RequestLimits) -> Any:
             raise BadRequest("body", f"larger than {limits.max_body_bytes} bytes", 413)
         chunks.append(chunk)
     raw = b"".join(chunks)
+    value = _fast_parse(raw, limits.max_json_depth)
+    if value is not _SLOW:
+        return value
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -92,6 +104,25 @@ async def read_body(request: Request, limits: RequestLimits) -> Any:
         raise BadRequest("body", f"not valid JSON ({_reason(exc)})", 400) from None
     check_tree(value, limits.max_json_depth)
     return value
+
+
+_SLOW = object()
+
+
+def _fast_parse(raw: bytes, max_depth: int) -> Any:
+    """``raw`` parsed by orjson and checked, or ``_SLOW`` where the standard library's
+    way must answer: orjson refused it (invalid UTF-8 or JSON, an unpaired surrogate,
+    ``NaN``, a float past the double range, more than 1,024 levels), it has a run of 19
+    or more digits, or the checks fault it (the other way names the place). Otherwise
+    both ways give the same value: JSON's grammar alike, the same correctly rounded
+    floats, integers within 64 bits exact, the last of duplicate keys."""
+    if _LONG_DIGITS.search(raw) is not None:
+        return _SLOW
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _SLOW
+    return value if _sound(value, max_depth) else _SLOW
 
 
 def _reason(exc: ValueError) -> str:
