@@ -80,6 +80,7 @@ async def chat(request: Request) -> Any:
             exclude=ticket.exclude,
             on_done=lambda result: admission.settle(ticket, result),
             client_request_id=correlation,
+            servable=arms,
         )
         return StreamingResponse(
             _sse(streamed.events),
@@ -94,6 +95,7 @@ async def chat(request: Request) -> Any:
             key_id=key_id,
             exclude=ticket.exclude,
             client_request_id=correlation,
+            servable=arms,
         )
     finally:
         admission.settle(ticket, result)

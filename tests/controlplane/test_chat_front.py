@@ -282,3 +282,23 @@ def test_what_fastapi_instruments_or_mounts_takes_the_stack(apps):
 
     assert asyncio.run(calls()) == [200, 200, 200, 200]
     assert counting.paths == [CHAT, "/gw" + CHAT, CHAT]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_works_out_its_servable_arms_once(apps, monkeypatch, stream):
+    """Admission and the decision take the same servable arms, asked for once a
+    request: the decision picks among what admission saw."""
+    for core in apps.cores:
+        asked: list[tuple[str, ...]] = []
+        servable = core.servable_arms
+
+        def counted(body: dict[str, Any], seen=asked, real=servable) -> tuple[str, ...]:
+            seen.append(real(body))
+            return seen[-1]
+
+        monkeypatch.setattr(core, "servable_arms", counted)
+        client = apps.clients[apps.cores.index(core)]
+        resp = client.post(CHAT, json={**BODY, "stream": stream}, headers=AUTH)
+        assert resp.status_code == 200
+        assert len(asked) == 1
+        assert resp.headers["x-banditctl-arm"] in asked[0]
