@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane.api.encode import JSONResponse, dumps
+from tests.controlplane.json_values import typed
 
 VALUE = st.recursive(
     st.one_of(
@@ -22,22 +23,12 @@ VALUE = st.recursive(
 )  # fmt: skip
 
 
-def _typed(value: Any) -> Any:
-    if isinstance(value, float):
-        return ("float", value.hex())
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _typed(v) for k, v in value.items()}
-    return value
-
-
 @settings(max_examples=300, deadline=None)
 @given(VALUE)
 def test_it_writes_what_the_standard_library_reads_back_alike(value: Any) -> None:
     """Compact UTF-8 JSON that reads back to the same value, every float to the bit."""
     out = dumps(value)
-    assert _typed(json.loads(out.decode("utf-8"))) == _typed(value)
+    assert typed(json.loads(out.decode("utf-8"))) == typed(value)
     assert b"\n" not in out and b", " not in out.replace(b'", "', b"")  # compact
 
 

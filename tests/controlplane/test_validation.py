@@ -18,6 +18,7 @@ from controlplane.api import validation
 from controlplane.api.validation import _NotANumber, _sound, _walk, check_tree, read_body
 from controlplane.config import RequestLimits
 from controlplane.gateway_core import BadRequest
+from tests.controlplane.json_values import typed
 
 TEXT = st.text(
     alphabet=st.sampled_from(["a", "é", "\x00", "\ud800", "\udfff", "😀", " "]), max_size=6
@@ -107,21 +108,7 @@ def _read(raw: bytes, depth: int) -> Any:
         value = asyncio.run(read_body(request, limits))
     except BadRequest as exc:
         return ("refused", exc.status, exc.field, exc.message)
-    return _typed(value)
-
-
-def _typed(value: Any) -> Any:
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, float):
-        return ("float", value.hex())
-    if isinstance(value, int):
-        return ("int", value)
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _typed(v) for k, v in value.items()}
-    return value
+    return typed(value)
 
 
 @settings(max_examples=400, deadline=None)
