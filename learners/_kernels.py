@@ -7,9 +7,10 @@ the objective's weights (row ``d+C``). A decision touches every arm's
 ``A^{-1}`` once; an update touches one arm's block once. NumPy would spend most
 of either in per-call overhead at these sizes (d = 64, a dozen arms), which is
 what these loops avoid. :func:`gaussian_argmax` is LinTS's propensity
-quadrature. The signatures are explicit, so every kernel compiles (or loads
+quadrature; :func:`hash_words` the featurizer's hashed words and bigrams
+(:mod:`learners.featurize`). The signatures are explicit, so every kernel compiles (or loads
 from numba's cache) when this module is imported, never on a request, and
-takes C-contiguous float64 arrays only. ``tests/learners/test_kernels.py``
+takes C-contiguous arrays only. ``tests/learners/test_kernels.py``
 checks them against the plain NumPy algebra. They keep the GIL (no ``nogil``): a
 call of a few microseconds on a gateway's request path that let it go would hand
 it to one of the replica's other threads (Serve's router loop, Ray's) and wait up
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 
 @njit(
@@ -120,3 +121,94 @@ def gaussian_argmax(
                         break
             total += p
         out[k] = total
+
+
+def _crc_table() -> np.ndarray:
+    """CRC-32's byte table (the reflected polynomial 0xEDB88320, as zlib's ``crc32``)."""
+    table = np.empty(256, dtype=np.int64)
+    for b in range(256):
+        c = b
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table[b] = c
+    return table
+
+
+CRC_TABLE = _crc_table()
+
+
+# the bytes of a ``str``'s encoding, read in place (np.frombuffer over bytes: read-only)
+_BYTES = types.Array(types.uint8, 1, "C", readonly=True)
+
+
+@njit(
+    types.int64(
+        _BYTES, types.int64[::1], types.int64, types.int64, types.boolean, types.int64,
+        types.float64, types.float64[::1],
+    ),
+    cache=True,
+)  # fmt: skip
+def hash_words(
+    data: np.ndarray,
+    table: np.ndarray,
+    seed: int,
+    n: int,
+    bigrams: bool,
+    cap: int,
+    scale: float,
+    out: np.ndarray,
+) -> int:
+    """The featurizer's text block from ``data``, the UTF-8 bytes of lowered text: its
+    words (runs of ``[a-z0-9_]``: every byte of a character outside ASCII is 0x80 or
+    above, so a run of these bytes is a run of these characters), the last ``cap`` of
+    them (all if ``cap`` < 0) and, with ``bigrams``, each two in a row joined by a
+    space, each hashed by ``zlib.crc32(token, seed)`` (``table``: :data:`CRC_TABLE`;
+    ``seed`` in [0, 2**32)) to position ``(h >> 1) % n`` with sign ``+1`` if ``h & 1``
+    else ``-1``. Where the signed counts are not all 0, ``out[j] = counts[j] * (scale /
+    sqrt(sum of counts squared))``; else ``out`` is left as it is. Returns the number of
+    words in ``data``."""
+    size = len(data)
+    starts = np.empty(size // 2 + 1, dtype=np.int64)
+    ends = np.empty(size // 2 + 1, dtype=np.int64)
+    words = 0
+    i = 0
+    while i < size:
+        c = data[i]
+        if (97 <= c <= 122) or (48 <= c <= 57) or c == 95:
+            starts[words] = i
+            i += 1
+            while i < size:
+                c = data[i]
+                if not ((97 <= c <= 122) or (48 <= c <= 57) or c == 95):
+                    break
+                i += 1
+            ends[words] = i
+            words += 1
+        else:
+            i += 1
+    first = 0 if cap < 0 or words <= cap else words - cap
+    counts = np.zeros(n, dtype=np.int64)
+    mask = 0xFFFFFFFF
+    joined = 0  # CRC state after the previous word and a space
+    for w in range(first, words):
+        crc = seed ^ mask
+        for j in range(starts[w], ends[w]):
+            crc = table[(crc ^ data[j]) & 0xFF] ^ (crc >> 8)
+        h = crc ^ mask
+        counts[(h >> 1) % n] += 1 if h & 1 else -1
+        if bigrams:
+            if w > first:
+                pair = joined
+                for j in range(starts[w], ends[w]):
+                    pair = table[(pair ^ data[j]) & 0xFF] ^ (pair >> 8)
+                h = pair ^ mask
+                counts[(h >> 1) % n] += 1 if h & 1 else -1
+            joined = table[(crc ^ 32) & 0xFF] ^ (crc >> 8)
+    squares = 0
+    for j in range(n):
+        squares += counts[j] * counts[j]
+    if squares > 0:
+        factor = scale / math.sqrt(squares)
+        for j in range(n):
+            out[j] = counts[j] * factor
+    return words

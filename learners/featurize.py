@@ -40,6 +40,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from learners._kernels import CRC_TABLE, hash_words
+
 N_TASK_SLOTS = 8  # the default task_slots
 N_STATS = 7
 N_META = 4
@@ -315,36 +317,27 @@ class Featurizer(BaseModel):
             parts = [p for p in text.split("\n\n") if p.strip()]
             text = parts[-1] if parts else ""
         cap = self.max_text_words
-        words = None
+        if not text:
+            return
+        # the words, bigrams and their hashes in one compiled pass (hash_words)
+        args = (CRC_TABLE, self.seed & 0xFFFFFFFF, self.n_text, self.bigrams)
+        out = x[self.text_start :]
         if cap is not None and len(text) > _TAIL_CHARS_PER_WORD * cap:
             # the last words of a long text from its tail alone: the same words when the
             # tail holds more than ``cap`` (only its first can be cut short; lower() maps
-            # a character alike wherever the text is cut)
-            tail = _WORD.findall(text[-_TAIL_CHARS_PER_WORD * cap :].lower())
-            if len(tail) > cap:
-                words = tail[-cap:]
-        if words is None:
-            words = _WORD.findall(text.lower())
-            if cap is not None and len(words) > cap:
-                words = words[-cap:]
-        if not words:
-            return
-        tokens = (
-            words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
-            if self.bigrams
-            else words
-        )
-        n = self.n_text
-        seed = self.seed
-        counts = [0] * n  # signed counts, summed as ints (exact, as the floats were)
-        for tok in tokens:
-            h = zlib.crc32(tok.encode(), seed)
-            counts[(h >> 1) % n] += 1 if h & 1 else -1
-        squares = sum(c * c for c in counts)  # exact, as the float dot product was
-        if squares > 0:
-            start = self.text_start
-            x[start:] = counts
-            x[start:] *= self.text_scale / math.sqrt(squares)
+            # a character alike wherever the text is cut); else the whole text, below
+            tail = _utf8(text[-_TAIL_CHARS_PER_WORD * cap :])
+            block = np.zeros(self.n_text)
+            if hash_words(tail, *args, cap, self.text_scale, block) > cap:
+                out[:] = block
+                return
+        hash_words(_utf8(text), *args, -1 if cap is None else cap, self.text_scale, out)
+
+
+def _utf8(text: str) -> np.ndarray:
+    """The UTF-8 bytes of ``text`` lowered, for :func:`hash_words` (a lone surrogate, which
+    JSON can carry, as its three bytes: not a word's)."""
+    return np.frombuffer(text.lower().encode("utf-8", "surrogatepass"), dtype=np.uint8)
 
 
 def _content_text(content: Any) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from learners._kernels import rank_one, score_arms
+from learners._kernels import CRC_TABLE, hash_words, rank_one, score_arms
 
 D, C = 12, 4
 
@@ -103,3 +105,69 @@ def test_argmax_ties_list_draws_as_the_array_rule(seed: int) -> None:
         assert i_list == i_arr
         np.testing.assert_array_equal(p_list, p_arr)
         assert a.random() == b.random()
+
+
+# characters that lower() maps to ASCII letters (Kelvin sign, dotted capital I), digits
+# outside ASCII, a lone surrogate (JSON can carry one), separators and word characters
+TEXT_PIECES = [*"abcXYZ019_ -.,\n\t'é", "\u212a", "\u0130", "\u0663", "\u00b2", "\ud800",
+               "\U0001f600", "word", "Word_2", "ÄÖÜß", "naïve"]  # fmt: skip
+
+
+def _plain_block(text: str, seed: int, n: int, bigrams: bool, cap: int | None) -> np.ndarray:
+    """The text block by its definition: ``[a-z0-9_]+`` words of the lowered text, the last
+    ``cap``, their bigrams, each token's ``zlib.crc32`` signed into a position, scaled."""
+    import math
+    import re
+    import zlib
+
+    words = re.findall(r"[a-z0-9_]+", text.lower())
+    if cap is not None:
+        words = words[-cap:]
+    tokens = words + (
+        [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)] if bigrams else []
+    )
+    counts = [0] * n
+    for tok in tokens:
+        h = zlib.crc32(tok.encode(), seed)
+        counts[(h >> 1) % n] += 1 if h & 1 else -1
+    block = np.zeros(n)
+    squares = sum(c * c for c in counts)
+    if squares:
+        block[:] = counts
+        block *= 0.25 / math.sqrt(squares)
+    return block
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(TEXT_PIECES), max_size=60).map("".join),
+    st.sampled_from([0, 7, 2**31, 2**32 - 1, -5, 2**40 + 3]),
+    st.sampled_from([8, 13, 64]),
+    st.booleans(),
+    st.sampled_from([None, 1, 3, 2048]),
+)
+def test_hash_words_is_the_text_block_to_the_bit(
+    text: str, seed: int, n: int, bigrams: bool, cap: int | None
+) -> None:
+    from learners.featurize import _utf8
+
+    out = np.zeros(n)
+    words = hash_words(
+        _utf8(text), CRC_TABLE, seed & 0xFFFFFFFF, n, bigrams, -1 if cap is None else cap,
+        0.25, out,
+    )  # fmt: skip
+    assert np.array_equal(out, _plain_block(text, seed, n, bigrams, cap))
+    import re
+
+    assert words == len(re.findall(r"[a-z0-9_]+", text.lower()))
+
+
+def test_crc_table_is_zlibs() -> None:
+    import zlib
+
+    data = bytes(range(256)) * 3
+    for seed in (0, 1, 0xDEADBEEF):
+        crc = seed ^ 0xFFFFFFFF
+        for b in data:
+            crc = int(CRC_TABLE[(crc ^ b) & 0xFF]) ^ (crc >> 8)
+        assert crc ^ 0xFFFFFFFF == zlib.crc32(data, seed)
