@@ -17,6 +17,9 @@ the throughput target counts as met only when that interval lies above it. The
 pass-throughs call their pools over the transport the gateway uses
 (``gateway.pool_transport``, gRPC by default): like for like;
 ``--passthrough-transport ray`` measures against pass-throughs on Serve's defaults.
+The gateway replica tunes Python's garbage collector (``gateway.gc_threshold``,
+``gc_freeze``); the pass-throughs keep Python's, as a bare Serve app has it, unless
+``--passthrough-gc`` gives them the same settings.
 ``--cpu-by-process`` also prints the CPU each process spent per request during each
 app's runs (psutil: this process, the Ray processes it started, and the PostgreSQL
 backends of the bench's database), grouped by role: where the gateway's extra CPU goes
@@ -405,6 +408,10 @@ def main() -> int:
     ap.add_argument("--passthrough-transport", choices=("grpc", "ray"), default=None,
                     help="how the pass-throughs call theirs (default: as the gateway does; 'ray' "
                          "is a pass-through on Serve's defaults)")  # fmt: skip
+    ap.add_argument("--passthrough-gc", action="store_true",
+                    help="the pass-throughs' garbage collector tuned as the gateway replica's is "
+                         "(gateway.gc_threshold, gc_freeze); default: Python's, as a bare Serve "
+                         "app has it")  # fmt: skip
     ap.add_argument("--scrape-only", action="store_true",
                     help="decision overhead and scrapes only (no Ray)")  # fmt: skip
     args = ap.parse_args()
@@ -468,9 +475,17 @@ def main() -> int:
         base = deploy(cfg, url, SECRET)
         wait_ready(base, 300)
         moc = args.concurrency * 2
-        bare = build_passthrough(cfg, "large", moc, transport)
+        gc = (cfg.gateway.gc_threshold, cfg.gateway.gc_freeze) if args.passthrough_gc else None
+        print(
+            "garbage collector: gateway threshold "
+            f"{cfg.gateway.gc_threshold}, freeze {cfg.gateway.gc_freeze}; pass-throughs "
+            + ("the same" if gc else "Python's")
+        )
+        bare = build_passthrough(cfg, "large", moc, transport, gc)
         serve.run(bare, name="bare", route_prefix="/bare")
-        serve.run(build_named_passthrough(cfg, moc, transport), name="named", route_prefix="/named")
+        serve.run(
+            build_named_passthrough(cfg, moc, transport, gc), name="named", route_prefix="/named"
+        )
         ds = dataset_for("synthetic", cfg.replay.synthetic_rows, 0)
         bodies = [
             {"model": "auto", "messages": ds.requests[i % len(ds)]["messages"]}

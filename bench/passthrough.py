@@ -7,7 +7,10 @@ gateway does). Each returns the generation, with no featurizing, no decision, no
 logging and no feedback token: what the gateway costs is the difference. Both call
 their pools over ``transport``, as ``gateway.pool_transport`` names it ("grpc": Serve's
 replica-to-replica gRPC channel; "ray": Serve's default actor calls), through one
-handle made at the first call and kept, as the gateway keeps its own.
+handle made at the first call and kept, as the gateway keeps its own. ``gc``: a
+``(threshold, freeze)`` for :func:`controlplane.gc_tuning.tune_gc` once the replica has
+started, as a gateway replica applies ``gateway.gc_threshold`` and ``gc_freeze``; ``None``
+(the default) leaves Python's collector as a bare Serve app has it.
 """
 
 from typing import Any
@@ -17,6 +20,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from controlplane.config import BanditConfig
+from controlplane.gc_tuning import tune_gc
 from deployments.pool import ModelPool
 
 app = FastAPI()
@@ -26,11 +30,15 @@ app_named = FastAPI()
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class PassThrough:
-    def __init__(self, pool: DeploymentHandle, arm: str, transport: str) -> None:
+    def __init__(
+        self, pool: DeploymentHandle, arm: str, transport: str, gc: tuple[int | None, bool] | None
+    ) -> None:
         self.pool = pool
         self.arm = arm
         self.by_reference = transport == "ray"
         self.call: DeploymentHandle | None = None
+        if gc is not None:
+            tune_gc(*gc)
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> dict[str, Any]:
@@ -43,13 +51,17 @@ class PassThrough:
 
 
 def build_passthrough(
-    config: BanditConfig, arm: str, max_ongoing_requests: int, transport: str = "grpc"
+    config: BanditConfig,
+    arm: str,
+    max_ongoing_requests: int,
+    transport: str = "grpc",
+    gc: tuple[int | None, bool] | None = None,
 ) -> Any:
     model = next(a.model for a in config.arms if a.name == arm)
     options = ModelPool.options  # type: ignore[attr-defined]
     pool = options(name="bare-pool", max_ongoing_requests=max_ongoing_requests).bind(config, model)
     return PassThrough.options(max_ongoing_requests=max_ongoing_requests).bind(  # type: ignore[attr-defined]
-        pool, arm, transport
+        pool, arm, transport, gc
     )
 
 
@@ -57,12 +69,18 @@ def build_passthrough(
 @serve.ingress(app_named)
 class NamedPassThrough:
     def __init__(
-        self, pools: dict[str, DeploymentHandle], arm_models: dict[str, str], transport: str
+        self,
+        pools: dict[str, DeploymentHandle],
+        arm_models: dict[str, str],
+        transport: str,
+        gc: tuple[int | None, bool] | None,
     ) -> None:
         self.pools = pools
         self.arm_models = arm_models
         self.by_reference = transport == "ray"
         self.calls: dict[str, DeploymentHandle] = {}
+        if gc is not None:
+            tune_gc(*gc)
 
     @app_named.post("/v1/chat/completions")
     async def chat(self, request: Request) -> dict[str, Any]:
@@ -80,7 +98,10 @@ class NamedPassThrough:
 
 
 def build_named_passthrough(
-    config: BanditConfig, max_ongoing_requests: int, transport: str = "grpc"
+    config: BanditConfig,
+    max_ongoing_requests: int,
+    transport: str = "grpc",
+    gc: tuple[int | None, bool] | None = None,
 ) -> Any:
     """One pool per model, as the gateway's app has, behind a pass-through by name."""
     options = ModelPool.options  # type: ignore[attr-defined]
@@ -92,5 +113,5 @@ def build_named_passthrough(
     }
     arm_models = {a.name: a.model for a in config.arms}
     return NamedPassThrough.options(max_ongoing_requests=max_ongoing_requests).bind(  # type: ignore[attr-defined]
-        pools, arm_models, transport
+        pools, arm_models, transport, gc
     )

@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from controlplane.api import create_app
 from controlplane.config import BanditConfig
 from controlplane.gateway_core import GatewayCore, PoolUnavailable
+from controlplane.gc_tuning import tune_gc
 from controlplane.settings import get_settings
 from controlplane.tokens import FeedbackTokens
 from controlplane.tracing import configure_tracing
@@ -58,6 +59,8 @@ class Gateway:
         await asyncio.to_thread(self.core.refresh_policy, "start")
         self.core.writer.start()
         self._refresher = asyncio.get_running_loop().create_task(self.core.policy_refresher())
+        # last: what the replica holds once started is frozen (controlplane.gc_tuning)
+        tune_gc(config.gateway.gc_threshold, config.gateway.gc_freeze)
 
     def _handle(self, arm: str, stream: bool) -> DeploymentHandle[Any]:
         """The handle that calls ``arm``'s pool method (``generate`` or, ``stream``,

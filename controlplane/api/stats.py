@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from controlplane.admission import Admission
 from controlplane.api.auth import ApiKeysDep, may_read
 from controlplane.api.deps import CoreDep
+from controlplane.gc_tuning import gc_state
 from feedback.loop_health import public_error
 from feedback.repositories import candidates, reports
 
@@ -90,6 +91,7 @@ async def stats(request: Request, core: CoreDep, keys: ApiKeysDep) -> Any:
         "cache": await _service_status(request.app.state.cache_status),
         "tables": tables,
         "gateway": dict(core.counters),
+        "process": {"gc": gc_state()},  # this replica's garbage collector (gc_tuning)
         # task names outside featurizer.tasks that share a task slot: counts, no names
         "featurizer": {
             k: v for k, v in core.featurizer.task_sharing().items() if k != "shared_slots"

@@ -326,6 +326,18 @@ def test_metrics_come_from_memory_and_policies_by_notify(deployed, client, http)
     assert "banditctl_request_duration_seconds_bucket{" in text
 
 
+def test_the_gateway_replica_tunes_its_garbage_collector(deployed, http):
+    """The replica's collector as ``gateway.gc_threshold`` and ``gc_freeze`` set it (this
+    test process keeps Python's: the figures are the replica's)."""
+    import gc
+
+    state = http.get(f"{deployed.base_url}/v1/stats").json()["process"]["gc"]
+    assert state["threshold"][0] == deployed.config.gateway.gc_threshold != gc.get_threshold()[0]
+    assert state["threshold"][1:] == list(gc.get_threshold()[1:])  # the older ones: Python's
+    assert state["frozen"] > 10_000  # Ray, Serve and the app, frozen once started
+    assert len(state["collections"]) == 3
+
+
 def test_learner_replica_killed_midstream_resumes_exactly_once(deployed, client, http):
     import ray
 
