@@ -9,8 +9,9 @@ policy). In a gateway replica under load that was about 3% of its CPU. :func:`tu
 the threshold (a collection every ``threshold`` container allocations net of frees; what is
 freed by its reference count, nearly everything, never waits for it) and, once the replica
 has started, moves what it holds into the collector's permanent generation
-(:func:`gc.freeze`), which collections no longer walk: what the replica loaded at start
-lives as long as it does. Garbage with a cycle is still collected, less often.
+(:func:`gc.freeze`), which collections no longer walk. A frozen object is still freed when
+its last reference goes; only a reference cycle among frozen objects would stay (it is
+collected once before the freeze). Other garbage with a cycle is still collected, less often.
 """
 
 from __future__ import annotations
