@@ -51,6 +51,8 @@ MAX_SHARING_NAMES = 10_000  # task names placed by hash that are remembered one 
 
 log = logging.getLogger(__name__)
 
+# a word of the text block, in the lowered text (what hash_words reads from its bytes; the
+# tests' plain computation of the block uses this pattern)
 _WORD = re.compile(r"[a-z0-9_]+")
 _CHOICE = re.compile(r"(?m)^\s*[A-H][).:]\s")
 # a code signal: ```, def, function, python, code, class as words, or a line ending in ";"

@@ -117,10 +117,11 @@ def _plain_block(text: str, seed: int, n: int, bigrams: bool, cap: int | None) -
     """The text block by its definition: ``[a-z0-9_]+`` words of the lowered text, the last
     ``cap``, their bigrams, each token's ``zlib.crc32`` signed into a position, scaled."""
     import math
-    import re
     import zlib
 
-    words = re.findall(r"[a-z0-9_]+", text.lower())
+    from learners.featurize import _WORD
+
+    words = _WORD.findall(text.lower())
     if cap is not None:
         words = words[-cap:]
     tokens = words + (
@@ -149,7 +150,7 @@ def _plain_block(text: str, seed: int, n: int, bigrams: bool, cap: int | None) -
 def test_hash_words_is_the_text_block_to_the_bit(
     text: str, seed: int, n: int, bigrams: bool, cap: int | None
 ) -> None:
-    from learners.featurize import _utf8
+    from learners.featurize import _WORD, _utf8
 
     out = np.zeros(n)
     words = hash_words(
@@ -157,9 +158,7 @@ def test_hash_words_is_the_text_block_to_the_bit(
         0.25, out,
     )  # fmt: skip
     assert np.array_equal(out, _plain_block(text, seed, n, bigrams, cap))
-    import re
-
-    assert words == len(re.findall(r"[a-z0-9_]+", text.lower()))
+    assert words == len(_WORD.findall(text.lower()))
 
 
 def test_crc_table_is_zlibs() -> None:
