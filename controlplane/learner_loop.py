@@ -58,9 +58,12 @@ log = logging.getLogger(__name__)
 # is the gateway's clock, and its row lands a flush after it (a row held longer, in a
 # database outage, is claimed at its deadline or by the next sweep)
 FAILED_SLACK_S = 10.0
-# a bounded claim reads the feedback that arrived since this many claims back (a poll
-# each, 0.25 s apart by default): time for a decision's outcome to land after its feedback
+# a bounded claim reads the feedback that arrived since a frontier at least this many
+# claims back and at least ``gateway.log_flush_s`` + FRONTIER_SLACK_S old: time for a
+# decision's outcome, which the gateway's writer may hold for a flush after the answer
+# (and so after the client's feedback), to land (one held longer is claimed by a sweep)
 FRONTIER_LAG = 4
+FRONTIER_SLACK_S = 1.0
 
 
 class LearnerBusy(RuntimeError):
@@ -155,11 +158,13 @@ class LearnerLoop:
         self._last_prune: float | None = None  # the first step prunes
         self._resumed_at: float | None = None  # when start() last took the lock and resumed
         self._last_sweep = 0.0
-        # the bounded claim's frontiers, read at the last claims that were not cut short;
-        # the oldest is used, so that a feedback row whose decision's outcome lands a
-        # writer flush later (``gateway.log_flush_s``), or that committed just after its
-        # id was counted, is still read; not all there yet: the next claim sweeps
-        self._frontiers: deque[reward_stream.ClaimFrontier] = deque(maxlen=FRONTIER_LAG)
+        # the bounded claim's frontiers (with the monotonic time each was read), read at the
+        # last claims that were not cut short; one old enough is used (:meth:`_frontier`), so
+        # that a feedback row whose decision's outcome lands a writer flush later
+        # (``gateway.log_flush_s``), or that committed just after its id was counted, is
+        # still read; none old enough yet: the claim sweeps
+        self._frontiers: deque[tuple[float, reward_stream.ClaimFrontier]] = deque()
+        self.frontier_age_s = config.gateway.log_flush_s + FRONTIER_SLACK_S
         self._last_full_claim = -math.inf
         self._cut_short = False  # the last claim filled a batch
         self.stats = {
@@ -381,19 +386,15 @@ class LearnerLoop:
             )
 
     def _claim(self) -> list[RewardRow]:
-        """Claim a batch. A bounded claim, from the frontier ``FRONTIER_LAG`` claims back,
+        """Claim a batch. A bounded claim, from a frontier old enough (:meth:`_frontier`),
         while the learner keeps up; a sweep of every waiting decision at the start, every
         ``claim_sweep_every_s`` and after a full batch (behind, the oldest decisions are
         ready, so the sweep stops after a batch of them)."""
         svc = self.config.learner_service
         now, mono = self.clock(), self.monotonic()
         since = None
-        if (
-            len(self._frontiers) == FRONTIER_LAG
-            and not self._cut_short
-            and mono - self._last_full_claim < svc.claim_sweep_every_s
-        ):
-            since = self._frontiers[0]
+        if not self._cut_short and mono - self._last_full_claim < svc.claim_sweep_every_s:
+            since = self._frontier(mono)
         with self.engine.begin() as conn:
             self._fence(conn)
             mark = reward_stream.frontier_now(conn, now - timedelta(seconds=FAILED_SLACK_S))
@@ -404,8 +405,21 @@ class LearnerLoop:
             self._last_full_claim = mono
         self._cut_short = len(rows) >= svc.batch_size
         if not self._cut_short:
-            self._frontiers.append(mark)
+            self._frontiers.append((mono, mark))
         return rows
+
+    def _frontier(self, mono: float) -> reward_stream.ClaimFrontier | None:
+        """The newest frontier read at least ``FRONTIER_LAG`` claims and
+        ``frontier_age_s`` seconds ago (older ones are dropped), or None: the claim sweeps.
+        By age as well as by count: a poll faster than the gateway's log flush would
+        otherwise pass the feedback of a decision whose outcome is still held, and leave it
+        to the next sweep (``claim_sweep_every_s`` later)."""
+        f = self._frontiers
+        while len(f) > FRONTIER_LAG and mono - f[1][0] >= self.frontier_age_s:
+            f.popleft()
+        if len(f) >= FRONTIER_LAG and mono - f[0][0] >= self.frontier_age_s:
+            return f[0][1]
+        return None
 
     def claimed_ahead(self) -> int:
         """Rows claimed but not applied yet (waits for an in-flight claim)."""

@@ -82,10 +82,10 @@ def test_snapshots_publish_on_event_count_and_on_time(engine):
 
 
 def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
-    """A keeping-up loop sweeps at its start, then claims from the frontier
-    ``FRONTIER_LAG`` claims back (feedback and failures that arrived since), sweeping
-    again after a full batch and every ``claim_sweep_every_s``; feedback posted between
-    steps is credited at the next step either way, and every rated decision once."""
+    """A keeping-up loop sweeps at its start, then claims from a frontier ``FRONTIER_LAG``
+    claims back and ``frontier_age_s`` old (feedback and failures that arrived since),
+    sweeping again after a full batch and every ``claim_sweep_every_s``; feedback posted
+    between steps is credited at the next step either way, and every rated decision once."""
     from controlplane.learner_loop import FRONTIER_LAG
     from feedback.records import FeedbackInput
     from feedback.repositories import feedback, reward_stream
@@ -109,7 +109,7 @@ def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
     for rid in late[:6]:  # feedback between steps: the bounded claims find it
         with engine.begin() as conn:
             feedback.record_feedback(conn, FeedbackInput.validated(rid, 0.5))
-        t["now"] += 1.0
+        t["now"] += loop.frontier_age_s
         credited.append(loop.step())
     t["now"] += 30.0
     credited.append(loop.step())  # a sweep is due
@@ -130,6 +130,57 @@ def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
     loop.stop()
     assert all(s is None for s in seen[: (rated + 6) // 25 + 1])
     assert final_state(loop)[1] == (rated + 6, rated + 6)
+
+
+def test_feedback_whose_outcome_lands_a_flush_later_is_credited_without_a_sweep(
+    engine, monkeypatch
+):
+    """The client's feedback can arrive before the gateway's writer flushes the answer's
+    outcome (``gateway.log_flush_s``). A learner polling faster than that flush passes the
+    feedback's id in ``FRONTIER_LAG`` claims; its frontier is also ``frontier_age_s`` old,
+    so the outcome landing within that time is claimed at the next step, not by the next
+    sweep (``claim_sweep_every_s`` later)."""
+    from controlplane.learner_loop import FRONTIER_LAG
+    from feedback.records import FeedbackInput
+    from feedback.repositories import feedback, reward_stream
+
+    cfg = learning_config(batch_size=1000, claim_sweep_every_s=30.0)
+    write_traffic(engine, cfg, 5)
+    with engine.begin() as conn:  # a decision without feedback: its outcome, held back
+        rid = conn.execute(text("SELECT request_id FROM decisions WHERE request_id NOT IN (SELECT request_id FROM feedback) ORDER BY request_id LIMIT 1")).scalar_one()  # fmt: skip
+        held = conn.execute(text("DELETE FROM outcomes WHERE request_id = :r RETURNING *"), {"r": rid}).mappings().one()  # fmt: skip
+    seen: list[reward_stream.ClaimFrontier | None] = []
+    real = reward_stream.claim_reward_events
+
+    def spy(*args, since=None, **kw):
+        seen.append(since)
+        return real(*args, since=since, **kw)
+
+    monkeypatch.setattr(reward_stream, "claim_reward_events", spy)
+    t = {"now": 0.0}
+    loop = LearnerLoop(engine, cfg, clock=lambda: datetime.now(UTC), monotonic=lambda: t["now"])
+    loop.start()
+    poll = 0.1  # faster than the flush: FRONTIER_LAG claims pass in less than a flush
+    assert FRONTIER_LAG * poll < cfg.gateway.log_flush_s < loop.frontier_age_s
+    while len(seen) < FRONTIER_LAG or seen[-1] is None:  # to the first bounded claim
+        loop.step()
+        t["now"] += poll
+    with engine.begin() as conn:
+        feedback.record_feedback(conn, FeedbackInput.validated(rid, 0.75))
+    credited = []
+    for _ in range(FRONTIER_LAG + 1):  # the feedback's id is passed: no outcome yet
+        credited.append(loop.step())
+        t["now"] += poll
+    with engine.begin() as conn:  # the writer's flush: the outcome lands
+        cols = ", ".join(held)
+        conn.execute(text(f"INSERT INTO outcomes ({cols}) VALUES ({', '.join(':' + c for c in held)})"), dict(held))  # fmt: skip
+    credited.append(loop.step())
+    loop.stop()
+    assert seen[-1] is not None  # a bounded claim, no sweep
+    assert credited == [0] * (FRONTIER_LAG + 1) + [1]
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT credit_kind, credit_quality FROM decisions WHERE request_id = :r"), {"r": rid}).one()  # fmt: skip
+    assert tuple(row) == ("feedback", 0.75)
 
 
 def test_the_runner_waits_a_poll_after_any_batch_that_was_not_full():
