@@ -81,20 +81,10 @@ def test_snapshots_publish_on_event_count_and_on_time(engine):
     loop.stop()
 
 
-def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
-    """A keeping-up loop sweeps at its start, then claims from a frontier ``FRONTIER_LAG``
-    claims back and ``frontier_age_s`` old (feedback and failures that arrived since),
-    sweeping again after a full batch and every ``claim_sweep_every_s``; feedback posted
-    between steps is credited at the next step either way, and every rated decision once."""
-    from controlplane.learner_loop import FRONTIER_LAG
-    from feedback.records import FeedbackInput
-    from feedback.repositories import feedback, reward_stream
+def _spied_claims(monkeypatch):
+    """The frontier each claim is given from now on (None: a sweep), in order."""
+    from feedback.repositories import reward_stream
 
-    cfg = learning_config(batch_size=1000, claim_sweep_every_s=30.0)
-    write_traffic(engine, cfg, 4)
-    with engine.begin() as conn:  # the feedback not posted yet: it arrives between steps
-        late = [r[0] for r in conn.execute(text("SELECT request_id FROM decisions WHERE request_id NOT IN (SELECT request_id FROM feedback) ORDER BY request_id"))]  # fmt: skip
-    t = {"now": 0.0}
     seen: list[reward_stream.ClaimFrontier | None] = []
     real = reward_stream.claim_reward_events
 
@@ -103,6 +93,24 @@ def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
         return real(*args, since=since, **kw)
 
     monkeypatch.setattr(reward_stream, "claim_reward_events", spy)
+    return seen
+
+
+def test_claims_read_only_what_arrived_between_sweeps(engine, monkeypatch):
+    """A keeping-up loop sweeps at its start, then claims from a frontier ``FRONTIER_LAG``
+    claims back and ``frontier_age_s`` old (feedback and failures that arrived since),
+    sweeping again after a full batch and every ``claim_sweep_every_s``; feedback posted
+    between steps is credited at the next step either way, and every rated decision once."""
+    from controlplane.learner_loop import FRONTIER_LAG
+    from feedback.records import FeedbackInput
+    from feedback.repositories import feedback
+
+    cfg = learning_config(batch_size=1000, claim_sweep_every_s=30.0)
+    write_traffic(engine, cfg, 4)
+    with engine.begin() as conn:  # the feedback not posted yet: it arrives between steps
+        late = [r[0] for r in conn.execute(text("SELECT request_id FROM decisions WHERE request_id NOT IN (SELECT request_id FROM feedback) ORDER BY request_id"))]  # fmt: skip
+    t = {"now": 0.0}
+    seen = _spied_claims(monkeypatch)
     loop = LearnerLoop(engine, cfg, clock=lambda: datetime.now(UTC), monotonic=lambda: t["now"])
     loop.start()
     credited = [loop.step() for _ in range(FRONTIER_LAG)]  # sweeps: too few frontiers yet
@@ -142,21 +150,14 @@ def test_feedback_whose_outcome_lands_a_flush_later_is_credited_without_a_sweep(
     sweep (``claim_sweep_every_s`` later)."""
     from controlplane.learner_loop import FRONTIER_LAG
     from feedback.records import FeedbackInput
-    from feedback.repositories import feedback, reward_stream
+    from feedback.repositories import feedback
 
     cfg = learning_config(batch_size=1000, claim_sweep_every_s=30.0)
     write_traffic(engine, cfg, 5)
     with engine.begin() as conn:  # a decision without feedback: its outcome, held back
         rid = conn.execute(text("SELECT request_id FROM decisions WHERE request_id NOT IN (SELECT request_id FROM feedback) ORDER BY request_id LIMIT 1")).scalar_one()  # fmt: skip
         held = conn.execute(text("DELETE FROM outcomes WHERE request_id = :r RETURNING *"), {"r": rid}).mappings().one()  # fmt: skip
-    seen: list[reward_stream.ClaimFrontier | None] = []
-    real = reward_stream.claim_reward_events
-
-    def spy(*args, since=None, **kw):
-        seen.append(since)
-        return real(*args, since=since, **kw)
-
-    monkeypatch.setattr(reward_stream, "claim_reward_events", spy)
+    seen = _spied_claims(monkeypatch)
     t = {"now": 0.0}
     loop = LearnerLoop(engine, cfg, clock=lambda: datetime.now(UTC), monotonic=lambda: t["now"])
     loop.start()
