@@ -45,7 +45,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from controlplane.config import BanditConfig
-from controlplane.learner_metrics import CreditTally, Progress
+from controlplane.learner_metrics import CreditTally, Progress, WaitHistogram
 from controlplane.releases import RollbackWatch
 from controlplane.shadows import ShadowSet
 from feedback.records import ArmRecord, RewardRow
@@ -178,6 +178,7 @@ class LearnerLoop:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-claim")
         self._ahead: Future[list[RewardRow]] | None = None
         self.credits = CreditTally()  # for /metrics: what this process credited
+        self.feedback_waits = WaitHistogram()  # ... and how long its ratings waited
         self.progress = Progress()
         # policy releases (issue #12): candidates' shadow learners, and the watch that
         # rolls a promotion back (controlplane.shadows, controlplane.releases)
@@ -453,6 +454,7 @@ class LearnerLoop:
             self.credits.add(rows, taught, rewards @ self.objective.weight_vector)
         else:
             self.credits.add(rows, (), ())
+        self.feedback_waits.add([r.feedback_wait_s for r in rows if r.feedback_wait_s is not None])
         self.watermark = rows[-1].credit_seq
         self.events_applied += len(rows)
         self.pending += len(rows)
@@ -540,6 +542,7 @@ class LearnerLoop:
             "lag_seconds": self.progress.lag["seconds_behind"],
             "snapshots": self.stats["snapshots"],
             "rewards": self.credits.rows(),
+            "feedback_waits": self.feedback_waits.snapshot(),
             "releases": self.release_watch.status(),
         }
 

@@ -2,7 +2,8 @@
 
 The learner credits every reward event, so it counts them as it goes: events
 and the sums of each reward component and of the objective's reward, per arm
-and credit kind (:class:`CreditTally`); its update rate over the last minute
+and credit kind (:class:`CreditTally`); how long ratings waited to be credited
+(:class:`WaitHistogram`); its update rate over the last minute
 and how far behind the ready events it is (:class:`Progress`). Gateways fetch
 these through the learner's Serve handle (``LearnerService.metrics``), so no
 scrape aggregates the decision log. Counters start at zero with the learner
@@ -12,6 +13,8 @@ released by a restart or a rollback and credited again count again.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -58,6 +61,41 @@ class CreditTally:
             {"arm": arm, "kind": kind, **dict(zip(_FIELDS, v, strict=True))}
             for (arm, kind), v in items
         ]
+
+
+# seconds from a rating's arrival to its credit: a poll (0.25 s) and a log flush (1 s) when
+# the learner keeps up; a sweep (30 s) when a rating slipped behind the claim frontier
+FEEDBACK_WAIT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class WaitHistogram:
+    """How long ratings waited to be credited: a Prometheus histogram's buckets, count and
+    sum, kept in the learner's memory. Thread-safe: the learner thread adds, a handle call
+    reads."""
+
+    def __init__(self, buckets: Sequence[float] = FEEDBACK_WAIT_BUCKETS) -> None:
+        self.buckets = tuple(float(b) for b in buckets)
+        self._lock = threading.Lock()
+        self._counts = [0] * (len(self.buckets) + 1)  # the last: above every bucket
+        self._sum = 0.0
+
+    def add(self, waits: Sequence[float]) -> None:
+        with self._lock:
+            for w in waits:
+                self._counts[bisect.bisect_left(self.buckets, w)] += 1
+                self._sum += w
+
+    def snapshot(self) -> dict[str, Any]:
+        """``le``: each bucket's bound and the count at or under it (cumulative), then
+        ``count`` and ``sum``: the shape of a Prometheus histogram."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative = list(itertools.accumulate(counts))
+        return {
+            "le": [[b, c] for b, c in zip(self.buckets, cumulative, strict=False)],
+            "count": cumulative[-1],
+            "sum": total,
+        }
 
 
 class Progress:

@@ -9,9 +9,9 @@ What a scrape reads, and from where:
   refused by status (the middleware :func:`install_metrics` adds), the decision
   log writer's buffer and counts, and the policy listener's state;
 * the learner's own figures (``LearnerService.metrics`` through its handle):
-  reward events and sums per arm and kind, update rate, lag; asked at most once
-  a second with a short timeout, and ``banditctl_learner_up`` says whether it
-  answered;
+  reward events and sums per arm and kind, how long ratings waited to be
+  credited, update rate, lag; asked at most once a second with a short timeout,
+  and ``banditctl_learner_up`` says whether it answered;
 * the cache controller's totals of page-ins, hits and misses (planned cache
   policies, through its handle, the same way);
 * one row of Postgres by primary key: the latest snapshot's version, watermark,
@@ -33,7 +33,12 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from controlplane.gateway_core import GatewayCore
@@ -278,6 +283,19 @@ def learner_families(learner: dict[str, Any] | None, asked: bool) -> Iterator[Me
         "Snapshots the learner process has written since it started",
         float(learner.get("snapshots", 0)),
     )
+    waits = learner.get("feedback_waits")
+    if waits is not None:
+        hist = HistogramMetricFamily(
+            "banditctl_learner_feedback_wait_seconds",
+            "Seconds from a rating's row in the database to the learner's credit of it, "
+            "for the decisions the learner process credited with their feedback",
+        )
+        hist.add_metric(
+            [],
+            [(str(float(b)), float(c)) for b, c in waits["le"]] + [("+Inf", float(waits["count"]))],
+            float(waits["sum"]),
+        )
+        yield hist
     released = learner.get("releases") or {}
     yield _counter(
         "banditctl_policy_auto_rollbacks",

@@ -154,6 +154,8 @@ class RewardRow:
     latency_ms: float
     energy_j: float
     cost_usd: float
+    # a feedback credit: seconds from its rating's row to the claim (the database's clock)
+    feedback_wait_s: float | None = None
 
 
 COMPLETION_ID_PREFIX = "chatcmpl-"  # the gateway's completion id: this prefix + the id's hex

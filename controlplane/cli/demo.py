@@ -266,6 +266,46 @@ def _await_policy(http: httpx.Client, feedback: int, timeout_s: float) -> float:
     return time.monotonic() - start
 
 
+WAIT_MARKS = ("0.5", "1.0", "2.0", "5.0")  # the shares of ratings credited within these
+
+
+def feedback_waits(base_url: str) -> dict[str, Any] | None:
+    """How long the ratings the learner credited waited for it, read from the gateway's
+    ``/metrics`` (``banditctl_learner_feedback_wait_seconds``): how many, their mean wait
+    and the share credited within each of ``WAIT_MARKS`` seconds. None when the gateway
+    does not answer or the learner credited no rating yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    name = "banditctl_learner_feedback_wait_seconds"
+    got: dict[tuple[str, str | None], float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == name:
+            got = {(x.name, x.labels.get("le")): float(x.value) for x in fam.samples}
+    count = got.get((name + "_count", None), 0.0)
+    if not count:
+        return None
+    return {
+        "ratings": int(count),
+        "mean_s": got[(name + "_sum", None)] / count,
+        "within_s": {m: got.get((name + "_bucket", m), 0.0) / count for m in WAIT_MARKS},
+    }
+
+
+def wait_line(waits: dict[str, Any] | None) -> str | None:
+    """One line of :func:`feedback_waits` for a demo's summary."""
+    if not waits:
+        return None
+    within = ", ".join(f"{v:.0%} within {float(m):g} s" for m, v in waits["within_s"].items())
+    return (
+        f"ratings reached the learner: {within} (mean {waits['mean_s']:.2f} s, "
+        f"{waits['ratings']} credited)"
+    )
+
+
 def summarize(ds: RoutingDataset, result: TrafficResult, weights: np.ndarray) -> dict[str, Any]:
     """Traffic share per arm and task; quality, cost, energy against the best fixed model."""
     served = result.served

@@ -217,6 +217,11 @@ def print_hf_summary(report: dict[str, Any]) -> None:
         + f"second half {s['quality_second_half']:.0%}; policy versions served: "
         + ", ".join(str(v) for v in s["policy_versions_seen"])
     )
+    from controlplane.cli.demo import wait_line
+
+    line = wait_line(report.get("feedback_waits"))
+    if line:
+        print(line)
     print("second half, per task:")
     for task, arms in s["arms_by_task_second_half"].items():
         print(f"  {task:<10} " + ", ".join(f"{a} {v:.0%}" for a, v in arms.items()))

@@ -26,7 +26,8 @@ _FIRST_FEEDBACK = """
         -- the first feedback row (by id) that arrived before the deadline; an
         -- aggregate, so the plan is a lookup on (request_id, source), never a
         -- walk of the feedback table in id order
-        SELECT (array_agg(f.quality ORDER BY f.id))[1] AS quality FROM feedback f
+        SELECT (array_agg(f.quality ORDER BY f.id))[1] AS quality,
+               (array_agg(f.created_at ORDER BY f.id))[1] AS stored_at FROM feedback f
         WHERE f.request_id = d.request_id
           AND f.created_at < d.created_at + make_interval(secs => :window)
     ) fb ON true
@@ -87,7 +88,11 @@ WITH ready AS (
                 WHEN fb.quality IS NOT NULL THEN fb.quality
                 WHEN :missing = 'prior' THEN CAST(:prior_q AS double precision)
                 ELSE NULL END AS quality,
-           o.latency_ms, o.energy_j, o.cost_usd
+           o.latency_ms, o.energy_j, o.cost_usd,
+           -- a feedback credit: seconds from its rating's row (the server's clock) to now
+           CASE WHEN o.status = 'ok' AND fb.quality IS NOT NULL
+                THEN CAST(extract(epoch FROM clock_timestamp() - fb.stored_at)
+                          AS double precision) END AS feedback_wait_s
     {ready_from}
     ORDER BY d.created_at, d.request_id
     LIMIT :limit
@@ -100,7 +105,8 @@ UPDATE decisions d
   FROM numbered n
  WHERE d.request_id = n.request_id
 RETURNING n.seq, d.request_id, d.created_at, d.arm_id, d.context, d.propensity,
-          d.policy_version, n.kind, n.quality, n.latency_ms, n.energy_j, n.cost_usd
+          d.policy_version, n.kind, n.quality, n.latency_ms, n.energy_j, n.cost_usd,
+          n.feedback_wait_s
 """
 
 
@@ -178,6 +184,7 @@ def claim_reward_events(
             latency_ms=float(r[9]),
             energy_j=float(r[10]),
             cost_usd=float(r[11]),
+            feedback_wait_s=None if r[12] is None else max(0.0, float(r[12])),
         )
         for r in rows
     ]

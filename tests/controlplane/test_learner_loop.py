@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -166,12 +167,14 @@ def test_feedback_whose_outcome_lands_a_flush_later_is_credited_without_a_sweep(
     while len(seen) < FRONTIER_LAG or seen[-1] is None:  # to the first bounded claim
         loop.step()
         t["now"] += poll
+    before = loop.metrics()["feedback_waits"]  # the traffic's ratings, credited by the sweeps
     with engine.begin() as conn:
         feedback.record_feedback(conn, FeedbackInput.validated(rid, 0.75))
     credited = []
     for _ in range(FRONTIER_LAG + 1):  # the feedback's id is passed: no outcome yet
         credited.append(loop.step())
         t["now"] += poll
+    time.sleep(0.3)  # the rating waits for its outcome: its credit says how long (real time)
     with engine.begin() as conn:  # the writer's flush: the outcome lands
         cols = ", ".join(held)
         conn.execute(text(f"INSERT INTO outcomes ({cols}) VALUES ({', '.join(':' + c for c in held)})"), dict(held))  # fmt: skip
@@ -182,6 +185,9 @@ def test_feedback_whose_outcome_lands_a_flush_later_is_credited_without_a_sweep(
     with engine.begin() as conn:
         row = conn.execute(text("SELECT credit_kind, credit_quality FROM decisions WHERE request_id = :r"), {"r": rid}).one()  # fmt: skip
     assert tuple(row) == ("feedback", 0.75)
+    waits = loop.metrics()["feedback_waits"]
+    assert waits["count"] == before["count"] + 1
+    assert 0.3 <= waits["sum"] - before["sum"] < 30.0
 
 
 def test_the_runner_waits_a_poll_after_any_batch_that_was_not_full():

@@ -1,5 +1,6 @@
-"""The learner's own figures for ``/metrics``: credits tallied as they are applied, the
-update rate over a window, and the lag (measured only while behind)."""
+"""The learner's own figures for ``/metrics``: credits tallied as they are applied, how long
+ratings waited for their credit, the update rate over a window, and the lag (measured only
+while behind)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from controlplane.learner_loop import LearnerLoop
-from controlplane.learner_metrics import CreditTally, Progress
+from controlplane.learner_metrics import CreditTally, Progress, WaitHistogram
 from feedback.records import RewardRow
 from tests.controlplane.learning import N, learning_config, write_traffic
 
@@ -35,6 +36,18 @@ def test_credit_tally_sums_per_arm_and_kind():
         {"arm": "b", "kind": "skip", "events": 1.0, "reward": 0.0,
          "quality": 0.0, "energy_j": 2.0, "latency_ms": 100.0, "cost_usd": 0.01},
     ]  # fmt: skip
+
+
+def test_wait_histogram_counts_each_wait_in_the_first_bucket_that_holds_it():
+    h = WaitHistogram((0.5, 1.0, 30.0))
+    h.add([0.0, 0.5, 0.50001, 1.0, 29.0, 31.0])
+    h.add([])
+    snap = h.snapshot()
+    assert snap["le"] == [[0.5, 2], [1.0, 4], [30.0, 5]]  # cumulative, "at or under"
+    assert snap["count"] == 6 and snap["sum"] == pytest.approx(62.00001)
+    assert WaitHistogram().snapshot() == {
+        "le": [[b, 0] for b in WaitHistogram().buckets], "count": 0, "sum": 0.0,
+    }  # fmt: skip
 
 
 def test_progress_rate_over_the_window_and_lag_schedule():
@@ -74,6 +87,18 @@ def test_the_loop_reports_its_lag_while_behind_and_none_once_caught_up(engine):
         # the claim made ahead may have been counted as credited already, or not
         assert loop.events_applied - 25 - ready in (0, 25)
         assert sum(r["events"] for r in m["rewards"]) == loop.events_applied
+        # every rating credited is timed (the traffic was written before the loop started)
+        rated = sum(r["events"] for r in m["rewards"] if r["kind"] == "feedback")
+        assert rated > 0 and m["feedback_waits"]["count"] == rated
+        assert m["feedback_waits"]["sum"] > 0
+        # ... and rendered as a Prometheus histogram, the same on every gateway's /metrics
+        from controlplane.metrics import learner_families
+
+        (hist,) = [f for f in learner_families(m, True) if f.type == "histogram"]
+        assert hist.name == "banditctl_learner_feedback_wait_seconds"
+        got = {(s.name, s.labels.get("le")): s.value for s in hist.samples}
+        assert got[(hist.name + "_bucket", "+Inf")] == got[(hist.name + "_count", None)] == rated
+        assert got[(hist.name + "_bucket", "0.1")] <= got[(hist.name + "_bucket", "300.0")]
         assert m["events_per_s"] == pytest.approx(loop.events_applied / 11.0)
     finally:
         loop.stop(snapshot=False)

@@ -35,6 +35,10 @@ def test_demo_learns_the_per_task_routing_from_a_fresh_policy_each_seed(pg_serve
         assert run["wave"] == 20 and run["errors"] == 0
         # code -> coder, math -> mathy, trivia -> large: each task's best arm in hindsight
         assert s["best_arm_by_task"] == {"code": "coder", "math": "mathy", "trivia": "large"}
+        # the learner timed each rating it credited, read back from /metrics
+        waits = run["feedback_waits"]
+        assert 0 < waits["ratings"] <= run["feedback_rows"], waits
+        assert 0 <= waits["within_s"]["0.5"] <= waits["within_s"]["5.0"] <= 1, waits
     # judged over the seeds (a single 300-request run is noisy): the second half earns more
     # than the first, and well above chance goes to each task's best arm (chance: a quarter)
     gain = [r["summary"]["mean_reward_second_half"] - r["summary"]["mean_reward_first_half"]

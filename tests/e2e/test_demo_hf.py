@@ -39,6 +39,11 @@ def test_the_hf_demo_serves_real_streamed_generations_and_feedback_moves_the_pol
     # ... towards each user's adapter: chance (one of four arms) would open a quarter of the
     # second half's answers with the asked-for keyword (README: 25% -> 75%, 55% -> 100%)
     assert s["quality_second_half"] > 0.4, s
+    # ... because the ratings reached the learner as they came: by the end of the traffic
+    # nearly every one was credited (when the claim frontier ran ahead of the gateway's log
+    # flush, 15 of 40 were, and the rest waited for a sweep 30 s later)
+    waits = run["feedback_waits"]
+    assert waits is not None and waits["ratings"] >= 30, waits
     # the second half went to the base model and the three adapters the demo made
     from controlplane.cli.demo_hf import find_adapters
 

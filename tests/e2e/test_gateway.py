@@ -314,11 +314,15 @@ def test_metrics_come_from_memory_and_policies_by_notify(deployed, client, http)
             (t := http.get(metrics_url).text)
             and _metric(t, "banditctl_learner_up") == 1
             and _metric(t, "banditctl_gateway_policy_updates_total", trigger="notify") >= 1
+            and _metric(t, "banditctl_learner_feedback_wait_seconds_count") >= len(metas)
             and t
         ),
         timeout=60,
-        what="learner figures and a policy picked up by NOTIFY",
+        what="learner figures (the ratings' waits among them) and a policy picked up by NOTIFY",
     )
+    waited = _metric(text, "banditctl_learner_feedback_wait_seconds_count")
+    assert _metric(text, "banditctl_learner_feedback_wait_seconds_bucket", le="+Inf") == waited
+    assert _metric(text, "banditctl_learner_feedback_wait_seconds_sum") > 0
     assert _metric(text, "banditctl_gateway_policy_listener_connected") == 1
     assert _metric(text, "banditctl_policy_version") >= 1
     assert "banditctl_reward_events_total{" in text and "banditctl_reward_total{" in text

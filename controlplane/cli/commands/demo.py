@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_one(args: argparse.Namespace, config: Any, seed: int) -> dict[str, Any] | None:
     """One demo run: a fresh demo database (unless ``--resume``), the control plane, the
     traffic of ``seed``, and its summary; ``--requests`` unset: serve until Ctrl-C."""
-    from controlplane.cli.demo import demo_settings, run_traffic, summarize
+    from controlplane.cli.demo import demo_settings, feedback_waits, run_traffic, summarize
     from controlplane.cli.launch import control_plane
     from controlplane.settings import get_settings
     from learners.replay.dataset import dataset_for
@@ -204,6 +204,7 @@ def _run_one(args: argparse.Namespace, config: Any, seed: int) -> dict[str, Any]
             "seconds_waiting_for_policy": round(sum(traffic.waits), 2),
             **counts,
             "database_totals": _totals(run_.db.url),
+            "feedback_waits": feedback_waits(run_.base_url),
             "summary": summary,
         }
         _print_summary(report)
@@ -244,7 +245,7 @@ def _hf_config(args: argparse.Namespace) -> Any:
 def _run_one_hf(args: argparse.Namespace, config: Any, seed: int) -> dict[str, Any] | None:
     """One demo run on SmolLM2: a fresh demo database (unless ``--resume``), the control
     plane, ``--requests`` streamed chats rated on their opening keyword, and the summary."""
-    from controlplane.cli.demo import demo_settings
+    from controlplane.cli.demo import demo_settings, feedback_waits
     from controlplane.cli.demo_hf import print_hf_summary, run_hf_traffic, summarize_hf
     from controlplane.cli.launch import control_plane
     from controlplane.settings import get_settings
@@ -280,6 +281,7 @@ def _run_one_hf(args: argparse.Namespace, config: Any, seed: int) -> dict[str, A
             "errors": len(traffic.errors),
             "seconds": round(traffic.seconds, 2),
             **counts,
+            "feedback_waits": feedback_waits(run_.base_url),
             "summary": summarize_hf(traffic),
         }
         print_hf_summary(report)
@@ -342,3 +344,8 @@ def _print_summary(rep: dict[str, Any]) -> None:
         f"({s['cost_saved_vs_best_pct']:.0f}% saved); energy {s['mean_energy_j']:.1f} J vs "
         f"{s['best_model_mean_energy_j']:.1f} J ({s['energy_saved_vs_best_pct']:.0f}% saved)"
     )
+    from controlplane.cli.demo import wait_line
+
+    line = wait_line(rep.get("feedback_waits"))
+    if line:
+        print(line)

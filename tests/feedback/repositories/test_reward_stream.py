@@ -306,6 +306,10 @@ def test_claim_query_credits_exactly_what_the_python_rule_says(db, seed, missing
             )
         assert lag["events_behind"] == len(expected)
         assert {e.request_id: (e.credit_kind, e.quality) for e in events} == expected
+        # a feedback credit says how long its rating waited (the server's clock; this test's
+        # rows carry made-up times, so only its presence is checked here); no other
+        assert all((e.feedback_wait_s is not None) == (e.credit_kind == "feedback") for e in events)
+        assert all(e.feedback_wait_s is None or e.feedback_wait_s >= 0 for e in events)
         credited |= expected
         since = now
 
