@@ -407,17 +407,23 @@ class LearnerLoop:
         self._cut_short = len(rows) >= svc.batch_size
         if not self._cut_short:
             self._frontiers.append((mono, mark))
+            self._drop_old_frontiers(mono)
         return rows
 
-    def _frontier(self, mono: float) -> reward_stream.ClaimFrontier | None:
-        """The newest frontier read at least ``FRONTIER_LAG`` claims and
-        ``frontier_age_s`` seconds ago (older ones are dropped), or None: the claim sweeps.
-        By age as well as by count: a poll faster than the gateway's log flush would
-        otherwise pass the feedback of a decision whose outcome is still held, and leave it
-        to the next sweep (``claim_sweep_every_s`` later)."""
+    def _drop_old_frontiers(self, mono: float) -> None:
+        """Keep the newest frontier old enough to be used and those after it."""
         f = self._frontiers
         while len(f) > FRONTIER_LAG and mono - f[1][0] >= self.frontier_age_s:
             f.popleft()
+
+    def _frontier(self, mono: float) -> reward_stream.ClaimFrontier | None:
+        """The newest frontier read at least ``FRONTIER_LAG`` claims and
+        ``frontier_age_s`` seconds ago, or None: the claim sweeps. By age as well as by
+        count: a poll faster than the gateway's log flush would otherwise pass the feedback
+        of a decision whose outcome is still held, and leave it to the next sweep
+        (``claim_sweep_every_s`` later)."""
+        self._drop_old_frontiers(mono)
+        f = self._frontiers
         if len(f) >= FRONTIER_LAG and mono - f[0][0] >= self.frontier_age_s:
             return f[0][1]
         return None

@@ -190,6 +190,25 @@ def test_feedback_whose_outcome_lands_a_flush_later_is_credited_without_a_sweep(
     assert 0.3 <= waits["sum"] - before["sum"] < 30.0
 
 
+def test_the_frontiers_kept_are_bounded_when_every_claim_sweeps(engine):
+    """Frontiers are read at every claim that is not cut short and dropped once a newer one
+    is old enough, also when no claim uses one (a sweep due at every claim)."""
+    from controlplane.learner_loop import FRONTIER_LAG
+
+    cfg = learning_config(batch_size=1000, claim_sweep_every_s=0.01)
+    t = {"now": 0.0}
+    loop = LearnerLoop(engine, cfg, clock=lambda: datetime.now(UTC), monotonic=lambda: t["now"])
+    loop.start()
+    poll = 0.1
+    for _ in range(100):
+        loop.step()
+        t["now"] += poll
+    kept = list(loop._frontiers)
+    loop.stop()
+    assert FRONTIER_LAG <= len(kept) <= FRONTIER_LAG + loop.frontier_age_s / poll + 1
+    assert t["now"] - kept[0][0] < loop.frontier_age_s + 2 * poll
+
+
 def test_the_runner_waits_a_poll_after_any_batch_that_was_not_full():
     """A step that claimed fewer than a batch drained what was ready: the runner waits
     ``poll_interval_s`` before the next, instead of claiming again at once for the few
